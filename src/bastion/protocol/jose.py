@@ -6,11 +6,24 @@ validator, so compact JWS is produced and checked here with ``cryptography`` dir
 
 * base64url must be unpadded and canonical (RFC 7515 §2: "with all trailing '=' characters
   omitted"); any other alphabet, padding or non-canonical trailing bits is refused;
-* the header must be a JSON object with a string ``alg`` from the caller's allowlist;
+* the header must be a UTF-8 JSON object (no BOM, no NaN, no lone surrogates) with a string
+  ``alg``; registered header parameters must have their registered JSON types (RFC 7515 §4.1);
+* ``crit`` is refused whatever it lists: we implement no extension, and RFC 7515 §4.1.11 says
+  recipients "MUST reject the JWS" when they do not understand a listed one; ``b64`` (RFC 7797
+  unencoded payloads) is refused too, since we never produce or expect it;
 * ECDSA signatures must be exactly ``2 * coordinate size`` bytes with ``0 < r, s < n``
   (CVE-2022-21449 accepted ``r = s = 0``).
 
 ``tests/protocol/test_jose_differential.py`` checks every accept and reject against joserfc.
+Deliberate differences, all of them stricter here unless said otherwise:
+
+* ``crit`` and ``b64`` are refused (joserfc accepts ``crit: ["b64"]`` with ``b64: false``);
+* RSA keys under 2048 bits are refused (:func:`load_public_jwk` and :func:`verify`);
+* headers are parsed with orjson: UTF-16/32 or BOM-prefixed headers, ``NaN`` and lone
+  surrogates are refused (``json.loads`` accepts them);
+* laxer: unregistered header parameters are accepted (RFC 7515 §4: they are ignored unless
+  listed in ``crit``), whereas joserfc's default registry refuses them; and no per-segment size
+  caps here (joserfc caps the header at 512 bytes): :mod:`bastion.tokens` caps whole tokens.
 """
 
 from __future__ import annotations
@@ -50,12 +63,57 @@ _EC_ORDER: Final = {
         16,
     ),
 }
-_B64URL_RE: Final = re.compile(rb"^[A-Za-z0-9_-]*$")
+_B64URL_RE: Final = re.compile(rb"[A-Za-z0-9_-]*")
 _RSA_MIN_BITS: Final = 2048
 
 
 class JOSEError(ValueError):
     """A token or key that is not well-formed JOSE. The message is safe to log."""
+
+
+class CriticalHeaderError(JOSEError):
+    """The header carries ``crit``, which we never understand (RFC 7515 §4.1.11)."""
+
+
+def _ascii(data: str | bytes) -> bytes:
+    if isinstance(data, bytes):
+        return data
+    if not isinstance(data, str):
+        raise JOSEError("expected a string")
+    try:
+        return data.encode("ascii", "strict")
+    except UnicodeEncodeError as exc:
+        raise JOSEError("non-ASCII characters") from exc
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_url(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(("http://", "https://"))
+
+
+def _is_str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_object(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+#: Registered JWS header parameters (RFC 7515 §4.1) and the JSON type each must have.
+_HEADER_TYPES: Final = {
+    "kid": _is_str,
+    "typ": _is_str,
+    "cty": _is_str,
+    "x5t": _is_str,
+    "x5t#S256": _is_str,
+    "jku": _is_url,
+    "x5u": _is_url,
+    "x5c": _is_str_list,
+    "jwk": _is_object,
+}
 
 
 def b64url_encode(data: bytes) -> str:
@@ -70,8 +128,8 @@ def b64url_decode(data: str | bytes) -> bytes:
         JOSEError: on padding, characters outside the URL-safe alphabet, a length of 1 mod 4,
             or non-zero unused trailing bits (a non-canonical encoding).
     """
-    raw = data.encode("ascii", "strict") if isinstance(data, str) else data
-    if not _B64URL_RE.match(raw) or len(raw) % 4 == 1:
+    raw = _ascii(data)
+    if not _B64URL_RE.fullmatch(raw) or len(raw) % 4 == 1:
         raise JOSEError("invalid base64url")
     try:
         out = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
@@ -96,11 +154,11 @@ def parse_compact(token: str | bytes) -> CompactJWS:
     """Split and decode a compact JWS without verifying it.
 
     Raises:
+        CriticalHeaderError: the header carries ``crit``.
         JOSEError: unless the token is three strict base64url parts whose header is a JSON
-            object with a string ``alg``.
+            object with a string ``alg`` and well-typed registered parameters.
     """
-    raw = token.encode("ascii", "strict") if isinstance(token, str) else token
-    parts = raw.split(b".")
+    parts = _ascii(token).split(b".")
     if len(parts) != 3:
         raise JOSEError("a JWS has three parts")
     header_b64, payload_b64, sig_b64 = parts
@@ -110,6 +168,15 @@ def parse_compact(token: str | bytes) -> CompactJWS:
         raise JOSEError("header is not JSON") from exc
     if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
         raise JOSEError("header must be an object with a string alg")
+    if "crit" in header:
+        # RFC 7515 §4.1.11: "If any of the listed extension Header Parameters are not
+        # understood and supported by the recipient, then the JWS is invalid."
+        raise CriticalHeaderError("crit header parameters are not supported")
+    if "b64" in header:
+        raise JOSEError("unencoded payloads (RFC 7797) are not supported")
+    for name, valid in _HEADER_TYPES.items():
+        if name in header and not valid(header[name]):
+            raise JOSEError(f"header parameter {name} has the wrong type")
     return CompactJWS(
         header=header,
         payload=b64url_decode(payload_b64),
@@ -183,9 +250,9 @@ def verify(alg: str, key: PublicKey, signing_input: bytes, signature: bytes) -> 
 def encode_jwt(alg: str, key: PrivateKey, header: dict[str, Any], claims: dict[str, Any]) -> str:
     """Sign ``claims`` as a compact JWS with ``header`` (whose ``alg`` is set to ``alg``)."""
     header = {**header, "alg": alg}
-    signing_input = (
-        b64url_encode(orjson.dumps(header)) + "." + b64url_encode(orjson.dumps(claims))
-    ).encode("ascii")
+    signing_input = (b64url_encode(orjson.dumps(header)) + "." + b64url_encode(orjson.dumps(claims))).encode(
+        "ascii"
+    )
     return signing_input.decode("ascii") + "." + b64url_encode(sign(alg, key, signing_input))
 
 
@@ -224,8 +291,14 @@ def load_public_jwk(jwk: dict[str, Any]) -> PublicKey:
             curve = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}.get(jwk.get("crv", ""))
             if curve is None:
                 raise JOSEError("unsupported curve")
-            x = int.from_bytes(b64url_decode(jwk["x"]), "big")
-            y = int.from_bytes(b64url_decode(jwk["y"]), "big")
+            size = 32 if curve is ec.SECP256R1 else 48
+            x_raw = b64url_decode(jwk["x"])
+            y_raw = b64url_decode(jwk["y"])
+            # RFC 7518 §6.2.1.2: the coordinates "MUST be the full size of a coordinate".
+            if len(x_raw) != size or len(y_raw) != size:
+                raise JOSEError("EC coordinates must be full size")
+            x = int.from_bytes(x_raw, "big")
+            y = int.from_bytes(y_raw, "big")
             return ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
         if kty == "RSA":
             n = int.from_bytes(b64url_decode(jwk["n"]), "big")
