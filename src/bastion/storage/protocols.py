@@ -1,0 +1,125 @@
+"""Storage contracts, one small protocol per aggregate, in protocol vocabulary.
+
+Durable aggregates (clients, signing keys, opaque tokens and revocations, ...) are implemented
+once with SQLAlchemy Core for SQLite and PostgreSQL (:mod:`bastion.storage.sql`). Short-lived
+state (codes, throttles, replay caches, the revocation feed) lives behind :class:`FastState`,
+implemented in memory, on a SQLite file and on Redis (:mod:`bastion.storage.fast`). Every
+backend passes the same conformance suite (``tests/storage/``).
+
+Durability rule: a method returns only after its write is committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from collections.abc import Sequence
+from typing import Protocol
+
+from bastion.protocol.models import Client
+from bastion.protocol.models import SigningKey
+from bastion.protocol.models import StoredAccessToken
+
+
+class StorageError(Exception):
+    """A backend failed; the message is safe to log and names no secret."""
+
+
+class Conflict(StorageError):
+    """A record with the same identity already exists."""
+
+
+class NotFound(StorageError):
+    """No such record."""
+
+
+class ClientStore(Protocol):
+    """Registered OAuth clients."""
+
+    async def create_client(self, client: Client) -> None:
+        """Persist a new client. Raises :class:`Conflict` if the id is taken."""
+
+    async def get_client(self, client_id: str) -> Client | None:
+        """The client, or ``None``."""
+
+    async def list_clients(self) -> Sequence[Client]:
+        """Every client, ordered by creation."""
+
+    async def update_client(self, client: Client) -> None:
+        """Replace a client's record. Raises :class:`NotFound`."""
+
+    async def delete_client(self, client_id: str) -> bool:
+        """Delete a client; ``False`` if there was none."""
+
+
+class KeyStore(Protocol):
+    """Signing keys: public records plus the encrypted private key."""
+
+    async def add_key(self, key: SigningKey, encrypted_private_key: bytes) -> None:
+        """Persist a key. Raises :class:`Conflict` if its ``(alg, generation)`` already exists
+        (another process rotated first)."""
+
+    async def list_keys(self) -> Sequence[tuple[SigningKey, bytes]]:
+        """Every key with its encrypted private key, oldest first."""
+
+    async def delete_key(self, kid: str) -> bool:
+        """Remove a key for good; ``False`` if there was none."""
+
+
+class TokenStore(Protocol):
+    """Opaque access tokens and the record of revoked JWT ids."""
+
+    async def add_access_token(self, token: StoredAccessToken) -> None:
+        """Persist an opaque access token's record (looked up by its hash)."""
+
+    async def get_access_token(self, token_hash: str) -> StoredAccessToken | None:
+        """The record, or ``None``."""
+
+    async def revoke_access_token(self, token_hash: str, now: float) -> StoredAccessToken | None:
+        """Mark an opaque token revoked; returns its record (``None`` if unknown)."""
+
+    async def record_revoked_jti(self, jti: str, expires_at: float, now: float) -> None:
+        """Remember that the JWT with ``jti`` is revoked until it expires anyway."""
+
+    async def is_jti_revoked(self, jti: str) -> bool:
+        """Whether ``jti`` was revoked (and has not expired since)."""
+
+    async def purge_expired(self, now: float) -> int:
+        """Delete expired tokens and revocation records; returns how many rows went."""
+
+
+class FastState(Protocol):
+    """Shared short-lived state with atomic operations and a TTL on every key.
+
+    Keys are strings, values bytes; ``ttl`` is in seconds (floats allowed).
+    """
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store ``value`` under ``key``, replacing what was there."""
+
+    async def add(self, key: str, value: bytes, ttl: float) -> bool:
+        """Store only if absent; ``True`` if stored (replay caches, locks)."""
+
+    async def get(self, key: str) -> bytes | None:
+        """The live value, or ``None``."""
+
+    async def consume(self, key: str) -> bytes | None:
+        """Atomically get and delete: of N concurrent callers exactly one gets the value."""
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` if present."""
+
+    async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
+        """Add ``amount`` to a counter and return the new value; a new counter expires after ``ttl``
+        (an existing counter keeps its expiry)."""
+
+    async def ttl(self, key: str) -> float | None:
+        """Seconds until ``key`` expires, or ``None`` if absent."""
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Deliver ``message`` to the subscribers of ``channel`` in every process."""
+
+    def subscribe(self, channel: str) -> AsyncIterator[bytes]:
+        """Messages published on ``channel`` from now on (at-most-once, in order per publisher)."""
+
+    async def close(self) -> None:
+        """Release connections and files."""

@@ -1,0 +1,69 @@
+"""Signing keys in the durable store (private keys arrive already encrypted)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from sqlalchemy import delete
+from sqlalchemy import insert
+from sqlalchemy import select
+
+from bastion.protocol.models import SigningKey
+from bastion.storage.protocols import Conflict
+from bastion.storage.sql.engine import Database
+from bastion.storage.sql.schema import signing_keys
+
+
+def _key(row: Any) -> SigningKey:
+    return SigningKey(
+        kid=row.kid,
+        alg=row.alg,
+        use=row.use,
+        generation=row.generation,
+        public_jwk=orjson.loads(row.public_jwk),
+        created_at=row.created_at,
+        activates_at=row.activates_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+class SQLKeyStore:
+    """:class:`~bastion.storage.protocols.KeyStore` on SQLite or PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add_key(self, key: SigningKey, encrypted_private_key: bytes) -> None:
+        try:
+            async with self._db.write() as conn:
+                await conn.execute(
+                    insert(signing_keys).values(
+                        kid=key.kid,
+                        alg=key.alg,
+                        use=key.use,
+                        generation=key.generation,
+                        public_jwk=orjson.dumps(key.public_jwk).decode(),
+                        private_key=encrypted_private_key,
+                        created_at=key.created_at,
+                        activates_at=key.activates_at,
+                        revoked_at=key.revoked_at,
+                    )
+                )
+        except Conflict:
+            raise Conflict(f"a {key.alg} key of generation {key.generation} already exists") from None
+
+    async def list_keys(self) -> Sequence[tuple[SigningKey, bytes]]:
+        async with self._db.read() as conn:
+            rows = (
+                await conn.execute(
+                    select(signing_keys).order_by(signing_keys.c.alg, signing_keys.c.generation)
+                )
+            ).all()
+        return [(_key(row), bytes(row.private_key)) for row in rows]
+
+    async def delete_key(self, kid: str) -> bool:
+        async with self._db.write() as conn:
+            result = await conn.execute(delete(signing_keys).where(signing_keys.c.kid == kid))
+        return bool(result.rowcount)
