@@ -1,0 +1,316 @@
+"""Header rewriting: what the upstream sees and what the client gets back.
+
+Request side, in one pass over the client's headers (:func:`scan_request`):
+
+* hop-by-hop headers are dropped (RFC 9110 §7.6.1: ``Connection``, ``Keep-Alive``,
+  ``Proxy-Authenticate``, ``Proxy-Authorization``, ``TE``, ``Trailer``, ``Transfer-Encoding``,
+  ``Upgrade``, and every header named in ``Connection``), as are the framing headers the engine
+  owns (``Host``, ``Content-Length``);
+* every identity header the gateway sets is dropped whatever its case: the ``X-Bastion-*``
+  family, the configured ``strip_headers`` and the forwarding headers (``Forwarded``,
+  ``X-Forwarded-*``, ``X-Real-IP``, ``X-Request-Id``), which are then set again from facts the
+  gateway trusts (:func:`forward_headers`);
+* ``Authorization`` is held aside and forwarded only when the route says so.
+
+The client address is the socket peer, unless the peer is a trusted proxy: then
+``X-Forwarded-For`` is walked from the right, skipping trusted proxies, and the first untrusted
+address is the client (:class:`TrustedProxies`). A client-sent ``X-Request-Id`` is replaced unless
+it came through a trusted proxy.
+
+Response side (:func:`response_filter`): hop-by-hop headers, ``Server`` and ``X-Powered-By`` are
+hidden, ``Server: bastion`` (configurable) and ``X-Request-Id`` added.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Final
+
+from bastion.gateway.contract import Headers
+
+__all__ = [
+    "HOP_BY_HOP",
+    "HeaderRules",
+    "ScannedHeaders",
+    "TrustedProxies",
+    "forward_headers",
+    "identity_value",
+    "new_request_id",
+    "response_filter",
+    "scan_request",
+]
+
+#: RFC 9110 §7.6.1 and RFC 9112 §6.1 / §7.
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+#: Framing the engine writes itself (see ``contract.py``).
+_ENGINE_OWNED: Final = frozenset({b"host", b"content-length"})
+#: Forwarding facts the gateway sets from what it trusts.
+_FORWARDING: Final = frozenset(
+    {
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"x-forwarded-prefix",
+        b"x-real-ip",
+        b"x-request-id",
+    }
+)
+_IDENTITY_PREFIX: Final = b"x-bastion-"
+_RESPONSE_HIDDEN: Final = HOP_BY_HOP - {b"transfer-encoding"} | {b"server", b"x-powered-by", b"x-request-id"}
+_REQUEST_ID_RE: Final = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,128}$")
+_HOST_RE: Final = re.compile(rb"^[A-Za-z0-9.\-_~!$&'()*+,;=:\[\]%]{1,255}$")
+_SAFE_VALUE_RE: Final = re.compile(r"^[\x21-\x7e]*$")
+
+
+def new_request_id() -> str:
+    """A fresh random request id (128 bits, hex)."""
+    return secrets.token_hex(16)
+
+
+def identity_value(value: str) -> bytes:
+    """A claim value made safe for a header: visible ASCII kept, anything else %-escaped.
+
+    Claims are attacker-influenced text (a user may choose their ``sub`` or name); a CR, LF or
+    NUL copied into a header would split it. ``%`` itself is escaped so the mapping is
+    reversible with one percent-decode.
+    """
+    if _SAFE_VALUE_RE.match(value) and "%" not in value:
+        return value.encode("ascii")
+    return "".join(
+        c if "\x21" <= c <= "\x7e" and c != "%" else "".join(f"%{b:02X}" for b in c.encode()) for c in value
+    ).encode("ascii")
+
+
+class TrustedProxies:
+    """Which peers may speak for the client, and the client address they report."""
+
+    __slots__ = ("_cache", "_networks")
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        """Trust ``networks`` (empty: trust nobody; the socket peer is always the client)."""
+        self._networks = tuple(networks)
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._networks)
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether ``address`` lies in a trusted network (malformed addresses are not)."""
+        if not self._networks:
+            return False
+        known = self._cache.get(address)
+        if known is not None:
+            return known
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        trusted = any(ip.version == net.version and ip in net for net in self._networks)
+        if len(self._cache) < 65_536:
+            self._cache[address] = trusted
+        return trusted
+
+    def client_ip(self, peer: str, forwarded_for: Iterable[bytes]) -> str:
+        """The client address for a request from ``peer`` carrying ``forwarded_for`` headers.
+
+        The rightmost ``X-Forwarded-For`` entry was appended by the proxy we trust (the peer),
+        the one left of it by the proxy before, and so on: walk from the right while the hop is
+        trusted; the first untrusted hop is the client. A malformed entry ends the walk at the
+        last hop known good, since nothing left of it can be believed.
+        """
+        if not self.is_trusted(peer):
+            return peer
+        hops = [hop.strip() for value in forwarded_for for hop in value.split(b",")]
+        current = peer
+        for raw in reversed(hops):
+            try:
+                hop = str(ipaddress.ip_address(raw.decode("ascii")))
+            except (ValueError, UnicodeDecodeError):
+                return current
+            current = hop
+            if not self.is_trusted(hop):
+                return hop
+        return current
+
+
+@dataclass(slots=True)
+class ScannedHeaders:
+    """The client's headers split into what passes and the facts the gateway needs."""
+
+    #: End-to-end headers that pass through unchanged.
+    kept: Headers = field(default_factory=list)
+    authorization: list[bytes] = field(default_factory=list)
+    host: bytes | None = None
+    forwarded_for: list[bytes] = field(default_factory=list)
+    forwarded_proto: bytes | None = None
+    forwarded_host: bytes | None = None
+    request_id: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderRules:
+    """The per-gateway header configuration, compiled."""
+
+    #: Lower-cased extra client header names to drop.
+    strip: frozenset[bytes] = frozenset()
+    proxies: TrustedProxies = field(default_factory=lambda: TrustedProxies(()))
+    server: bytes | None = b"bastion"
+
+    @classmethod
+    def build(
+        cls,
+        strip_headers: Iterable[str],
+        trusted_proxies: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network],
+        server_header: str | None,
+    ) -> HeaderRules:
+        """Compile the settings' header options."""
+        return cls(
+            strip=frozenset(name.lower().encode("ascii") for name in strip_headers),
+            proxies=TrustedProxies(trusted_proxies),
+            server=server_header.encode("ascii") if server_header is not None else None,
+        )
+
+
+def scan_request(headers: Headers, rules: HeaderRules) -> ScannedHeaders:
+    """One pass over the client's headers (lower-cased names, see ``contract.py``)."""
+    out = ScannedHeaders()
+    kept = out.kept
+    connection: list[bytes] = []
+    strip = rules.strip
+    for name, value in headers:
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                connection.append(value)
+        elif name in _ENGINE_OWNED:
+            if name == b"host":
+                out.host = value if out.host is None else b""  # two Host headers: unusable
+        elif name == b"authorization":
+            out.authorization.append(value)
+        elif name in _FORWARDING:
+            if name == b"x-forwarded-for":
+                out.forwarded_for.append(value)
+            elif name == b"x-forwarded-proto":
+                out.forwarded_proto = value
+            elif name == b"x-forwarded-host":
+                out.forwarded_host = value
+            elif name == b"x-request-id":
+                out.request_id = value
+        elif not name.startswith(_IDENTITY_PREFIX) and name not in strip:
+            kept.append((name, value))
+    if connection:
+        named = {token.strip().lower() for value in connection for token in value.split(b",")}
+        out.kept = [(name, value) for name, value in kept if name not in named]
+    return out
+
+
+def forward_headers(
+    scanned: ScannedHeaders,
+    *,
+    peer: str,
+    peer_trusted: bool,
+    client_ip: str,
+    tls: bool,
+    request_id: str,
+    identity: tuple[str, str | None, Iterable[str]] | None,
+    forward_authorization: bool,
+) -> Headers:
+    """The complete header set for the upstream (framing headers aside).
+
+    Args:
+        scanned: The client's headers from :func:`scan_request`.
+        peer: The socket peer address.
+        peer_trusted: Whether ``peer`` is a trusted proxy.
+        client_ip: The resolved client address (for logs; XFF carries the chain).
+        tls: Whether the front terminated TLS.
+        request_id: The id of this request.
+        identity: ``(subject, client_id, scopes)`` from the verified token, or ``None``.
+        forward_authorization: Whether the client's ``Authorization`` passes through.
+    """
+    headers = list(scanned.kept)
+    if forward_authorization and scanned.authorization:
+        headers.append((b"authorization", scanned.authorization[0]))
+    # X-Forwarded-For: the trusted chain is kept and the peer appended; from anybody else the
+    # peer alone (their claimed chain is noise at best, a spoof at worst).
+    if peer_trusted and scanned.forwarded_for:
+        chain = b", ".join(value.strip() for value in scanned.forwarded_for)
+        headers.append((b"x-forwarded-for", chain + b", " + peer.encode("ascii")))
+    else:
+        headers.append((b"x-forwarded-for", peer.encode("ascii")))
+    proto = b"https" if tls else b"http"
+    if peer_trusted and scanned.forwarded_proto in (b"http", b"https"):
+        proto = scanned.forwarded_proto  # type: ignore[assignment]
+    headers.append((b"x-forwarded-proto", proto))
+    host = scanned.forwarded_host if peer_trusted and scanned.forwarded_host else scanned.host
+    if host and _HOST_RE.match(host):
+        headers.append((b"x-forwarded-host", host))
+    headers.append((b"x-real-ip", client_ip.encode("ascii")))
+    headers.append((b"x-request-id", request_id.encode("ascii")))
+    if identity is not None:
+        subject, client_id, scopes = identity
+        headers.append((b"x-bastion-subject", identity_value(subject)))
+        if client_id is not None:
+            headers.append((b"x-bastion-client", identity_value(client_id)))
+        headers.append((b"x-bastion-scopes", b" ".join(identity_value(scope) for scope in scopes)))
+    return headers
+
+
+def trusted_request_id(scanned: ScannedHeaders, peer_trusted: bool) -> str:
+    """The request id: a trusted proxy's well-formed one, else a fresh one."""
+    if peer_trusted and scanned.request_id is not None and _REQUEST_ID_RE.match(scanned.request_id):
+        return scanned.request_id.decode("ascii")
+    return new_request_id()
+
+
+def response_filter(request_id: str, server: bytes | None) -> Callable[[int, Headers], Headers]:
+    """A ``Forward.response_headers`` callback for one request.
+
+    Drops hop-by-hop headers (keeping ``Transfer-Encoding``, which the engine needs for framing),
+    those named in ``Connection``, ``Server``, ``X-Powered-By`` and the upstream's
+    ``X-Request-Id``; adds ``Server`` and this request's ``X-Request-Id``.
+    """
+    rid = request_id.encode("ascii")
+
+    def _filter(status: int, headers: Headers) -> Headers:
+        named: set[bytes] = set()
+        for name, value in headers:
+            if name == b"connection":
+                named.update(token.strip().lower() for token in value.split(b","))
+        named.discard(b"transfer-encoding")
+        named.discard(b"content-length")
+        out = [(n, v) for n, v in headers if n not in _RESPONSE_HIDDEN and n not in named]
+        if server is not None:
+            out.append((b"server", server))
+        out.append((b"x-request-id", rid))
+        return out
+
+    return _filter
+
+
+def reply_headers(request_id: str, server: bytes | None) -> Headers:
+    """Headers every response the gateway writes itself carries."""
+    headers: Headers = [(b"x-request-id", request_id.encode("ascii"))]
+    if server is not None:
+        headers.append((b"server", server))
+    return headers

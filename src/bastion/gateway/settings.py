@@ -1,0 +1,342 @@
+"""The ``[gateway]`` settings: the single documented source of every gateway option.
+
+Every model is frozen and refuses unknown keys, so a typo in ``bastion.toml`` is an error that
+names the key instead of a silently ignored option. The CLI builds these objects from TOML and
+``BASTION_…`` environment variables; nothing here reads the environment or a file. Secrets never
+appear here either: :class:`IntrospectionSettings` names *where* the client secret lives
+(``client_secret_env`` / ``client_secret_file``) and the CLI resolves it.
+
+Layout in TOML::
+
+    [gateway]
+    listen = "0.0.0.0:8080"
+    realm = "shop"
+    trusted_proxies = ["10.0.0.0/8"]
+
+    [[gateway.issuers]]
+    issuer = "https://auth.example.com"
+    audience = "https://api.example.com"
+
+    [gateway.upstreams.catalog]
+    targets = ["10.0.1.5:8000", "10.0.1.6:8000"]
+
+    [[gateway.routes]]
+    prefix = "/catalog"
+    upstream = "catalog"
+    scopes = { GET = ["catalog:read"], "*" = ["catalog:write"] }
+    strip_prefix = true
+
+Cross-references (a route's upstream and issuers) are checked when the model is built, and the
+error names the route.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+from typing import Literal
+from typing import Self
+
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import field_validator
+from pydantic import model_validator
+
+from bastion.gateway.paths import PathError
+from bastion.gateway.paths import parse_target
+
+__all__ = [
+    "BreakerSettings",
+    "GatewaySettings",
+    "HealthCheckSettings",
+    "IntrospectionSettings",
+    "IssuerSettings",
+    "PoolSettings",
+    "RouteSettings",
+    "UpstreamSettings",
+]
+
+#: Methods RFC 9110 §9.2.2 calls idempotent: the only ones a retry may repeat.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2 token
+
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+class IntrospectionSettings(_Frozen):
+    """RFC 7662 token introspection for opaque access tokens issued by one issuer."""
+
+    endpoint: str | None = None
+    """Introspection endpoint URL; ``None`` takes ``introspection_endpoint`` from the issuer's
+    RFC 8414 metadata."""
+    client_id: str
+    """The gateway's client id at the authorization server (client_secret_basic)."""
+    client_secret_env: str | None = None
+    """Name of the environment variable holding the client secret (resolved by the CLI)."""
+    client_secret_file: str | None = None
+    """Path of a file holding the client secret (resolved by the CLI)."""
+    cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    """Most introspection results kept; ``0`` disables the cache."""
+    cache_ttl: Seconds = 60.0
+    """Longest time an active result is reused (never beyond the token's ``exp``)."""
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> Self:
+        if (self.client_secret_env is None) == (self.client_secret_file is None):
+            raise ValueError("set exactly one of client_secret_env or client_secret_file")
+        return self
+
+
+class IssuerSettings(_Frozen):
+    """An authorization server whose access tokens the gateway accepts."""
+
+    issuer: str = Field(min_length=1)
+    """The exact ``iss`` value (RFC 9068 §4: compared by exact string match)."""
+    jwks_uri: str | None = None
+    """JWKS URL; ``None`` discovers it from ``{issuer}/.well-known/oauth-authorization-server``."""
+    algorithms: tuple[Literal["ES256", "ES384", "RS256", "PS256", "EdDSA"], ...] = ("ES256",)
+    """Signature algorithms accepted (an allowlist: ``none`` and HMAC are never possible)."""
+    audience: str | None = None
+    """Default expected ``aud`` for routes that don't set their own."""
+    leeway: float = Field(default=5.0, ge=0, le=300)
+    """Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds."""
+    introspection: IntrospectionSettings | None = None
+    """Introspect opaque (non-JWT) tokens from this issuer; ``None`` refuses opaque tokens."""
+
+    @field_validator("algorithms")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one algorithm is required")
+        return value
+
+
+class PoolSettings(_Frozen):
+    """Connection pool of one upstream (per target)."""
+
+    max_connections: int = Field(default=100, ge=1, le=100_000)
+    """Most open connections per target."""
+    max_idle: int = Field(default=32, ge=0, le=100_000)
+    """Most idle keep-alive connections kept per target."""
+    idle_timeout: Seconds = 30.0
+    """Idle keep-alive connections are closed after this many seconds."""
+
+
+class HealthCheckSettings(_Frozen):
+    """Active health checks; a target failing them receives no traffic."""
+
+    path: str | None = None
+    """Path probed with ``GET``; ``None`` disables active checks (passive ones still apply)."""
+    interval: Seconds = 5.0
+    """Seconds between probes."""
+    timeout: Seconds = 2.0
+    """Probe timeout in seconds."""
+    unhealthy_after: int = Field(default=3, ge=1, le=100)
+    """Consecutive failures before a target is marked down."""
+    healthy_after: int = Field(default=2, ge=1, le=100)
+    """Consecutive successes before a down target is used again."""
+
+
+class BreakerSettings(_Frozen):
+    """Circuit breaker per target: stop sending to a target that keeps failing."""
+
+    failure_threshold: int = Field(default=5, ge=1, le=10_000)
+    """Consecutive connect/timeout failures that open the circuit."""
+    cooldown: Seconds = 10.0
+    """Seconds the circuit stays open before one trial request is let through."""
+
+
+class UpstreamSettings(_Frozen):
+    """A named group of upstream targets (``[gateway.upstreams.NAME]``)."""
+
+    targets: tuple[str, ...] = Field(min_length=1)
+    """``host:port`` or ``http://host:port`` entries, balanced round-robin."""
+    pool: PoolSettings = PoolSettings()
+    """Connection pool limits."""
+    health: HealthCheckSettings = HealthCheckSettings()
+    """Active health checks."""
+    breaker: BreakerSettings = BreakerSettings()
+    """Circuit breaker."""
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for target in value:
+            bare = target.removeprefix("http://").removeprefix("https://").rstrip("/")
+            _host_port(bare)
+        return value
+
+
+class RouteSettings(_Frozen):
+    """One ``[[gateway.routes]]`` entry: a path prefix, its upstream and its policies."""
+
+    prefix: str
+    """Canonical path prefix, matched on segment boundaries (``/api`` matches ``/api`` and
+    ``/api/x``, not ``/apix``), case-sensitively; the longest matching prefix wins."""
+    upstream: str
+    """Name of a ``[gateway.upstreams.NAME]`` entry."""
+    auth: Literal["required", "none"] = "required"
+    """``required``: a valid bearer token is needed; ``none``: forwarded without token checks
+    (spoofed identity headers are still stripped)."""
+    issuers: tuple[str, ...] | None = None
+    """Issuers whose tokens this route accepts; ``None`` accepts every configured issuer."""
+    scopes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Scopes required per method, all of them needed (``{GET = ["catalog:read"]}``); the
+    ``"*"`` entry applies to methods not listed. Empty: any valid token is enough."""
+    audience: str | None = None
+    """Expected ``aud``; ``None`` takes the issuer's ``audience``."""
+    strip_prefix: bool = False
+    """Remove the prefix before forwarding (``/api/x`` → ``/x``)."""
+    rewrite_prefix: str | None = None
+    """Replace the prefix before forwarding (``/api/x`` → ``{rewrite_prefix}/x``)."""
+    forward_authorization: bool = False
+    """Forward the client's ``Authorization`` header upstream (off: services see only the
+    ``X-Bastion-*`` identity headers)."""
+    connect_timeout: Seconds = 2.0
+    """Seconds to open an upstream connection."""
+    read_timeout: Seconds = 30.0
+    """Seconds between two reads from the upstream."""
+    total_timeout: Seconds = 60.0
+    """Seconds for the whole upstream exchange."""
+    retry: bool = False
+    """Retry once on another target after a connect failure; applied to idempotent methods only
+    (RFC 9110 §9.2.2)."""
+
+    @field_validator("prefix", "rewrite_prefix")
+    @classmethod
+    def _canonical_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            canonical = parse_target(value.encode("ascii")).path
+        except (PathError, UnicodeEncodeError) as exc:
+            raise ValueError(f"{value!r} is not a canonical path: {exc}") from exc
+        if canonical != value or "?" in value:
+            raise ValueError(f"{value!r} is not a canonical path (use {canonical!r})")
+        if value != "/" and value.endswith("/"):
+            raise ValueError(f"{value!r} must not end with '/'")
+        return value
+
+    @field_validator("scopes")
+    @classmethod
+    def _scope_methods(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for method, scopes in value.items():
+            if method != "*" and (not _TOKEN_RE.match(method) or method != method.upper()):
+                raise ValueError(f"scopes key {method!r} must be an upper-case method or '*'")
+            for scope in scopes:
+                # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+                if not scope or any(c in '"\\' or not "\x21" <= c <= "\x7e" for c in scope):
+                    raise ValueError(f"invalid scope {scope!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _rewrite(self) -> Self:
+        if self.strip_prefix and self.rewrite_prefix is not None:
+            raise ValueError("set strip_prefix or rewrite_prefix, not both")
+        return self
+
+    def scopes_for(self, method: str) -> tuple[str, ...]:
+        """The scopes a ``method`` request needs on this route."""
+        found = self.scopes.get(method)
+        return found if found is not None else self.scopes.get("*", ())
+
+
+class GatewaySettings(_Frozen):
+    """The ``[gateway]`` table."""
+
+    listen: str = "127.0.0.1:8080"
+    """``host:port`` of the public listener."""
+    admin_listen: str | None = "127.0.0.1:9100"
+    """``host:port`` of the admin listener (``/metrics``, ``/healthz``); ``None`` disables it.
+    Keep it off the public network."""
+    tls_cert: str | None = None
+    """PEM certificate chain for TLS on the public listener (with ``tls_key``)."""
+    tls_key: str | None = None
+    """PEM private key for ``tls_cert``."""
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    """CIDRs of proxies in front of the gateway whose ``X-Forwarded-For``, ``X-Forwarded-Proto``,
+    ``X-Forwarded-Host`` and ``X-Request-Id`` are believed. Empty: the socket peer is the client."""
+    strip_headers: tuple[str, ...] = ()
+    """Extra client headers dropped before forwarding (e.g. ``X-User-Id``); every ``X-Bastion-*``
+    header is always dropped."""
+    realm: str = Field(default="bastion", pattern=r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$")
+    """``realm`` of the ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3)."""
+    server_header: str | None = "bastion"
+    """``Server`` header on responses (the upstream's is always hidden); ``None`` sends none."""
+    drain_seconds: Seconds = 60.0
+    """After a reload, pools of removed upstreams are closed this long after the swap, so that
+    in-flight requests finish."""
+    issuers: tuple[IssuerSettings, ...] = ()
+    """Authorization servers whose tokens are accepted (``[[gateway.issuers]]``)."""
+    upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
+    """Upstream groups by name (``[gateway.upstreams.NAME]``)."""
+    routes: tuple[RouteSettings, ...] = ()
+    """Routes (``[[gateway.routes]]``); order does not matter, the longest prefix wins."""
+
+    @field_validator("listen", "admin_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return None if value is None else _host_port(value)
+
+    @field_validator("strip_headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _TOKEN_RE.match(name):
+                raise ValueError(f"{name!r} is not a header name")
+        return tuple(name.lower() for name in value)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        for name in self.upstreams:
+            if not _TOKEN_RE.match(name):
+                raise ValueError(f"upstream name {name!r} must be a plain token")
+        issuers = {issuer.issuer: issuer for issuer in self.issuers}
+        if len(issuers) != len(self.issuers):
+            raise ValueError("issuers must be unique")
+        seen: set[str] = set()
+        for route in self.routes:
+            where = f"route {route.prefix!r}"
+            if route.prefix in seen:
+                raise ValueError(f"{where}: duplicate prefix")
+            seen.add(route.prefix)
+            if route.upstream not in self.upstreams:
+                raise ValueError(f"{where}: unknown upstream {route.upstream!r}")
+            if route.auth == "none":
+                continue
+            accepted = route.issuers if route.issuers is not None else tuple(issuers)
+            if not accepted:
+                raise ValueError(f"{where}: auth is required but no issuer is configured")
+            for name in accepted:
+                if name not in issuers:
+                    raise ValueError(f"{where}: unknown issuer {name!r}")
+                if route.audience is None and issuers[name].audience is None:
+                    raise ValueError(f"{where}: no audience (set the route's audience or issuer {name!r}'s)")
+        return self
+
+    def issuer(self, name: str) -> IssuerSettings:
+        """The issuer settings for ``name``.
+
+        Raises:
+            KeyError: no such issuer.
+        """
+        for issuer in self.issuers:
+            if issuer.issuer == name:
+                return issuer
+        raise KeyError(name)

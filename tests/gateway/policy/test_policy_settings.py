@@ -1,0 +1,157 @@
+"""``[gateway]`` settings: validation, cross-references and documentation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+from pydantic import ValidationError
+
+from bastion.gateway import settings as module
+from bastion.gateway.settings import GatewaySettings
+from bastion.gateway.settings import RouteSettings
+
+ISSUER = {"issuer": "https://auth.example", "audience": "https://api.example"}
+
+
+def gateway(**overrides: Any) -> GatewaySettings:
+    data: dict[str, Any] = {
+        "issuers": [ISSUER],
+        "upstreams": {"catalog": {"targets": ["127.0.0.1:9000"]}},
+        "routes": [{"prefix": "/catalog", "upstream": "catalog", "scopes": {"GET": ["catalog:read"]}}],
+    }
+    data.update(overrides)
+    return GatewaySettings.model_validate(data)
+
+
+def test_defaults_and_a_full_example() -> None:
+    settings = gateway(trusted_proxies=["10.0.0.0/8", "::1/128"], strip_headers=["X-User-Id"])
+    assert settings.listen == "127.0.0.1:8080"
+    assert settings.admin_listen == "127.0.0.1:9100"
+    assert settings.strip_headers == ("x-user-id",)
+    route = settings.routes[0]
+    assert route.auth == "required"
+    assert route.forward_authorization is False
+    assert route.scopes_for("GET") == ("catalog:read",)
+    assert route.scopes_for("POST") == ()
+    assert settings.issuer("https://auth.example").algorithms == ("ES256",)
+
+
+def test_frozen_and_no_unknown_keys() -> None:
+    settings = gateway()
+    with pytest.raises(ValidationError):
+        settings.listen = "0.0.0.0:1"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="lisen"):
+        gateway(lisen="0.0.0.0:80")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"routes": [{"prefix": "/orders", "upstream": "orders"}]},
+            "route '/orders': unknown upstream 'orders'",
+        ),
+        (
+            {"routes": [{"prefix": "/a", "upstream": "catalog", "issuers": ["https://other"]}]},
+            "route '/a': unknown issuer 'https://other'",
+        ),
+        (
+            {"issuers": [{"issuer": "https://auth.example"}]},
+            "route '/catalog': no audience",
+        ),
+        ({"issuers": []}, "route '/catalog': auth is required but no issuer"),
+        (
+            {
+                "routes": [
+                    {"prefix": "/a", "upstream": "catalog"},
+                    {"prefix": "/a", "upstream": "catalog"},
+                ]
+            },
+            "duplicate prefix",
+        ),
+        ({"tls_cert": "cert.pem"}, "tls_cert and tls_key go together"),
+        ({"listen": "8080"}, "host:port"),
+        ({"strip_headers": ["X User"]}, "not a header name"),
+        ({"issuers": [ISSUER, ISSUER]}, "issuers must be unique"),
+        ({"upstreams": {"catalog": {"targets": []}}}, "targets"),
+        ({"upstreams": {"catalog": {"targets": ["nohost"]}}}, "host:port"),
+        ({"realm": 'a"b'}, "realm"),
+    ],
+)
+def test_invalid_settings_name_the_problem(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        gateway(**overrides)
+
+
+def test_auth_none_routes_need_no_issuer() -> None:
+    settings = gateway(issuers=[], routes=[{"prefix": "/", "upstream": "catalog", "auth": "none"}])
+    assert settings.routes[0].auth == "none"
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        ({"prefix": "api"}, "not a canonical path"),
+        ({"prefix": "/api/"}, "must not end with '/'"),
+        ({"prefix": "/a/../b"}, "not a canonical path"),
+        ({"prefix": "/%61pi"}, "use '/api'"),
+        ({"prefix": "/a?x"}, "not a canonical path"),
+        ({"prefix": "/a", "strip_prefix": True, "rewrite_prefix": "/b"}, "not both"),
+        ({"prefix": "/a", "rewrite_prefix": "/b//c"}, "not a canonical path"),
+        ({"prefix": "/a", "scopes": {"get": ["x"]}}, "upper-case method"),
+        ({"prefix": "/a", "scopes": {"GET": ["a b"]}}, "invalid scope"),
+        ({"prefix": "/a", "scopes": {"GET": ['a"']}}, "invalid scope"),
+        ({"prefix": "/a", "read_timeout": 0}, "greater than 0"),
+    ],
+)
+def test_invalid_routes(route: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        RouteSettings.model_validate({"upstream": "u", **route})
+
+
+def test_introspection_secret_comes_from_exactly_one_place() -> None:
+    base = {"issuer": "https://auth.example", "audience": "a"}
+    with pytest.raises(ValidationError, match="exactly one"):
+        gateway(issuers=[{**base, "introspection": {"client_id": "gw"}}])
+    with pytest.raises(ValidationError, match="exactly one"):
+        gateway(
+            issuers=[
+                {
+                    **base,
+                    "introspection": {
+                        "client_id": "gw",
+                        "client_secret_env": "A",
+                        "client_secret_file": "/f",
+                    },
+                }
+            ]
+        )
+    with pytest.raises(ValidationError, match="client_secret"):
+        gateway(issuers=[{**base, "introspection": {"client_id": "gw", "client_secret": "x"}}])
+    ok = gateway(issuers=[{**base, "introspection": {"client_id": "gw", "client_secret_env": "GW_SECRET"}}])
+    assert ok.issuers[0].introspection is not None
+
+
+def test_scope_star_is_the_default_for_unlisted_methods() -> None:
+    route = RouteSettings(prefix="/a", upstream="u", scopes={"GET": ("r",), "*": ("w",)})
+    assert route.scopes_for("GET") == ("r",)
+    assert route.scopes_for("DELETE") == ("w",)
+
+
+def _models() -> list[type[BaseModel]]:
+    return [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__
+    ]
+
+
+@pytest.mark.parametrize("model", _models(), ids=lambda model: model.__name__)
+def test_every_option_is_documented(model: type[BaseModel]) -> None:
+    """``settings.py`` is the single documented source of options: no field without a description."""
+    assert model.model_config.get("frozen") is True
+    assert model.model_config.get("extra") == "forbid"
+    for name, info in model.model_fields.items():
+        assert info.description, f"{model.__name__}.{name} has no docstring"
