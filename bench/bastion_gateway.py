@@ -1,0 +1,162 @@
+"""Bastion's gateway as a benchmark target: a config file and ``bastion serve`` pinned to a core."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from procs import Service
+from procs import free_port
+from token_pool import AUDIENCE
+from token_pool import ISSUER
+from token_pool import SCOPE
+
+BASTION = str(Path(sys.executable).parent / "bastion")
+
+
+class Unsupported(RuntimeError):
+    """The gateway in this tree cannot run this variant yet (the message says what is missing)."""
+
+
+def unavailable() -> str | None:
+    """Why Bastion's gateway cannot be benchmarked in this tree, or ``None`` when it can."""
+    if importlib.util.find_spec("bastion.gateway.app") is None:
+        return "bastion.gateway.app (create_gateway) is not in this tree yet"
+    if importlib.util.find_spec("bastion.cli.main") is None:
+        return "the bastion CLI (bastion.cli.main) is not in this tree yet"
+    proc = subprocess.run([BASTION, "serve", "--help"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return f"`bastion serve --help` failed: {(proc.stderr or proc.stdout).strip()[-300:]}"
+    return None
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"no TOML form for {value!r}")
+
+
+def gateway_config(
+    *,
+    data_dir: Path,
+    port: int,
+    admin_port: int,
+    alg: str,
+    jwks_uri: str,
+    upstream_port: int,
+    cache: bool,
+    tls: Any = None,
+) -> str:
+    """The TOML of a gateway with one issuer (``alg`` only), one upstream and one route ``/``.
+
+    The route requires the ``read`` scope for GET, so Bastion checks at least what HAProxy does
+    (alg, typ, signature, iss, aud, exp) plus ``nbf`` and scopes.
+    """
+    gateway: dict[str, Any] = {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}"}
+    if tls is not None:
+        gateway["tls_cert"] = str(tls.cert)
+        gateway["tls_key"] = str(tls.key)
+    issuer: dict[str, Any] = {
+        "issuer": ISSUER,
+        "jwks_uri": jwks_uri,
+        "algorithms": [alg],
+        "audience": AUDIENCE,
+    }
+    if not cache:
+        issuer["token_cache_size"] = 0
+    lines = [
+        f"data_dir = {_toml_value(str(data_dir))}",
+        "",
+        "[gateway]",
+        *(f"{k} = {_toml_value(v)}" for k, v in gateway.items()),
+        "",
+        "[[gateway.issuers]]",
+        *(f"{k} = {_toml_value(v)}" for k, v in issuer.items()),
+        "",
+        "[gateway.upstreams.origin]",
+        f"targets = {_toml_value([f'127.0.0.1:{upstream_port}'])}",
+        "",
+        "[gateway.upstreams.origin.pool]",
+        "max_connections = 256",
+        "max_idle = 128",
+        "",
+        "[[gateway.routes]]",
+        'prefix = "/"',
+        'upstream = "origin"',
+        f"scopes = {_toml_value({'GET': [SCOPE]})}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def service(
+    name: str,
+    *,
+    work: Path,
+    alg: str,
+    jwks_uri: str,
+    upstream_port: int,
+    cache: bool,
+    tls: Any,
+    workers: int,
+    cores: str,
+) -> Service:
+    """A :class:`Service` running ``bastion serve --config <file> --workers N`` for the gateway.
+
+    Raises:
+        Unsupported: the variant needs an option this tree does not have.
+    """
+    directory = work / name
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = directory / "bastion.toml"
+    config.write_text(
+        gateway_config(
+            data_dir=directory / ".bastion",
+            port=port,
+            admin_port=free_port(),
+            alg=alg,
+            jwks_uri=jwks_uri,
+            upstream_port=upstream_port,
+            cache=cache,
+            tls=tls,
+        )
+    )
+    check = subprocess.run(
+        [BASTION, "config", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=_env(),
+    )
+    if check.returncode != 0:
+        raise Unsupported(f"config check failed: {(check.stderr or check.stdout).strip()[-500:]}")
+    return Service(
+        name,
+        [BASTION, "serve", "--config", str(config), "--workers", str(workers)],
+        cores=cores,
+        port=port,
+        log_dir=work / "logs",
+        env=_env(),
+        timeout=60,
+    )
+
+
+_KEK = secrets.token_urlsafe(36)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "BASTION_KEK": _KEK}
