@@ -83,6 +83,15 @@ class TokenStore(Protocol):
     async def is_jti_revoked(self, jti: str) -> bool:
         """Whether ``jti`` was revoked (and has not expired since)."""
 
+    async def record_family_jti(self, jti: str, family_id: str, expires_at: float) -> None:
+        """Remember that JWT ``jti`` was issued from refresh-token family ``family_id``."""
+
+    async def family_tokens(self, family_id: str, now: float) -> list[tuple[str, float]]:
+        """Unexpired ``(jti, expires_at)`` of every access token (JWT or opaque) of a family."""
+
+    async def revoke_family_opaque_tokens(self, family_id: str, now: float) -> int:
+        """Mark every opaque access token of a family revoked; returns how many."""
+
     async def purge_expired(self, now: float) -> int:
         """Delete expired tokens and revocation records; returns how many rows went."""
 

@@ -81,3 +81,13 @@ revoked_jtis = Table(
     Column("revoked_at", Float, nullable=False),
     Index("ix_revoked_jtis_expires_at", "expires_at"),
 )
+
+#: JWT access tokens issued from a refresh-token family, so revoking the family revokes them.
+family_jtis = Table(
+    "family_jtis",
+    metadata,
+    Column("jti", String(64), primary_key=True),
+    Column("family_id", String(64), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_family_jtis_family_id", "family_id"),
+)

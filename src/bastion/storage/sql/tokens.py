@@ -14,6 +14,7 @@ from bastion.protocol.models import StoredAccessToken
 from bastion.storage.protocols import Conflict
 from bastion.storage.sql.engine import Database
 from bastion.storage.sql.schema import access_tokens
+from bastion.storage.sql.schema import family_jtis
 from bastion.storage.sql.schema import revoked_jtis
 
 
@@ -90,10 +91,38 @@ class SQLTokenStore:
             row = (await conn.execute(select(revoked_jtis.c.jti).where(revoked_jtis.c.jti == jti))).first()
         return row is not None
 
-    async def purge_expired(self, now: float) -> int:
+    async def record_family_jti(self, jti: str, family_id: str, expires_at: float) -> None:
         async with self._db.write() as conn:
-            gone = (
-                await conn.execute(delete(access_tokens).where(access_tokens.c.expires_at < now))
-            ).rowcount
-            gone += (await conn.execute(delete(revoked_jtis).where(revoked_jtis.c.expires_at < now))).rowcount
-        return int(gone)
+            await conn.execute(
+                insert(family_jtis).values(jti=jti, family_id=family_id, expires_at=expires_at)
+            )
+
+    async def family_tokens(self, family_id: str, now: float) -> list[tuple[str, float]]:
+        async with self._db.read() as conn:
+            jwts = await conn.execute(
+                select(family_jtis.c.jti, family_jtis.c.expires_at).where(
+                    family_jtis.c.family_id == family_id, family_jtis.c.expires_at > now
+                )
+            )
+            opaque = await conn.execute(
+                select(access_tokens.c.jti, access_tokens.c.expires_at).where(
+                    access_tokens.c.family_id == family_id, access_tokens.c.expires_at > now
+                )
+            )
+            return [(row.jti, row.expires_at) for row in [*jwts, *opaque]]
+
+    async def revoke_family_opaque_tokens(self, family_id: str, now: float) -> int:
+        async with self._db.write() as conn:
+            result = await conn.execute(
+                update(access_tokens)
+                .where(access_tokens.c.family_id == family_id, access_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+        return int(result.rowcount)
+
+    async def purge_expired(self, now: float) -> int:
+        gone = 0
+        async with self._db.write() as conn:
+            for table in (access_tokens, family_jtis, revoked_jtis):
+                gone += (await conn.execute(delete(table).where(table.c.expires_at < now))).rowcount
+        return gone

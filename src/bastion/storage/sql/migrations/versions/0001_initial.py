@@ -1,7 +1,7 @@
-"""initial schema: clients, signing keys, opaque tokens, revoked jtis
+"""initial schema
 
 Revision ID: 0001
-Revises:
+Revises: (none)
 """
 
 from __future__ import annotations
@@ -55,6 +55,16 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("client_id"),
     )
     op.create_table(
+        "family_jtis",
+        sa.Column("jti", sa.String(length=64), nullable=False),
+        sa.Column("family_id", sa.String(length=64), nullable=False),
+        sa.Column("expires_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("jti"),
+    )
+    with op.batch_alter_table("family_jtis", schema=None) as batch_op:
+        batch_op.create_index("ix_family_jtis_family_id", ["family_id"], unique=False)
+
+    op.create_table(
         "revoked_jtis",
         sa.Column("jti", sa.String(length=64), nullable=False),
         sa.Column("expires_at", sa.Float(), nullable=False),
@@ -88,6 +98,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_revoked_jtis_expires_at")
 
     op.drop_table("revoked_jtis")
+    with op.batch_alter_table("family_jtis", schema=None) as batch_op:
+        batch_op.drop_index("ix_family_jtis_family_id")
+
+    op.drop_table("family_jtis")
     op.drop_table("clients")
     with op.batch_alter_table("access_tokens", schema=None) as batch_op:
         batch_op.drop_index("ix_access_tokens_family_id")
