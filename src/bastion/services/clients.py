@@ -1,0 +1,174 @@
+"""Registered clients: creation, secrets, authentication with a short in-memory cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+
+from bastion.protocol.errors import InvalidClient
+from bastion.protocol.models import Client
+from bastion.protocol.models import GrantType
+from bastion.protocol.models import TokenFormat
+from bastion.protocol.rfc6749.client_auth import AuthMethod
+from bastion.protocol.rfc6749.client_auth import extract_credentials
+from bastion.services.crypto import Sealer
+from bastion.services.crypto import new_secret
+from bastion.storage.protocols import ClientStore
+from bastion.storage.protocols import NotFound
+
+_DUMMY_HASH = "0" * 64
+
+
+class ClientError(ValueError):
+    """A client definition that cannot be registered; the message says what to fix."""
+
+
+class ClientService:
+    """Creates and authenticates clients. Reads are served from memory for ``cache_ttl`` seconds."""
+
+    def __init__(
+        self, store: ClientStore, sealer: Sealer, *, cache_ttl: float = 2.0, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._store = store
+        self._sealer = sealer
+        self._ttl = cache_ttl
+        self._clock = clock
+        self._cache: dict[str, tuple[Client | None, float]] = {}
+
+    async def get(self, client_id: str) -> Client | None:
+        """The client record (possibly up to ``cache_ttl`` seconds old)."""
+        now = self._clock()
+        hit = self._cache.get(client_id)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        client = await self._store.get_client(client_id)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[client_id] = (client, now + self._ttl)
+        return client
+
+    def forget(self, client_id: str) -> None:
+        """Drop a cached record (after this process changed it)."""
+        self._cache.pop(client_id, None)
+
+    async def authenticate(
+        self, params: Mapping[str, str], authorization: str | None, *, allow_public: bool = False
+    ) -> Client:
+        """The authenticated client of a request (RFC 6749 §2.3).
+
+        Confidential clients must prove their secret; public clients are accepted (identified, not
+        authenticated) only where ``allow_public``.
+
+        Raises:
+            InvalidClient: unknown, disabled, wrong secret, or a public client where not allowed.
+            InvalidRequest: more than one authentication method.
+        """
+        creds = extract_credentials(params, authorization)
+        used_basic = creds.method is AuthMethod.BASIC
+        client = await self.get(creds.client_id)
+        if client is None or client.disabled:
+            # Same work as a real check, so timing does not reveal which ids exist.
+            self._sealer.verify_secret(creds.secret or "", _DUMMY_HASH)
+            raise InvalidClient("client authentication failed", detail="unknown or disabled client", used_basic=used_basic)
+        if client.public:
+            if creds.secret is not None:
+                raise InvalidClient("public clients have no secret", used_basic=used_basic)
+            if not allow_public:
+                raise InvalidClient("this endpoint requires client authentication", used_basic=used_basic)
+            return client
+        if creds.secret is None or client.secret_hash is None:
+            raise InvalidClient("client authentication is required", used_basic=used_basic)
+        if not self._sealer.verify_secret(creds.secret, client.secret_hash):
+            raise InvalidClient("client authentication failed", detail="wrong secret", used_basic=used_basic)
+        return client
+
+    async def create(
+        self,
+        *,
+        name: str,
+        public: bool = False,
+        grant_types: Iterable[str] = (GrantType.CLIENT_CREDENTIALS,),
+        scopes: Iterable[str] = (),
+        redirect_uris: Iterable[str] = (),
+        post_logout_redirect_uris: Iterable[str] = (),
+        audience: str | None = None,
+        token_format: TokenFormat = TokenFormat.JWT,
+        first_party: bool = False,
+        client_id: str | None = None,
+    ) -> tuple[Client, str | None]:
+        """Register a client; returns it and its secret (shown once; ``None`` for public clients).
+
+        Raises:
+            ClientError: the definition breaks a rule (public client with client_credentials,
+                authorization_code without redirect URIs, unknown grant type ...).
+        """
+        grants = frozenset(str(g) for g in grant_types)
+        known = {g.value for g in GrantType}
+        if unknown := sorted(grants - known):
+            raise ClientError(f"unsupported grant type(s): {', '.join(unknown)} (supported: {', '.join(sorted(known))})")
+        if public and GrantType.CLIENT_CREDENTIALS in grants:
+            raise ClientError("a public client cannot use client_credentials (it has no secret)")
+        uris = tuple(redirect_uris)
+        if GrantType.AUTHORIZATION_CODE in grants and not uris:
+            raise ClientError("authorization_code clients need at least one --redirect-uri")
+        for uri in (*uris, *post_logout_redirect_uris):
+            if "#" in uri or not uri.startswith(("https://", "http://")) and ":" not in uri:
+                raise ClientError(f"invalid redirect URI {uri!r}: absolute URI without fragment required")
+        now = self._clock()
+        secret = None if public else new_secret(32)
+        client = Client(
+            client_id=client_id or secrets.token_urlsafe(16),
+            name=name,
+            public=public,
+            grant_types=grants,
+            scopes=frozenset(scopes),
+            redirect_uris=uris,
+            post_logout_redirect_uris=tuple(post_logout_redirect_uris),
+            audience=audience,
+            token_format=token_format,
+            first_party=first_party,
+            secret_hash=self._sealer.hash_secret(secret) if secret else None,
+            created_at=now,
+            updated_at=now,
+        )
+        await self._store.create_client(client)
+        return client, secret
+
+    async def _require(self, client_id: str) -> Client:
+        client = await self._store.get_client(client_id)
+        if client is None:
+            raise NotFound(f"no client {client_id!r}")
+        return client
+
+    async def rotate_secret(self, client_id: str) -> tuple[Client, str]:
+        """Replace a confidential client's secret; the old one stops working at once here and
+        within ``cache_ttl`` on other processes."""
+        client = await self._require(client_id)
+        if client.public:
+            raise ClientError("public clients have no secret")
+        secret = new_secret(32)
+        updated = dataclasses.replace(client, secret_hash=self._sealer.hash_secret(secret), updated_at=self._clock())
+        await self._store.update_client(updated)
+        self.forget(client_id)
+        return updated, secret
+
+    async def set_disabled(self, client_id: str, disabled: bool = True) -> Client:
+        """Disable (or re-enable) a client."""
+        client = await self._require(client_id)
+        updated = dataclasses.replace(client, disabled=disabled, updated_at=self._clock())
+        await self._store.update_client(updated)
+        self.forget(client_id)
+        return updated
+
+    async def delete(self, client_id: str) -> bool:
+        """Delete a client record."""
+        self.forget(client_id)
+        return await self._store.delete_client(client_id)
+
+    async def list(self) -> list[Client]:
+        """Every client."""
+        return list(await self._store.list_clients())
