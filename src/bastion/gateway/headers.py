@@ -233,7 +233,7 @@ def forward_headers(
     client_ip: str,
     tls: bool,
     request_id: str,
-    identity: tuple[str, str | None, Iterable[str]] | None,
+    identity: tuple[str | None, str | None, Iterable[str]] | None,
     forward_authorization: bool,
 ) -> Headers:
     """The complete header set for the upstream (framing headers aside).
@@ -269,7 +269,8 @@ def forward_headers(
     headers.append((b"x-request-id", request_id.encode("ascii")))
     if identity is not None:
         subject, client_id, scopes = identity
-        headers.append((b"x-bastion-subject", identity_value(subject)))
+        if subject is not None:
+            headers.append((b"x-bastion-subject", identity_value(subject)))
         if client_id is not None:
             headers.append((b"x-bastion-client", identity_value(client_id)))
         headers.append((b"x-bastion-scopes", b" ".join(identity_value(scope) for scope in scopes)))

@@ -114,6 +114,9 @@ class IssuerSettings(_Frozen):
     """Default expected ``aud`` for routes that don't set their own."""
     leeway: float = Field(default=5.0, ge=0, le=300)
     """Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds."""
+    token_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
+    """Verified tokens remembered (until their ``exp``), so a repeated token costs a dict lookup
+    instead of a signature check; ``0`` disables the cache."""
     introspection: IntrospectionSettings | None = None
     """Introspect opaque (non-JWT) tokens from this issuer; ``None`` refuses opaque tokens."""
 
