@@ -1,0 +1,395 @@
+"""The policy chain: small checks run in order for each request on a route.
+
+Each route gets an ordered tuple of :class:`Policy` objects, built from its settings by
+:data:`PolicyFactory` callables (:func:`default_factories` gives the built-in ones). A policy's
+:meth:`~Policy.check` looks at the :class:`Exchange` and returns
+
+* ``None`` — pass, go on with the next policy;
+* a :class:`~bastion.gateway.contract.Reply` — stop and answer (401, 403, 429 …);
+* an awaitable of either — the slow path (a JWKS fetch, an introspection call, a Redis round
+  trip). :func:`run_chain` stays synchronous until a policy actually needs to wait, so a request
+  whose token is in the verified-token cache is decided without creating a coroutine.
+
+Built-in policies, in chain order:
+
+=====================  ==================================================================
+``QueryTokenPolicy``   refuses ``access_token`` in the query (OAuth 2.1 §5.2: bearer
+                       tokens go in the ``Authorization`` header only)
+``BearerAuthPolicy``   exactly one ``Authorization: Bearer`` header; token validated
+                       against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
+``ScopePolicy``        every scope the route requires for the method (RFC 6750 §3.1)
+=====================  ==================================================================
+
+Rate limits, IP rules and body filters plug in as further factories; they see the resolved
+client address and, after ``BearerAuthPolicy``, the principal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+from typing import Protocol
+from urllib.parse import unquote_to_bytes
+
+import orjson
+
+from bastion.gateway.contract import Reply
+from bastion.gateway.contract import RequestHead
+from bastion.gateway.headers import ScannedHeaders
+from bastion.gateway.observe import GatewayMetrics
+from bastion.gateway.paths import RequestTarget
+from bastion.gateway.settings import GatewaySettings
+from bastion.gateway.settings import RouteSettings
+from bastion.protocol.jose import JOSEError
+from bastion.protocol.jose import b64url_decode
+from bastion.tokens import InsufficientScope
+from bastion.tokens import Principal
+from bastion.tokens import TokenError
+from bastion.tokens import bearer_challenge
+
+__all__ = [
+    "BearerAuthPolicy",
+    "Exchange",
+    "Policy",
+    "PolicyContext",
+    "PolicyFactory",
+    "PolicyResult",
+    "QueryTokenPolicy",
+    "ScopePolicy",
+    "TokenVerifier",
+    "default_factories",
+    "problem",
+    "run_chain",
+]
+
+PolicyResult = Reply | None
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_B64TOKEN: Final = re.compile(rb"^[A-Za-z0-9\-._~+/]+=*$")
+_MAX_TOKEN: Final = 16 * 1024
+
+
+class TokenVerifier(Protocol):
+    """What the gateway needs of :class:`bastion.tokens.TokenValidator` (or an introspector)."""
+
+    def cached(self, token: str, audience: str) -> Principal | None:
+        """The principal for a token verified before and still valid, without I/O."""
+
+    async def validate(self, token: str, *, audience: str) -> Principal:
+        """Verify ``token`` fully (may fetch keys or introspect).
+
+        Raises:
+            TokenError: the token is refused (``reason`` says why).
+        """
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request as the policies see it."""
+
+    head: RequestHead
+    method: str
+    target: RequestTarget
+    scanned: ScannedHeaders
+    peer_trusted: bool
+    client_ip: str
+    request_id: str
+    principal: Principal | None = None
+    #: Why authentication failed (a metrics label), for the access log.
+    auth_failure: str | None = None
+
+
+class Policy(Protocol):
+    """One check in a route's chain."""
+
+    #: Short name, used in logs and errors.
+    name: str
+
+    def check(self, exchange: Exchange) -> PolicyResult | Awaitable[PolicyResult]:
+        """``None`` to pass, a ``Reply`` to answer, or an awaitable of either."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """What a :data:`PolicyFactory` may use to build a route's policies."""
+
+    gateway: GatewaySettings
+    #: Verifiers by issuer (``iss``); shared by every route.
+    verifiers: Mapping[str, TokenVerifier]
+    metrics: GatewayMetrics
+
+
+#: Builds zero or more policies for a route; factories run in order and their policies are
+#: chained in that order.
+PolicyFactory = Callable[[RouteSettings, PolicyContext], Sequence[Policy]]
+
+
+def problem(
+    status: int, title: str, detail: str | None = None, headers: list[tuple[bytes, bytes]] | None = None
+) -> Reply:
+    """An RFC 9457 ``application/problem+json`` reply."""
+    body: dict[str, object] = {"type": "about:blank", "title": title, "status": status}
+    if detail is not None:
+        body["detail"] = detail
+    out = [(b"content-type", b"application/problem+json"), (b"cache-control", b"no-store")]
+    if headers:
+        out.extend(headers)
+    return Reply(status=status, headers=out, body=orjson.dumps(body))
+
+
+def _challenge_reply(status: int, title: str, challenge: str, detail: str | None = None) -> Reply:
+    return problem(status, title, detail, [(b"www-authenticate", challenge.encode("ascii"))])
+
+
+class QueryTokenPolicy:
+    """Refuse a bearer token in the query string.
+
+    OAuth 2.1 (draft-ietf-oauth-v2-1 §5.2) drops RFC 6750 §2.3's URI query parameter: tokens in
+    URLs end up in logs, history and ``Referer``. A request carrying ``access_token=`` is refused
+    with 400 ``invalid_request`` rather than silently forwarded with the token in it. Form-body
+    tokens (RFC 6750 §2.2) are never read either: the gateway sees only the head, so such a
+    request simply has no token and gets 401.
+    """
+
+    name = "query_token"
+
+    def __init__(self, realm: str, metrics: GatewayMetrics) -> None:
+        """Answer with challenges for ``realm``."""
+        self._realm = realm
+        self._metrics = metrics
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """Refuse when any query parameter is named ``access_token`` (in any %-encoding)."""
+        query = exchange.target.query
+        if not query or ("token" not in query.lower() and "%" not in query):
+            return None
+        for pair in query.split("&"):
+            name = pair.split("=", 1)[0]
+            if unquote_to_bytes(name.replace("+", " ")) == b"access_token":
+                self._metrics.auth_failure("token_in_query")
+                exchange.auth_failure = "token_in_query"
+                return _challenge_reply(
+                    400,
+                    "Bad Request",
+                    bearer_challenge(
+                        self._realm,
+                        error="invalid_request",
+                        description="Send the access token in the Authorization header",
+                    ),
+                )
+        return None
+
+
+class BearerAuthPolicy:
+    """Require a valid bearer token (RFC 6750 §2.1, §3.1).
+
+    * No ``Authorization`` header, or another scheme: 401 with a bare challenge — "If the request
+      lacks any authentication information …, the resource server SHOULD NOT include an error
+      code" (RFC 6750 §3.1).
+    * More than one ``Authorization`` header, or a malformed ``Bearer`` credential: 400
+      ``invalid_request``.
+    * A refused token: 401 ``invalid_token`` (503 when the issuer cannot be reached).
+
+    The token is never logged or forwarded (unless the route forwards ``Authorization``).
+    """
+
+    name = "bearer"
+
+    def __init__(
+        self,
+        verifiers: Sequence[tuple[str, TokenVerifier, str]],
+        realm: str,
+        metrics: GatewayMetrics,
+    ) -> None:
+        """Accept tokens from ``verifiers``: ``(issuer, verifier, expected audience)`` triples."""
+        if not verifiers:
+            raise ValueError("BearerAuthPolicy needs at least one verifier")
+        self._verifiers = tuple(verifiers)
+        self._by_issuer = {issuer: (verifier, audience) for issuer, verifier, audience in verifiers}
+        self._realm = realm
+        self._metrics = metrics
+
+    def check(self, exchange: Exchange) -> PolicyResult | Awaitable[PolicyResult]:
+        """Extract and verify the token; sets ``exchange.principal`` on success."""
+        token_or_reply = self._extract(exchange)
+        if isinstance(token_or_reply, Reply):
+            return token_or_reply
+        token = token_or_reply
+        metrics = self._metrics
+        for _, verifier, audience in self._verifiers:
+            principal = verifier.cached(token, audience)
+            if principal is not None:
+                metrics.cache_hits += 1
+                exchange.principal = principal
+                return None
+        metrics.cache_misses += 1
+        verifier, audience = self._pick(token)
+        return self._validate(exchange, verifier, token, audience)
+
+    def _extract(self, exchange: Exchange) -> str | Reply:
+        values = exchange.scanned.authorization
+        if not values:
+            return self._missing(exchange)
+        if len(values) > 1:
+            return self._invalid_request(exchange, "Send exactly one Authorization header")
+        scheme, _, credentials = values[0].partition(b" ")
+        if scheme.lower() != b"bearer":
+            return self._missing(exchange)
+        credentials = credentials.strip(b" ")
+        if not credentials or len(credentials) > _MAX_TOKEN or not _B64TOKEN.match(credentials):
+            return self._invalid_request(
+                exchange, "The Authorization header is not a valid Bearer credential"
+            )
+        return credentials.decode("ascii")
+
+    def _pick(self, token: str) -> tuple[TokenVerifier, str]:
+        if len(self._verifiers) == 1:
+            _, verifier, audience = self._verifiers[0]
+            return verifier, audience
+        # Several issuers: route by the (unverified) ``iss``; the chosen verifier then checks
+        # it exactly, so a forged ``iss`` only selects which key set will refuse the token.
+        issuer = _peek_issuer(token)
+        if issuer is not None and issuer in self._by_issuer:
+            return self._by_issuer[issuer]
+        _, verifier, audience = self._verifiers[0]
+        return verifier, audience
+
+    async def _validate(
+        self, exchange: Exchange, verifier: TokenVerifier, token: str, audience: str
+    ) -> PolicyResult:
+        try:
+            exchange.principal = await verifier.validate(token, audience=audience)
+        except TokenError as exc:
+            return self._refused(exchange, exc)
+        return None
+
+    def _refused(self, exchange: Exchange, exc: TokenError) -> Reply:
+        self._metrics.auth_failure(exc.reason)
+        exchange.auth_failure = exc.reason
+        if exc.status_code >= 500:
+            # Not the client's fault and nothing to re-authenticate with: no challenge.
+            return problem(exc.status_code, "Service Unavailable", exc.description)
+        return _challenge_reply(exc.status_code, "Unauthorized", exc.challenge(self._realm), exc.description)
+
+    def _missing(self, exchange: Exchange) -> Reply:
+        self._metrics.auth_failure("missing")
+        exchange.auth_failure = "missing"
+        return _challenge_reply(401, "Unauthorized", bearer_challenge(self._realm))
+
+    def _invalid_request(self, exchange: Exchange, description: str) -> Reply:
+        self._metrics.auth_failure("invalid_request")
+        exchange.auth_failure = "invalid_request"
+        challenge = bearer_challenge(self._realm, error="invalid_request", description=description)
+        return _challenge_reply(400, "Bad Request", challenge, description)
+
+
+def _peek_issuer(token: str) -> str | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims = orjson.loads(b64url_decode(parts[1]))
+    except (JOSEError, orjson.JSONDecodeError, UnicodeEncodeError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None
+
+
+class ScopePolicy:
+    """Require the route's scopes for the request method (RFC 6750 §3.1 ``insufficient_scope``)."""
+
+    name = "scopes"
+
+    def __init__(self, route: RouteSettings, realm: str, metrics: GatewayMetrics) -> None:
+        """Check ``route.scopes`` (per method, ``"*"`` for the rest)."""
+        self._route = route
+        self._required = {method: frozenset(scopes) for method, scopes in route.scopes.items()}
+        self._realm = realm
+        self._metrics = metrics
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """Pass when the principal holds every required scope, else 403."""
+        required = self._required.get(exchange.method)
+        if required is None:
+            required = self._required.get("*")
+        if not required:
+            return None
+        principal = exchange.principal
+        if principal is not None and required <= principal.scopes:
+            return None
+        self._metrics.auth_failure("insufficient_scope")
+        exchange.auth_failure = "insufficient_scope"
+        error = InsufficientScope(self._route.scopes_for(exchange.method))
+        return _challenge_reply(403, "Forbidden", error.challenge(self._realm), error.description)
+
+
+def _query_token(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if route.auth == "none":
+        return ()
+    return (QueryTokenPolicy(ctx.gateway.realm, ctx.metrics),)
+
+
+def _bearer(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if route.auth == "none":
+        return ()
+    names = route.issuers if route.issuers is not None else tuple(i.issuer for i in ctx.gateway.issuers)
+    triples: list[tuple[str, TokenVerifier, str]] = []
+    for name in names:
+        audience = route.audience or ctx.gateway.issuer(name).audience
+        if audience is None:  # settings validation makes this unreachable
+            raise ValueError(f"route {route.prefix!r}: no audience for issuer {name!r}")
+        triples.append((name, ctx.verifiers[name], audience))
+    return (BearerAuthPolicy(triples, ctx.gateway.realm, ctx.metrics),)
+
+
+def _scopes(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if route.auth == "none" or not route.scopes:
+        return ()
+    return (ScopePolicy(route, ctx.gateway.realm, ctx.metrics),)
+
+
+def default_factories() -> list[PolicyFactory]:
+    """The built-in policy factories in chain order (a new list each call, to extend freely)."""
+    return [_query_token, _bearer, _scopes]
+
+
+def build_chain(
+    route: RouteSettings, ctx: PolicyContext, factories: Sequence[PolicyFactory]
+) -> tuple[Policy, ...]:
+    """Run ``factories`` for ``route`` and chain their policies in order."""
+    return tuple(policy for factory in factories for policy in factory(route, ctx))
+
+
+def run_chain(policies: Sequence[Policy], exchange: Exchange) -> PolicyResult | Awaitable[PolicyResult]:
+    """Run ``policies`` in order; synchronous until one needs to wait."""
+    for index, policy in enumerate(policies):
+        result = policy.check(exchange)
+        if result is None:
+            continue
+        if isinstance(result, Reply):
+            return result
+        return _continue(result, policies, index + 1, exchange)
+    return None
+
+
+async def _continue(
+    pending: Awaitable[PolicyResult], policies: Sequence[Policy], start: int, exchange: Exchange
+) -> PolicyResult:
+    result = await pending
+    if result is not None:
+        return result
+    for policy in policies[start:]:
+        outcome = policy.check(exchange)
+        if outcome is None:
+            continue
+        if isinstance(outcome, Reply):
+            return outcome
+        outcome = await outcome
+        if outcome is not None:
+            return outcome
+    return None
