@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import secrets
 import time
+import uuid
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -31,7 +31,12 @@ class ClientService:
     """Creates and authenticates clients. Reads are served from memory for ``cache_ttl`` seconds."""
 
     def __init__(
-        self, store: ClientStore, sealer: Sealer, *, cache_ttl: float = 2.0, clock: Callable[[], float] = time.time
+        self,
+        store: ClientStore,
+        sealer: Sealer,
+        *,
+        cache_ttl: float = 2.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._sealer = sealer
@@ -73,7 +78,9 @@ class ClientService:
         if client is None or client.disabled:
             # Same work as a real check, so timing does not reveal which ids exist.
             self._sealer.verify_secret(creds.secret or "", _DUMMY_HASH)
-            raise InvalidClient("client authentication failed", detail="unknown or disabled client", used_basic=used_basic)
+            raise InvalidClient(
+                "client authentication failed", detail="unknown or disabled client", used_basic=used_basic
+            )
         if client.public:
             if creds.secret is not None:
                 raise InvalidClient("public clients have no secret", used_basic=used_basic)
@@ -109,19 +116,21 @@ class ClientService:
         grants = frozenset(str(g) for g in grant_types)
         known = {g.value for g in GrantType}
         if unknown := sorted(grants - known):
-            raise ClientError(f"unsupported grant type(s): {', '.join(unknown)} (supported: {', '.join(sorted(known))})")
+            raise ClientError(
+                f"unsupported grant type(s): {', '.join(unknown)} (supported: {', '.join(sorted(known))})"
+            )
         if public and GrantType.CLIENT_CREDENTIALS in grants:
             raise ClientError("a public client cannot use client_credentials (it has no secret)")
         uris = tuple(redirect_uris)
         if GrantType.AUTHORIZATION_CODE in grants and not uris:
             raise ClientError("authorization_code clients need at least one --redirect-uri")
         for uri in (*uris, *post_logout_redirect_uris):
-            if "#" in uri or not uri.startswith(("https://", "http://")) and ":" not in uri:
+            if "#" in uri or (not uri.startswith(("https://", "http://")) and ":" not in uri):
                 raise ClientError(f"invalid redirect URI {uri!r}: absolute URI without fragment required")
         now = self._clock()
         secret = None if public else new_secret(32)
         client = Client(
-            client_id=client_id or secrets.token_urlsafe(16),
+            client_id=client_id or str(uuid.uuid4()),
             name=name,
             public=public,
             grant_types=grants,
@@ -151,7 +160,9 @@ class ClientService:
         if client.public:
             raise ClientError("public clients have no secret")
         secret = new_secret(32)
-        updated = dataclasses.replace(client, secret_hash=self._sealer.hash_secret(secret), updated_at=self._clock())
+        updated = dataclasses.replace(
+            client, secret_hash=self._sealer.hash_secret(secret), updated_at=self._clock()
+        )
         await self._store.update_client(updated)
         self.forget(client_id)
         return updated, secret

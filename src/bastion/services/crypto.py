@@ -31,7 +31,9 @@ class SealError(ValueError):
 
 def derive(kek: bytes, purpose: str) -> bytes:
     """A 32-byte sub-key of ``kek`` for ``purpose`` (HKDF-SHA256, RFC 5869)."""
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"bastion/" + purpose.encode()).derive(kek)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"bastion/" + purpose.encode()).derive(
+        kek
+    )
 
 
 def new_secret(nbytes: int = 32) -> str:

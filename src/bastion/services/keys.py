@@ -127,7 +127,12 @@ class KeyService:
         public = jose.public_jwk(private)
         kid = jose.thumbprint(public)[:16]
         key = SigningKey(
-            kid=kid, alg=alg, public_jwk=public, created_at=now, activates_at=now + delay, generation=generation
+            kid=kid,
+            alg=alg,
+            public_jwk=public,
+            created_at=now,
+            activates_at=now + delay,
+            generation=generation,
         )
         sealed = self._sealer.seal(jose.private_key_to_pem(private), aad=kid.encode())
         try:
@@ -161,7 +166,7 @@ class KeyService:
 
     # -- questions ---------------------------------------------------------------------------
 
-    def keys(self) -> list[SigningKey]:
+    def all_keys(self) -> list[SigningKey]:
         """Every known key, oldest first per algorithm."""
         return list(self._keys)
 
@@ -175,7 +180,10 @@ class KeyService:
         successors = [
             k.activates_at
             for k in self._keys
-            if k.alg == key.alg and k.generation > key.generation and k.activates_at <= now and k.revoked_at is None
+            if k.alg == key.alg
+            and k.generation > key.generation
+            and k.activates_at <= now
+            and k.revoked_at is None
         ]
         if not successors:
             return KeyState.ACTIVE
@@ -184,7 +192,9 @@ class KeyService:
     def signing_key(self, alg: str, now: float | None = None) -> ActiveKey:
         """The key that signs ``alg`` now. Raises :class:`NoSigningKey`."""
         now = self._clock() if now is None else now
-        candidates = [k for k in self._keys if k.alg == alg and k.activates_at <= now and k.revoked_at is None]
+        candidates = [
+            k for k in self._keys if k.alg == alg and k.activates_at <= now and k.revoked_at is None
+        ]
         if not candidates:
             raise NoSigningKey(f"no active {alg} signing key: run `bastion keys rotate --alg {alg}`")
         key = max(candidates, key=lambda k: k.generation)

@@ -1,0 +1,92 @@
+"""Composition helpers: settings → key-encryption key → stores → services."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from collections.abc import AsyncIterator
+from collections.abc import Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import click
+
+from bastion.ops.audit import AuditLog
+from bastion.services.container import Services
+from bastion.services.crypto import MIN_KEK_LENGTH
+from bastion.services.crypto import Sealer
+from bastion.settings import Settings
+from bastion.storage.open import Stores
+from bastion.storage.open import open_stores
+from bastion.storage.sql.migrate import migrate
+
+
+class KEKError(click.ClickException):
+    """The key-encryption key is missing or unusable."""
+
+
+def load_kek(settings: Settings, environ: Mapping[str, str] | None = None, *, create: bool = True) -> bytes:
+    """The key-encryption key: ``BASTION_KEK``, else ``BASTION_KEK_FILE``, else ``<data_dir>/kek``
+    (created 0600 on first use, with a warning that production should supply one)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("BASTION_KEK"):
+        kek = environ["BASTION_KEK"].encode()
+        if len(kek) < MIN_KEK_LENGTH:
+            raise KEKError(
+                f"BASTION_KEK must be at least {MIN_KEK_LENGTH} characters (try: openssl rand -base64 48)"
+            )
+        return kek
+    path = Path(environ.get("BASTION_KEK_FILE") or settings.data_dir / "kek")
+    if path.exists():
+        kek = path.read_bytes().strip()
+        if len(kek) < MIN_KEK_LENGTH:
+            raise KEKError(f"{path} holds fewer than {MIN_KEK_LENGTH} bytes; replace it or set BASTION_KEK")
+        return kek
+    if not create or "BASTION_KEK_FILE" in environ:
+        raise KEKError(f"no key-encryption key: set BASTION_KEK or create {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(secrets.token_urlsafe(48).encode())
+    click.secho(
+        f"warning: generated a key-encryption key in {path}. Production deployments should supply "
+        "BASTION_KEK from a secret store: whoever reads that file can decrypt the signing keys.",
+        fg="yellow",
+        err=True,
+    )
+    return path.read_bytes().strip()
+
+
+def stores_for(settings: Settings, *, state_url: str | None = None) -> Stores:
+    """Open the configured stores (nothing connects until first use)."""
+    return open_stores(
+        settings.resolved_database_url(),
+        state_url or settings.resolved_state_url(),
+        pool_size=settings.storage.pool_size,
+    )
+
+
+@asynccontextmanager
+async def open_services(
+    settings: Settings, *, audit_path: str | None = None, auto_migrate: bool = True
+) -> AsyncIterator[Services]:
+    """Services over opened stores, for CLI commands; everything is closed on exit."""
+    kek = load_kek(settings)
+    stores = stores_for(settings)
+    audit = AuditLog(audit_path or settings.resolved_audit_log())
+    try:
+        if auto_migrate:
+            await migrate(stores.db)
+        services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
+        await services.keys.load()
+        yield services
+    finally:
+        await audit.close()
+        await stores.close()
+
+
+def fail(message: str) -> None:
+    """Print an error and exit 1 (for errors found outside click's parsing)."""
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)

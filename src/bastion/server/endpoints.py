@@ -1,0 +1,173 @@
+"""The token, introspection and revocation endpoints as raw ASGI callables.
+
+These three carry the machine traffic, so they skip the router and the request object: read
+the body (bounded), parse the form strictly, authenticate the client, call a service, render.
+Every failure leaves as an RFC 6749 §5.2 error; nothing leaves as a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Any
+
+from bastion.protocol.errors import InvalidRequest
+from bastion.protocol.errors import OAuthError
+from bastion.protocol.errors import ServerError
+from bastion.protocol.errors import UnsupportedGrantType
+from bastion.protocol.errors import UnsupportedTokenType
+from bastion.protocol.models import Client
+from bastion.protocol.models import GrantType
+from bastion.protocol.requests import is_form_content_type
+from bastion.protocol.requests import parse_form
+from bastion.protocol.rfc6749.grants import client_credentials
+from bastion.protocol.rfc6749.scope import format_scope
+from bastion.server.responses import error_response
+from bastion.server.responses import send_json
+from bastion.services.container import Services
+from bastion.storage.protocols import StorageError
+from bastion.types import Receive
+from bastion.types import Scope
+from bastion.types import Send
+
+log = logging.getLogger("bastion.server")
+
+Handler = Callable[[Services, dict[str, str], str | None], Awaitable[dict[str, Any]]]
+
+
+class BodyTooLarge(InvalidRequest):
+    """The request body exceeds the endpoint's limit."""
+
+    status_hint = 413
+
+
+async def read_body(receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidRequest("the client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge("the request body is too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    found = None
+    for key, value in scope["headers"]:
+        if key == name:
+            if found is not None:
+                raise InvalidRequest(f"header {name.decode()} is repeated")
+            found = value.decode("latin-1")
+    return found
+
+
+async def token(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+    """RFC 6749 §3.2 token endpoint."""
+    grant_type = params.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("grant_type is required")
+    if grant_type != GrantType.CLIENT_CREDENTIALS and grant_type not in services.grant_handlers:
+        raise UnsupportedGrantType(f"grant_type {grant_type} is not supported")
+    client = await services.clients.authenticate(
+        params, authorization, allow_public=grant_type != GrantType.CLIENT_CREDENTIALS
+    )
+    now = services.clock()
+    if grant_type != GrantType.CLIENT_CREDENTIALS:
+        return await services.grant_handlers[grant_type](services, client, params, now)
+    decision = client_credentials.decide(client, params, services.settings.issuer)
+    scope = format_scope(decision.scopes)
+    issued = await services.tokens.issue_access_token(
+        client=client, subject=client.client_id, scope=scope, audience=decision.audience, now=now
+    )
+    services.audit.emit(
+        "token.issued", grant_type=grant_type, client_id=client.client_id, jti=issued.jti, scope=scope
+    )
+    response: dict[str, Any] = {
+        "access_token": issued.token,
+        "token_type": issued.token_type,
+        "expires_in": issued.expires_in,
+    }
+    if scope:
+        response["scope"] = scope
+    return response
+
+
+async def _confidential(services: Services, params: dict[str, str], authorization: str | None) -> Client:
+    return await services.clients.authenticate(params, authorization)
+
+
+async def introspect(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+    """RFC 7662 §2: "the protected resource calls the introspection endpoint" with its own
+    credentials; unknown, expired or revoked tokens are ``{"active": false}``."""
+    client = await _confidential(services, params, authorization)
+    value = params.get("token")
+    if value is None:
+        raise InvalidRequest("token is required")
+    return await services.tokens.introspect(value, client)
+
+
+async def revoke(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+    """RFC 7009 §2: revoke a token the client holds; 200 whether or not it was valid."""
+    client = await services.clients.authenticate(params, authorization, allow_public=True)
+    value = params.get("token")
+    if value is None:
+        raise InvalidRequest("token is required")
+    hint = params.get("token_type_hint")
+    if hint is not None and hint not in ("access_token", "refresh_token"):
+        raise UnsupportedTokenType(f"token_type_hint {hint} is not supported")
+    await services.tokens.revoke(value, client)
+    return {}
+
+
+class FormEndpoint:
+    """An ASGI callable: POST, form body, client auth, JSON answer."""
+
+    def __init__(self, services: Services, handler: Handler, name: str) -> None:
+        self.services = services
+        self.handler = handler
+        self.name = name
+        self._realm = services.settings.issuer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        services = self.services
+        try:
+            if scope["method"] != "POST":
+                await send_json(
+                    send,
+                    405,
+                    {"error": "invalid_request", "error_description": "use POST"},
+                    [(b"allow", b"POST")],
+                )
+                return
+            if not is_form_content_type(_header(scope, b"content-type")):
+                raise InvalidRequest("the body must be application/x-www-form-urlencoded")
+            body = await read_body(receive, services.settings.max_body_bytes)
+            params = parse_form(body)
+            result = await self.handler(services, params, _header(scope, b"authorization"))
+        except OAuthError as error:
+            status, body_json, headers = error_response(error, self._realm)
+            if self.name == "token":
+                services.audit.emit(
+                    "token.refused", error=error.error, reason=error.detail or error.description
+                )
+            await send_json(send, status, body_json, headers)
+            return
+        except StorageError as exc:
+            log.error("%s endpoint: storage failure: %s", self.name, exc)
+            status, body_json, headers = error_response(ServerError("storage is unavailable"), self._realm)
+            await send_json(send, 503, body_json, [(b"retry-after", b"1")])
+            return
+        except Exception:
+            log.exception("%s endpoint failed", self.name)
+            status, body_json, headers = error_response(ServerError(), self._realm)
+            await send_json(send, status, body_json, headers)
+            return
+        await send_json(send, 200, result)

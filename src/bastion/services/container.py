@@ -1,0 +1,85 @@
+"""The authorization server's services, assembled once per process by the composition root."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+from bastion.ops.audit import AuditLog
+from bastion.protocol.models import Client
+from bastion.services.clients import ClientService
+from bastion.services.crypto import Sealer
+from bastion.services.keys import KeyPolicy
+from bastion.services.keys import KeyService
+from bastion.services.keys import algorithms_for
+from bastion.services.tokens import TokenService
+from bastion.settings import AuthorizationServerSettings
+from bastion.storage.open import Stores
+
+#: A grant type's handler at the token endpoint: (services, authenticated client, form, now) → response.
+GrantHandler = Callable[["Services", Client, Mapping[str, str], float], Awaitable[dict[str, Any]]]
+
+_LEEWAY = 60
+
+
+@dataclass
+class Services:
+    """Everything the authorization server's endpoints call."""
+
+    settings: AuthorizationServerSettings
+    stores: Stores
+    sealer: Sealer
+    keys: KeyService
+    clients: ClientService
+    tokens: TokenService
+    audit: AuditLog
+    clock: Callable[[], float] = time.time
+    #: Token-endpoint grants beyond client_credentials, by ``grant_type``.
+    grant_handlers: dict[str, GrantHandler] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        settings: AuthorizationServerSettings,
+        stores: Stores,
+        sealer: Sealer,
+        audit: AuditLog,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> Services:
+        """Wire the services over opened stores (no I/O)."""
+        policy = KeyPolicy(
+            algorithms=algorithms_for((settings.access_token_algorithm, settings.id_token_algorithm)),
+            rotation_period=settings.key_rotation_days * 86400,
+            publish_delay=settings.publish_delay,
+            retention=max(settings.access_token_ttl, settings.id_token_ttl) + _LEEWAY,
+            jwks_max_age=settings.jwks_max_age,
+        )
+        keys = KeyService(stores.keys, sealer, policy, clock=clock)
+        return cls(
+            settings=settings,
+            stores=stores,
+            sealer=sealer,
+            keys=keys,
+            clients=ClientService(stores.clients, sealer, cache_ttl=settings.client_cache_ttl, clock=clock),
+            tokens=TokenService(settings, keys, stores.tokens, stores.state, audit, clock=clock),
+            audit=audit,
+            clock=clock,
+        )
+
+    async def start(self) -> None:
+        """Load keys (creating the first ones), start background refreshes."""
+        await self.keys.load()
+        await self.keys.ensure()
+        self.keys.start()
+        self.audit.start()
+
+    async def close(self) -> None:
+        """Stop background work and flush the audit log (stores are closed by their owner)."""
+        await self.keys.close()
+        await self.audit.close()

@@ -1,0 +1,261 @@
+"""Access tokens: issue (RFC 9068 JWT or opaque), introspect (RFC 7662), revoke (RFC 7009).
+
+Revocation is recorded twice: durably (the revoked ``jti`` until the token's ``exp``) and in the
+fast-state store with a TTL, where the introspection endpoint and every gateway sharing the
+store read it; a message on :data:`REVOCATION_CHANNEL` lets validators flush their caches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from collections.abc import Awaitable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bastion.ops.audit import AuditLog
+from bastion.protocol import jose
+from bastion.protocol.models import Client
+from bastion.protocol.models import StoredAccessToken
+from bastion.protocol.models import TokenClaims
+from bastion.protocol.models import TokenFormat
+from bastion.services.keys import KeyService
+from bastion.settings import AuthorizationServerSettings
+from bastion.storage.protocols import FastState
+from bastion.storage.protocols import TokenStore
+
+#: Fast-state channel carrying ``{"jti": ..., "exp": ...}`` for every revoked access token.
+REVOCATION_CHANNEL = "revocations"
+_REVOKED_PREFIX = "revoked:"
+_JWT_TYP = "at+jwt"
+_LEEWAY = 60
+_CACHE_MAX = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """An access token just issued."""
+
+    token: str
+    jti: str
+    expires_at: int
+    expires_in: int
+    scope: str
+    token_type: str = "Bearer"
+
+
+#: Extra token kinds (refresh tokens) plug into introspection and revocation through these.
+Introspector = Callable[[str, Client | None, float], Awaitable[dict[str, Any] | None]]
+Revoker = Callable[[str, Client, float], Awaitable[bool]]
+
+
+def opaque_hash(token: str) -> str:
+    """The storage key of an opaque access token: SHA-256 of 256 random bits needs no key."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class TokenService:
+    """Issues, introspects and revokes access tokens."""
+
+    def __init__(
+        self,
+        settings: AuthorizationServerSettings,
+        keys: KeyService,
+        tokens: TokenStore,
+        state: FastState,
+        audit: AuditLog,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self._keys = keys
+        self._tokens = tokens
+        self._state = state
+        self._audit = audit
+        self._clock = clock
+        self._verified: dict[str, dict[str, Any]] = {}
+        self.introspectors: list[Introspector] = []
+        self.revokers: list[Revoker] = []
+
+    # -- issuing -----------------------------------------------------------------------------
+
+    async def issue_access_token(
+        self,
+        *,
+        client: Client,
+        subject: str,
+        scope: str,
+        audience: tuple[str, ...],
+        now: float | None = None,
+        extra_claims: dict[str, Any] | None = None,
+        family_id: str | None = None,
+    ) -> IssuedToken:
+        """Issue an access token in the client's format and record what must be recorded."""
+        now = self._clock() if now is None else now
+        ttl = self.settings.access_token_ttl
+        claims = TokenClaims(
+            issuer=self.settings.issuer,
+            subject=subject,
+            client_id=client.client_id,
+            audience=audience,
+            scope=scope,
+            issued_at=int(now),
+            expires_at=int(now) + ttl,
+            jti=secrets.token_urlsafe(16),
+            extra=dict(extra_claims or {}),
+        )
+        if client.token_format is TokenFormat.OPAQUE:
+            token = secrets.token_urlsafe(32)
+            await self._tokens.add_access_token(
+                StoredAccessToken(
+                    token_hash=opaque_hash(token),
+                    jti=claims.jti,
+                    client_id=client.client_id,
+                    subject=subject,
+                    scope=scope,
+                    audience=audience,
+                    issued_at=now,
+                    expires_at=claims.expires_at,
+                    family_id=family_id,
+                    claims=claims.extra,
+                )
+            )
+        else:
+            key = self._keys.signing_key(self.settings.access_token_algorithm, now)
+            token = jose.encode_jwt(
+                key.alg, key.private_key, {"typ": _JWT_TYP, "kid": key.kid}, claims.to_jwt_claims()
+            )
+            if family_id is not None:
+                await self._tokens.record_family_jti(claims.jti, family_id, claims.expires_at)
+        return IssuedToken(
+            token=token, jti=claims.jti, expires_at=claims.expires_at, expires_in=ttl, scope=scope
+        )
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def _verify_jwt(self, token: str, now: float) -> dict[str, Any] | None:
+        """Claims of a JWT access token this server signed and that is unexpired, else ``None``."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached if cached["exp"] > now - _LEEWAY else None
+        try:
+            parsed = jose.parse_compact(token)
+        except (jose.JOSEError, UnicodeError):
+            return None
+        header = parsed.header
+        if (
+            str(header.get("typ", "")).lower() not in (_JWT_TYP, "application/" + _JWT_TYP)
+            or "crit" in header
+        ):
+            return None
+        found = self._keys.public_key(str(header.get("kid", "")), now)
+        if found is None or found[0].alg != header["alg"]:
+            return None
+        if not jose.verify(header["alg"], found[1], parsed.signing_input, parsed.signature):
+            return None
+        try:
+            claims = orjson.loads(parsed.payload)
+        except orjson.JSONDecodeError:
+            return None
+        if (
+            not isinstance(claims, dict)
+            or claims.get("iss") != self.settings.issuer
+            or not isinstance(claims.get("exp"), int)
+            or claims["exp"] <= now - _LEEWAY
+        ):
+            return None
+        if len(self._verified) >= _CACHE_MAX:
+            self._verified.pop(next(iter(self._verified)))  # evict the oldest entry
+        self._verified[token] = claims
+        return claims
+
+    async def is_revoked(self, jti: str) -> bool:
+        """Whether the access token ``jti`` was revoked (fast-state lookup)."""
+        return await self._state.get(_REVOKED_PREFIX + jti) is not None
+
+    async def introspect(
+        self, token: str, client: Client | None = None, now: float | None = None
+    ) -> dict[str, Any]:
+        """The RFC 7662 §2.2 response for ``token``: ``{"active": false}`` unless it is live."""
+        now = self._clock() if now is None else now
+        claims = self._verify_jwt(token, now) if token.count(".") == 2 else None
+        if claims is not None:
+            if await self.is_revoked(str(claims.get("jti", ""))):
+                return {"active": False}
+            return {"active": True, "token_type": "Bearer", **claims}
+        if token.count(".") != 2:
+            stored = await self._tokens.get_access_token(opaque_hash(token))
+            if stored is not None:
+                if stored.revoked_at is not None or stored.expires_at <= now:
+                    return {"active": False}
+                response: dict[str, Any] = {
+                    "active": True,
+                    "token_type": "Bearer",
+                    "iss": self.settings.issuer,
+                    "sub": stored.subject,
+                    "client_id": stored.client_id,
+                    "aud": stored.audience[0] if len(stored.audience) == 1 else list(stored.audience),
+                    "scope": stored.scope,
+                    "iat": int(stored.issued_at),
+                    "exp": int(stored.expires_at),
+                    "jti": stored.jti,
+                }
+                response.update(stored.claims)
+                return response
+        for introspector in self.introspectors:
+            result = await introspector(token, client, now)
+            if result is not None:
+                return result
+        return {"active": False}
+
+    # -- revocation --------------------------------------------------------------------------
+
+    async def revoke_jti(self, jti: str, expires_at: float, now: float | None = None) -> None:
+        """Record that access token ``jti`` is revoked until it expires, and announce it."""
+        now = self._clock() if now is None else now
+        remaining = expires_at - now + _LEEWAY
+        if remaining <= 0:
+            return
+        await self._tokens.record_revoked_jti(jti, expires_at + _LEEWAY, now)
+        await self._state.set(_REVOKED_PREFIX + jti, b"1", remaining)
+        await self._state.publish(REVOCATION_CHANNEL, orjson.dumps({"jti": jti, "exp": int(expires_at)}))
+        self._audit.emit("token.revoked", jti=jti)
+
+    async def revoke_family_access_tokens(self, family_id: str, now: float | None = None) -> int:
+        """Revoke every access token issued from a refresh-token family."""
+        now = self._clock() if now is None else now
+        tokens = await self._tokens.family_tokens(family_id, now)
+        await self._tokens.revoke_family_opaque_tokens(family_id, now)
+        for jti, expires_at in tokens:
+            await self.revoke_jti(jti, expires_at, now)
+        return len(tokens)
+
+    async def revoke(self, token: str, client: Client, now: float | None = None) -> None:
+        """RFC 7009 §2.1: revoke ``token`` if it was issued to ``client``; anything else is a no-op
+        (§2.2: "invalid tokens do not cause an error response")."""
+        now = self._clock() if now is None else now
+        if token.count(".") == 2:
+            claims = self._verify_jwt(token, now)
+            if claims is not None and claims.get("client_id") == client.client_id:
+                await self.revoke_jti(str(claims["jti"]), float(claims["exp"]), now)
+            return
+        stored = await self._tokens.get_access_token(opaque_hash(token))
+        if stored is not None:
+            if stored.client_id == client.client_id:
+                await self._tokens.revoke_access_token(stored.token_hash, now)
+                await self.revoke_jti(stored.jti, stored.expires_at, now)
+            return
+        for revoker in self.revokers:
+            if await revoker(token, client, now):
+                return
+
+    async def warm_revocations(self, jtis: list[tuple[str, float]]) -> None:
+        """Copy durable revocations into the fast-state store (after an in-memory store restart)."""
+        now = self._clock()
+        for jti, expires_at in jtis:
+            if expires_at > now:
+                await self._state.set(_REVOKED_PREFIX + jti, b"1", expires_at - now)

@@ -1,0 +1,207 @@
+"""Bastion's settings tree: the one documented source of every option and its default.
+
+Each section is a frozen pydantic model; each field's docstring is its documentation. Nothing
+here reads the environment or files: :mod:`bastion.cli.config` loads ``bastion.toml``, overlays
+``BASTION_SECTION__KEY`` environment variables and validates the result into :class:`Settings`.
+Secrets (the key-encryption key, client secrets) never live in this tree's TOML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from typing import Literal
+
+from pydantic import BaseModel
+from pydantic import ConfigDict
+from pydantic import Field
+from pydantic import field_validator
+from pydantic import model_validator
+
+from bastion.gateway.settings import GatewaySettings
+
+SigningAlgorithm = Literal["ES256", "ES384", "RS256", "PS256", "EdDSA"]
+
+
+class Section(BaseModel):
+    """Base of every section: frozen, unknown keys are errors, docstrings are descriptions."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+def _listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+class StorageSettings(Section):
+    """Where state lives: durable records and shared fast state."""
+
+    database_url: str = ""
+    """Durable store. Empty: a SQLite file ``bastion.db`` in the data dir. Accepts
+    ``sqlite:///path`` and ``postgresql://user@host/db``; the async driver is chosen inside."""
+
+    state_url: str = ""
+    """Fast-state store (codes, throttles, replay caches, revocation feed). Empty: a SQLite file
+    ``state.db`` in the data dir, shared by every process on this machine. ``memory://`` keeps it
+    in one process (tests, single-process demos); ``redis://host:port/db`` shares it across machines."""
+
+    auto_migrate: bool = True
+    """Apply pending schema migrations when ``bastion serve`` starts."""
+
+    pool_size: int = Field(default=10, ge=1, le=1000)
+    """Connections per process to PostgreSQL or Redis."""
+
+
+class AuthorizationServerSettings(Section):
+    """The OAuth 2.1 / OpenID Connect authorization server."""
+
+    enabled: bool = True
+    """Serve the authorization server in ``bastion serve``."""
+
+    listen: str = "127.0.0.1:8000"
+    """Address to listen on (HOST:PORT)."""
+
+    issuer: str = "http://127.0.0.1:8000"
+    """The issuer identifier (RFC 8414 §2): an https URL without query or fragment. Plain http is
+    accepted only for loopback hosts."""
+
+    access_token_ttl: int = Field(default=900, ge=30, le=86400)
+    """Access-token lifetime in seconds (default 15 minutes)."""
+
+    access_token_algorithm: SigningAlgorithm = "ES256"
+    """Signature algorithm of JWT access tokens."""
+
+    id_token_algorithm: SigningAlgorithm = "RS256"
+    """Signature algorithm of OpenID Connect ID tokens (RS256 is OIDC's mandatory one)."""
+
+    id_token_ttl: int = Field(default=3600, ge=60, le=86400)
+    """ID-token lifetime in seconds."""
+
+    key_rotation_days: float = Field(default=30.0, gt=0)
+    """Age after which a signing key is rotated automatically."""
+
+    jwks_max_age: int = Field(default=600, ge=0, le=86400)
+    """``Cache-Control: max-age`` of ``/jwks.json`` in seconds."""
+
+    key_publish_delay: int | None = Field(default=None, ge=0)
+    """Seconds a new key is published before it signs. Default: ``jwks_max_age``, so every cache
+    holds the new key before a token needs it."""
+
+    code_ttl: int = Field(default=60, ge=10, le=600)
+    """Authorization-code lifetime in seconds."""
+
+    refresh_token_idle_ttl: int = Field(default=14 * 86400, ge=60)
+    """A refresh-token family dies when unused this long (seconds)."""
+
+    refresh_token_absolute_ttl: int = Field(default=30 * 86400, ge=60)
+    """A refresh-token family dies this long after sign-in, however used (seconds)."""
+
+    refresh_token_grace_period: int = Field(default=10, ge=0, le=300)
+    """Seconds during which presenting an already-rotated refresh token returns the same successor
+    (retries, two tabs) instead of counting as theft. 0 disables the window."""
+
+    login_session_ttl: int = Field(default=8 * 3600, ge=60)
+    """Lifetime of the authorization server's login session cookie (seconds)."""
+
+    client_cache_ttl: float = Field(default=2.0, ge=0, le=60)
+    """Seconds a process may serve a client record from memory; bounds how long a disabled
+    client or rotated secret keeps working on other processes."""
+
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request body accepted by the token, introspection and revocation endpoints."""
+
+    allow_insecure_http_issuer: bool = False
+    """DANGEROUS: allow an http issuer on a non-loopback host (RFC 9700 requires TLS)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        return _listen(value)
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, value: str) -> str:
+        if "?" in value or "#" in value or not value.startswith(("http://", "https://")):
+            raise ValueError("the issuer must be an http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> AuthorizationServerSettings:
+        from urllib.parse import urlsplit
+
+        host = urlsplit(self.issuer).hostname or ""
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        if self.issuer.startswith("http://") and not loopback and not self.allow_insecure_http_issuer:
+            raise ValueError(
+                "issuer: http is allowed only on loopback hosts; use https, or set "
+                "allow_insecure_http_issuer = true if TLS is terminated in front of Bastion"
+            )
+        if self.refresh_token_idle_ttl > self.refresh_token_absolute_ttl:
+            raise ValueError("refresh_token_idle_ttl must not exceed refresh_token_absolute_ttl")
+        return self
+
+    @property
+    def publish_delay(self) -> int:
+        """The effective key publish delay in seconds."""
+        return self.jwks_max_age if self.key_publish_delay is None else self.key_publish_delay
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether cookies get ``Secure`` and the ``__Host-`` prefix (an https issuer)."""
+        return self.issuer.startswith("https://")
+
+
+class LoggingSettings(Section):
+    """Where events go."""
+
+    audit_log: str = ""
+    """Audit trail (JSON lines). Empty: ``audit.log`` in the data dir; ``-`` for standard output."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Level of operational logs."""
+
+
+class Settings(Section):
+    """The whole tree: ``bastion.toml`` maps onto it section by section."""
+
+    data_dir: Path = Path(".bastion")
+    """Directory for the embedded SQLite stores, the generated key-encryption key and the logs."""
+
+    storage: StorageSettings = StorageSettings()
+    authorization_server: AuthorizationServerSettings = AuthorizationServerSettings()
+    gateway: GatewaySettings | None = None
+    """The API gateway; started by ``bastion serve`` when this section is present."""
+
+    logging: LoggingSettings = LoggingSettings()
+
+    def resolved_database_url(self) -> str:
+        """The durable store URL, defaulting to SQLite in the data dir."""
+        return self.storage.database_url or f"sqlite:///{self.data_dir / 'bastion.db'}"
+
+    def resolved_state_url(self) -> str:
+        """The fast-state URL, defaulting to a SQLite file in the data dir."""
+        return self.storage.state_url or f"sqlite:///{self.data_dir / 'state.db'}"
+
+    def resolved_audit_log(self) -> str:
+        """The audit log path (or ``-``)."""
+        return self.logging.audit_log or str(self.data_dir / "audit.log")
+
+
+def section_names() -> tuple[str, ...]:
+    """The top-level keys a config file may hold."""
+    return tuple(Settings.model_fields)
+
+
+def describe(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, description) of every option, for ``bastion config`` and the docs."""
+    rows: list[tuple[str, Any, str]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe(annotation, f"{prefix}{name}."))
+        else:
+            rows.append((f"{prefix}{name}", info.default, (info.description or "").strip()))
+    return rows
