@@ -33,7 +33,9 @@ def format_scope(scopes: Iterable[str]) -> str:
     return " ".join(sorted(set(scopes)))
 
 
-def narrow(requested: str | None, allowed: Iterable[str], *, default: Iterable[str] | None = None) -> list[str]:
+def narrow(
+    requested: str | None, allowed: Iterable[str], *, default: Iterable[str] | None = None
+) -> list[str]:
     """The scopes to grant: the request, which must be a subset of ``allowed``.
 
     With no ``scope`` parameter the ``default`` (else everything allowed) is granted (§3.3:
