@@ -36,6 +36,7 @@ from typing import Any
 from typing import Final
 from typing import Protocol
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from bastion.gateway.contract import Decision
@@ -69,17 +70,25 @@ from bastion.gateway.routing import Route
 from bastion.gateway.routing import RouteTable
 from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.settings import IssuerSettings
+from bastion.gateway.settings import LimitsSettings
 from bastion.gateway.settings import UpstreamSettings
+from bastion.tokens import Introspector
+from bastion.tokens import Principal
 from bastion.tokens import TokenError
+from bastion.tokens import TokenValidator
 
 __all__ = [
     "Gateway",
     "GatewayHandler",
+    "IssuerVerifier",
     "ReloadError",
     "ServerFactory",
     "UpstreamFactory",
     "VerifierFactory",
     "create_gateway",
+    "engine_server_factory",
+    "engine_upstream_factory",
+    "token_verifier_factory",
 ]
 
 #: Methods the gateway never forwards: ``CONNECT`` opens tunnels, ``TRACE`` reflects headers
@@ -308,7 +317,7 @@ class Gateway:
         *,
         verifier_factory: VerifierFactory,
         upstream_factory: UpstreamFactory,
-        server_factory: ServerFactory | None,
+        server_factory: ServerFactory,
         ssl_context: ssl.SSLContext | None,
         access_log: AccessLog,
         metrics: GatewayMetrics,
@@ -338,6 +347,11 @@ class Gateway:
     def admin_port(self) -> int | None:
         """The admin listener's bound port, once started."""
         return self._admin.port if self._admin is not None else None
+
+    @property
+    def port(self) -> int | None:
+        """The public listener's bound port, once started."""
+        return getattr(self._server, "port", None) if self._server is not None else None
 
     @property
     def server(self) -> EngineServer | None:
@@ -399,14 +413,13 @@ class Gateway:
     async def start(self) -> None:
         """Start the public listener (engine) and the admin listener."""
         settings = self.settings
-        if self._server_factory is None:
-            raise RuntimeError("no server factory: the gateway engine is not available")
         if settings.admin_listen is not None:
             host, _, port = settings.admin_listen.rpartition(":")
             admin = AdminServer(self.metrics.registry, healthy=lambda: self._server is not None)
             await admin.start(host.strip("[]"), int(port))
             self._admin = admin
         await self._prefetch()
+        await self._activate_upstreams()
         server = self._server_factory(self.handler, self._ssl)
         host, _, port = settings.listen.rpartition(":")
         try:
@@ -415,6 +428,15 @@ class Gateway:
             await self.close()
             raise
         self._server = server
+
+    async def _activate_upstreams(self) -> None:
+        """Start the groups' background work (health checks); idempotent."""
+        for _, group in self._upstreams.values():
+            start = getattr(group, "start", None)
+            if start is not None:
+                result = start()
+                if inspect.isawaitable(result):
+                    await result
 
     async def _prefetch(self) -> None:
         """Fetch every issuer's keys up front; an issuer that is down is retried per request."""
@@ -431,10 +453,11 @@ class Gateway:
         longer used are closed ``drain_seconds`` later.
 
         Raises:
-            ReloadError: ``listen``, ``admin_listen`` or TLS changed (restart for those).
+            ReloadError: ``listen``, ``admin_listen``, TLS or ``limits`` changed (restart for
+                those).
         """
         old = self.settings
-        for key in ("listen", "admin_listen", "tls_cert", "tls_key"):
+        for key in ("listen", "admin_listen", "tls_cert", "tls_key", "limits"):
             if getattr(old, key) != getattr(settings, key):
                 raise ReloadError(f"gateway.{key} cannot change on reload; restart the gateway")
         async with self._lock:
@@ -442,6 +465,7 @@ class Gateway:
             self.handler = handler
             self.settings = settings
             if self._server is not None:
+                await self._activate_upstreams()
                 self._server.set_handler(handler)
             for obj in retired:
                 self._retire_later(obj, settings.drain_seconds)
@@ -506,14 +530,122 @@ async def _close(obj: object) -> None:
             return
 
 
-def _default_server_factory() -> ServerFactory | None:
-    try:
-        from bastion.gateway.server import GatewayServer
-    except ImportError:
-        return None
+def engine_upstream_factory(name: str, settings: UpstreamSettings) -> UpstreamGroup:
+    """Build the engine's :class:`~bastion.gateway.upstream.UpstreamGroup` from settings."""
+    from bastion.gateway.upstream import UpstreamGroup as EngineGroup
+
+    return EngineGroup(
+        name,
+        settings.targets,
+        max_idle_per_target=settings.pool.max_idle,
+        max_per_target=settings.pool.max_connections,
+        idle_timeout=settings.pool.idle_timeout,
+        failure_threshold=settings.health.failure_threshold,
+        cool_off=settings.health.cool_off,
+        breaker_failures=settings.breaker.failures,
+        breaker_window=settings.breaker.window,
+        breaker_open_seconds=settings.breaker.open_seconds,
+        health_check_path=settings.health.path,
+        health_check_interval=settings.health.interval,
+        health_check_timeout=settings.health.timeout,
+    )
+
+
+def engine_server_factory(limits: LimitsSettings) -> ServerFactory:
+    """A factory for the engine's :class:`~bastion.gateway.server.GatewayServer` with ``limits``."""
+    from bastion.gateway.limits import EngineLimits
+    from bastion.gateway.server import GatewayServer
+
+    engine_limits = EngineLimits(**limits.model_dump())
 
     def factory(handler: Handler, ssl_context: ssl.SSLContext | None) -> EngineServer:
-        return GatewayServer(handler, ssl=ssl_context)  # type: ignore[no-any-return]
+        return GatewayServer(handler, limits=engine_limits, ssl=ssl_context)
+
+    return factory
+
+
+class IssuerVerifier:
+    """One issuer's tokens: JWTs through a :class:`TokenValidator`, opaque tokens through an
+    :class:`Introspector` when the issuer has introspection configured (else refused)."""
+
+    __slots__ = ("introspector", "validator")
+
+    def __init__(self, validator: TokenValidator, introspector: Introspector | None = None) -> None:
+        """Combine a validator and an optional introspector for the same issuer."""
+        self.validator = validator
+        self.introspector = introspector
+
+    def cached(self, token: str, audience: str) -> Principal | None:
+        """The cached principal, from whichever cache the token's form belongs to."""
+        if token.count(".") == 2 or self.introspector is None:
+            return self.validator.cached(token, audience)
+        return self.introspector.cached(token, audience)
+
+    async def validate(self, token: str, *, audience: str) -> Principal:
+        """Validate a JWT locally, or introspect an opaque token.
+
+        Raises:
+            TokenError: the token is refused.
+        """
+        if token.count(".") == 2 or self.introspector is None:
+            return await self.validator.validate(token, audience=audience)
+        return await self.introspector.introspect(token, audience=audience)
+
+    async def start(self) -> None:
+        """Prefetch the issuer's keys."""
+        await self.validator.start()
+
+    async def close(self) -> None:
+        """Close the validator and introspector."""
+        await self.validator.close()
+        if self.introspector is not None:
+            await self.introspector.close()
+
+
+def token_verifier_factory(
+    *,
+    introspection_secrets: Mapping[str, str] | None = None,
+    session: aiohttp.ClientSession | None = None,
+) -> VerifierFactory:
+    """The default :data:`VerifierFactory`: a :class:`TokenValidator` per issuer, plus an
+    :class:`Introspector` for issuers with ``introspection`` configured.
+
+    Args:
+        introspection_secrets: Client secrets by issuer, resolved by the CLI from
+            ``client_secret_env`` / ``client_secret_file``.
+        session: aiohttp session shared by JWKS and introspection calls (one is owned per
+            validator otherwise).
+    """
+    secrets = dict(introspection_secrets or {})
+
+    def factory(issuer: IssuerSettings) -> TokenVerifier:
+        validator = TokenValidator(
+            issuer.issuer,
+            audience=issuer.audience,
+            jwks_uri=issuer.jwks_uri,
+            algorithms=issuer.algorithms,
+            leeway=issuer.leeway,
+            cache_size=issuer.token_cache_size,
+            session=session,
+        )
+        introspector = None
+        config = issuer.introspection
+        if config is not None:
+            secret = secrets.get(issuer.issuer)
+            if secret is None:
+                raise ValueError(f"issuer {issuer.issuer!r}: introspection client secret was not provided")
+            introspector = Introspector(
+                issuer.issuer,
+                client_id=config.client_id,
+                client_secret=secret,
+                audience=issuer.audience,
+                introspection_endpoint=config.endpoint,
+                session=session,
+                cache_ttl=config.cache_ttl,
+                cache_size=config.cache_size,
+                leeway=issuer.leeway,
+            )
+        return IssuerVerifier(validator, introspector)
 
     return factory
 
@@ -521,8 +653,9 @@ def _default_server_factory() -> ServerFactory | None:
 def create_gateway(
     settings: GatewaySettings,
     *,
-    verifiers: VerifierFactory | Mapping[str, TokenVerifier],
-    upstream_factory: UpstreamFactory,
+    verifiers: VerifierFactory | Mapping[str, TokenVerifier] | None = None,
+    introspection_secrets: Mapping[str, str] | None = None,
+    upstream_factory: UpstreamFactory = engine_upstream_factory,
     server_factory: ServerFactory | None = None,
     ssl_context: ssl.SSLContext | None = None,
     access_log: AccessLog | None = None,
@@ -536,10 +669,13 @@ def create_gateway(
         settings: The validated ``[gateway]`` settings.
         verifiers: A factory ``IssuerSettings -> TokenVerifier`` (called for every issuer, and
             again on reload for changed ones), or a prebuilt map ``issuer -> verifier`` that must
-            cover every issuer (then reload cannot add issuers).
-        upstream_factory: ``(name, UpstreamSettings) -> UpstreamGroup`` from the engine.
-        server_factory: ``(handler, ssl_context) -> server``; defaults to the engine's
-            ``GatewayServer`` when it is installed.
+            cover every issuer (then reload cannot add issuers; the caller closes them).
+            Default: :func:`token_verifier_factory` with ``introspection_secrets``.
+        introspection_secrets: Introspection client secrets by issuer (default factory only).
+        upstream_factory: ``(name, UpstreamSettings) -> UpstreamGroup``; the engine's pools by
+            default.
+        server_factory: ``(handler, ssl_context) -> server``; the engine's ``GatewayServer``
+            with ``settings.limits`` by default.
         ssl_context: Server-side TLS context built by the caller from ``tls_cert``/``tls_key``.
         access_log: Where request lines go; defaults to stdout.
         registry: Prometheus registry for the metrics; a fresh one by default.
@@ -549,6 +685,8 @@ def create_gateway(
     Returns:
         A gateway ready to :meth:`~Gateway.start`.
     """
+    if verifiers is None:
+        verifiers = token_verifier_factory(introspection_secrets=introspection_secrets)
     if isinstance(verifiers, Mapping):
         prebuilt: Mapping[str, TokenVerifier] = verifiers
 
@@ -568,7 +706,9 @@ def create_gateway(
         settings,
         verifier_factory=verifier_factory,
         upstream_factory=upstream_factory,
-        server_factory=server_factory if server_factory is not None else _default_server_factory(),
+        server_factory=server_factory
+        if server_factory is not None
+        else engine_server_factory(settings.limits),
         ssl_context=ssl_context,
         access_log=log,
         metrics=GatewayMetrics(registry),

@@ -53,6 +53,7 @@ __all__ = [
     "HealthCheckSettings",
     "IntrospectionSettings",
     "IssuerSettings",
+    "LimitsSettings",
     "PoolSettings",
     "RouteSettings",
     "UpstreamSettings",
@@ -140,27 +141,56 @@ class PoolSettings(_Frozen):
 
 
 class HealthCheckSettings(_Frozen):
-    """Active health checks; a target failing them receives no traffic."""
+    """Target health: passive (connect failures) and optional active probes."""
 
     path: str | None = None
-    """Path probed with ``GET``; ``None`` disables active checks (passive ones still apply)."""
+    """Origin-form path probed with ``GET``; ``None`` disables active probes (passive checks
+    still apply)."""
     interval: Seconds = 5.0
-    """Seconds between probes."""
+    """Seconds between active probes of each target."""
     timeout: Seconds = 2.0
-    """Probe timeout in seconds."""
-    unhealthy_after: int = Field(default=3, ge=1, le=100)
-    """Consecutive failures before a target is marked down."""
-    healthy_after: int = Field(default=2, ge=1, le=100)
-    """Consecutive successes before a down target is used again."""
+    """Seconds a probe may take."""
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+    """Consecutive connect failures that mark a target down."""
+    cool_off: Seconds = 10.0
+    """Seconds a target stays down after ``failure_threshold`` failures."""
+
+    @field_validator("path")
+    @classmethod
+    def _origin_form(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("health check path must start with '/'")
+        return value
 
 
 class BreakerSettings(_Frozen):
     """Circuit breaker per target: stop sending to a target that keeps failing."""
 
-    failure_threshold: int = Field(default=5, ge=1, le=10_000)
-    """Consecutive connect/timeout failures that open the circuit."""
-    cooldown: Seconds = 10.0
-    """Seconds the circuit stays open before one trial request is let through."""
+    failures: int = Field(default=5, ge=0, le=10_000)
+    """Failures within ``window`` that open a target's breaker; ``0`` disables the breaker."""
+    window: Seconds = 10.0
+    """Seconds over which failures are counted."""
+    open_seconds: Seconds = 30.0
+    """Seconds the breaker stays open before one trial request is let through."""
+
+
+class LimitsSettings(_Frozen):
+    """Sizes and timeouts enforced on every client connection (the engine's ``EngineLimits``)."""
+
+    max_request_line: int = Field(default=8 * 1024, ge=256, le=1024 * 1024)
+    """Longest request target accepted, in bytes (longer: 414)."""
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024)
+    """Largest header block, in bytes (larger: 431)."""
+    max_headers: int = Field(default=100, ge=1, le=10_000)
+    """Most header fields in one request (more: 431)."""
+    max_body: int = Field(default=10 * 1024 * 1024, ge=0)
+    """Largest request body, in bytes (larger: 413)."""
+    header_timeout: Seconds = 10.0
+    """Seconds to receive a complete header block (slowloris protection: 408)."""
+    keepalive_timeout: Seconds = 60.0
+    """Seconds an idle keep-alive connection waits for its next request."""
+    body_timeout: Seconds = 30.0
+    """Seconds to wait for the next request-body byte."""
 
 
 class UpstreamSettings(_Frozen):
@@ -171,7 +201,7 @@ class UpstreamSettings(_Frozen):
     pool: PoolSettings = PoolSettings()
     """Connection pool limits."""
     health: HealthCheckSettings = HealthCheckSettings()
-    """Active health checks."""
+    """Passive and active health checks."""
     breaker: BreakerSettings = BreakerSettings()
     """Circuit breaker."""
 
@@ -280,6 +310,8 @@ class GatewaySettings(_Frozen):
     """``realm`` of the ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3)."""
     server_header: str | None = "bastion"
     """``Server`` header on responses (the upstream's is always hidden); ``None`` sends none."""
+    limits: LimitsSettings = LimitsSettings()
+    """Client connection limits (``[gateway.limits]``)."""
     drain_seconds: Seconds = 60.0
     """After a reload, pools of removed upstreams are closed this long after the swap, so that
     in-flight requests finish."""
