@@ -109,20 +109,28 @@ class KeyService:
         for alg in self.policy.algorithms:
             keys = [k for k in self._keys if k.alg == alg and k.revoked_at is None]
             if not keys:
-                created.append(await self.rotate(alg, publish_delay=0.0))
+                created.append(await self.rotate(alg, publish_delay=0.0, generation=1))
                 continue
             newest = max(keys, key=lambda k: k.generation)
             due = newest.activates_at + self.policy.rotation_period - self.policy.publish_delay
             if newest.activates_at <= now and due <= now:
-                created.append(await self.rotate(alg))
-        return [k for k in created if k is not None]
+                created.append(await self.rotate(alg, generation=newest.generation + 1))
+        return created
 
-    async def rotate(self, alg: str, *, publish_delay: float | None = None) -> SigningKey:
-        """Create the next key for ``alg``; it signs after ``publish_delay`` seconds."""
-        await self.load()
+    async def rotate(
+        self, alg: str, *, publish_delay: float | None = None, generation: int | None = None
+    ) -> SigningKey:
+        """Create the next key for ``alg``; it signs after ``publish_delay`` seconds.
+
+        With ``generation``, the key is created only if no process created that generation
+        first; otherwise the existing one is returned (the automatic schedule uses this so that
+        processes deciding at the same moment create one key between them).
+        """
+        if generation is None:
+            await self.load()
+            generation = 1 + max((k.generation for k in self._keys if k.alg == alg), default=0)
         now = self._clock()
         delay = self.policy.publish_delay if publish_delay is None else publish_delay
-        generation = 1 + max((k.generation for k in self._keys if k.alg == alg), default=0)
         private = jose.generate_private_key(alg)
         public = jose.public_jwk(private)
         kid = jose.thumbprint(public)[:16]
@@ -138,8 +146,8 @@ class KeyService:
         try:
             await self._store.add_key(key, sealed)
         except Conflict:
-            await self.load()  # another process rotated first: use its key
-            return max((k for k in self._keys if k.alg == alg), key=lambda k: k.generation)
+            await self.load()  # another process created this generation first: use its key
+            return next(k for k in self._keys if k.alg == alg and k.generation == generation)
         await self.load()
         return key
 
