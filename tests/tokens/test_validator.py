@@ -563,3 +563,32 @@ async def test_audience_is_required(issuer: Issuer) -> None:
     with pytest.raises(ValueError):
         await validator.validate(issuer.mint())
     assert (await validator.validate(issuer.mint(), audience=AUDIENCE)).subject == "alice"
+
+
+async def test_metadata_for_another_issuer_is_refused(issuer: Issuer, clock: Clock) -> None:
+    """RFC 8414 §3.3: the metadata's issuer must be the one we asked about."""
+    issuer.advertised_issuer = "https://evil.example"
+    validator = TokenValidator(issuer.url, audience=AUDIENCE, clock=clock)
+    try:
+        with pytest.raises(IssuerUnavailable):
+            await validator.validate(issuer.mint())
+    finally:
+        await validator.close()
+    assert issuer.hits["/jwks.json"] == 0
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(issuer: Issuer, clock: Clock) -> None:
+    issuer.jwks_gate = asyncio.Event()
+    validator = TokenValidator(issuer.url, audience=AUDIENCE, clock=clock)
+    try:
+        first = asyncio.ensure_future(validator.validate(issuer.mint()))
+        second = asyncio.ensure_future(validator.validate(issuer.mint()))
+        while issuer.hits["/jwks.json"] == 0:
+            await asyncio.sleep(0.005)
+        first.cancel()
+        issuer.jwks_gate.set()
+        assert (await second).subject == "alice"
+        assert first.cancelled()
+        assert issuer.hits["/jwks.json"] == 1
+    finally:
+        await validator.close()

@@ -3,6 +3,7 @@ ports) and a clock moved by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import time
 from collections import Counter
@@ -46,6 +47,10 @@ class Issuer:
         self.url = ""
         #: When False, only ``/.well-known/openid-configuration`` answers.
         self.oauth_metadata = True
+        #: The ``issuer`` the metadata claims, when not our own URL.
+        self.advertised_issuer: str | None = None
+        #: When set, JWKS requests wait for it (to hold a fetch in flight).
+        self.jwks_gate: asyncio.Event | None = None
 
     # -- key management -----------------------------------------------------------------------
 
@@ -99,7 +104,7 @@ class Issuer:
                 raise web.HTTPNotFound()
             return web.json_response(
                 {
-                    "issuer": self.url,
+                    "issuer": self.advertised_issuer or self.url,
                     "jwks_uri": self.url + "/jwks.json",
                     "introspection_endpoint": self.url + "/introspect",
                 }
@@ -107,6 +112,8 @@ class Issuer:
 
         async def jwks(request: web.Request) -> web.Response:
             self.hits[request.path] += 1
+            if self.jwks_gate is not None:
+                await self.jwks_gate.wait()
             return web.json_response(self.jwks())
 
         async def introspect(request: web.Request) -> web.Response:
