@@ -42,12 +42,14 @@ from prometheus_client import CollectorRegistry
 from bastion.gateway.contract import Decision
 from bastion.gateway.contract import Forward
 from bastion.gateway.contract import Handler
+from bastion.gateway.contract import Headers
 from bastion.gateway.contract import Outcome
 from bastion.gateway.contract import Reply
 from bastion.gateway.contract import RequestHead
 from bastion.gateway.contract import UpstreamGroup
 from bastion.gateway.headers import HeaderRules
 from bastion.gateway.headers import forward_headers
+from bastion.gateway.headers import identity_headers
 from bastion.gateway.headers import reply_headers
 from bastion.gateway.headers import response_filter
 from bastion.gateway.headers import scan_request
@@ -96,6 +98,7 @@ __all__ = [
 _REFUSED_METHODS: Final = frozenset({"CONNECT", "TRACE"})
 _ALLOW: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 _NO_ROUTE: Final = "-"
+_IDENTITY_CACHE: Final = 4096
 
 
 class ReloadError(ValueError):
@@ -126,13 +129,14 @@ VerifierFactory = Callable[[IssuerSettings], TokenVerifier]
 class GatewayHandler:
     """The per-request entry point the engine calls (one instance per route table)."""
 
-    __slots__ = ("_log", "_metrics", "_rules", "_table")
+    __slots__ = ("_identities", "_log", "_metrics", "_rules", "_table")
 
     def __init__(
         self, table: RouteTable, rules: HeaderRules, metrics: GatewayMetrics, log: AccessLog
     ) -> None:
         """Serve ``table`` with ``rules``, counting in ``metrics`` and logging to ``log``."""
         self._table = table
+        self._identities: dict[int, tuple[Principal, Headers]] = {}
         self._rules = rules
         self._metrics = metrics
         self._log = log
@@ -200,7 +204,16 @@ class GatewayHandler:
         principal = exchange.principal
         identity = None
         if principal is not None:
-            identity = (principal.subject, principal.client_id, sorted(principal.scopes))
+            # Verified principals are shared by the token caches, so their rendered headers
+            # are cached too (keyed by identity, checked with ``is``; bounded).
+            cached = self._identities.get(id(principal))
+            if cached is not None and cached[0] is principal:
+                identity = cached[1]
+            else:
+                identity = identity_headers(principal.subject, principal.client_id, principal.scopes)
+                if len(self._identities) >= _IDENTITY_CACHE:
+                    self._identities.clear()
+                self._identities[id(principal)] = (principal, identity)
         head = exchange.head
         request_id = exchange.request_id
         return Forward(

@@ -40,6 +40,7 @@ __all__ = [
     "ScannedHeaders",
     "TrustedProxies",
     "forward_headers",
+    "identity_headers",
     "identity_value",
     "new_request_id",
     "response_filter",
@@ -233,7 +234,7 @@ def forward_headers(
     client_ip: str,
     tls: bool,
     request_id: str,
-    identity: tuple[str | None, str | None, Iterable[str]] | None,
+    identity: Headers | None,
     forward_authorization: bool,
 ) -> Headers:
     """The complete header set for the upstream (framing headers aside).
@@ -245,7 +246,7 @@ def forward_headers(
         client_ip: The resolved client address (for logs; XFF carries the chain).
         tls: Whether the front terminated TLS.
         request_id: The id of this request.
-        identity: ``(subject, client_id, scopes)`` from the verified token, or ``None``.
+        identity: The :func:`identity_headers` of the verified token, or ``None``.
         forward_authorization: Whether the client's ``Authorization`` passes through.
     """
     headers = list(scanned.kept)
@@ -267,13 +268,19 @@ def forward_headers(
         headers.append((b"x-forwarded-host", host))
     headers.append((b"x-real-ip", client_ip.encode("ascii")))
     headers.append((b"x-request-id", request_id.encode("ascii")))
-    if identity is not None:
-        subject, client_id, scopes = identity
-        if subject is not None:
-            headers.append((b"x-bastion-subject", identity_value(subject)))
-        if client_id is not None:
-            headers.append((b"x-bastion-client", identity_value(client_id)))
-        headers.append((b"x-bastion-scopes", b" ".join(identity_value(scope) for scope in scopes)))
+    if identity:
+        headers.extend(identity)
+    return headers
+
+
+def identity_headers(subject: str | None, client_id: str | None, scopes: Iterable[str]) -> Headers:
+    """The ``X-Bastion-*`` headers for a verified identity (scopes sorted, values escaped)."""
+    headers: Headers = []
+    if subject is not None:
+        headers.append((b"x-bastion-subject", identity_value(subject)))
+    if client_id is not None:
+        headers.append((b"x-bastion-client", identity_value(client_id)))
+    headers.append((b"x-bastion-scopes", b" ".join(identity_value(scope) for scope in sorted(scopes))))
     return headers
 
 

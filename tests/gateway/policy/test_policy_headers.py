@@ -10,6 +10,7 @@ from bastion.gateway.contract import Headers
 from bastion.gateway.headers import HeaderRules
 from bastion.gateway.headers import TrustedProxies
 from bastion.gateway.headers import forward_headers
+from bastion.gateway.headers import identity_headers
 from bastion.gateway.headers import identity_value
 from bastion.gateway.headers import reply_headers
 from bastion.gateway.headers import response_filter
@@ -92,7 +93,7 @@ def test_spoofed_identity_headers_are_stripped_and_set_from_the_token() -> None:
             (b"x-forwarded-proto", b"https"),
             (b"x-request-id", b"chosen-by-client"),
         ],
-        identity=("alice", "shop", ["catalog:read", "orders:read"]),
+        identity=identity_headers("alice", "shop", ["orders:read", "catalog:read"]),
     )
     assert (b"x-bastion-subject", b"alice") in out
     assert (b"x-bastion-client", b"shop") in out
@@ -105,6 +106,10 @@ def test_spoofed_identity_headers_are_stripped_and_set_from_the_token() -> None:
     assert (b"x-forwarded-proto", b"http") in out
     assert (b"x-request-id", b"rid") in out
     assert names(out).count(b"x-request-id") == 1
+
+
+def test_identity_without_subject_or_client() -> None:
+    assert identity_headers(None, None, []) == [(b"x-bastion-scopes", b"")]
 
 
 def test_without_a_token_no_identity_is_set() -> None:
