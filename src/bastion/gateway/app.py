@@ -54,6 +54,7 @@ from bastion.gateway.headers import reply_headers
 from bastion.gateway.headers import response_filter
 from bastion.gateway.headers import scan_request
 from bastion.gateway.headers import trusted_request_id
+from bastion.gateway.limits import EngineLimits
 from bastion.gateway.observe import AccessLog
 from bastion.gateway.observe import AdminServer
 from bastion.gateway.observe import GatewayMetrics
@@ -70,10 +71,12 @@ from bastion.gateway.policies import problem
 from bastion.gateway.policies import run_chain
 from bastion.gateway.routing import Route
 from bastion.gateway.routing import RouteTable
+from bastion.gateway.server import GatewayServer
 from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.settings import IssuerSettings
 from bastion.gateway.settings import LimitsSettings
 from bastion.gateway.settings import UpstreamSettings
+from bastion.gateway.upstream import UpstreamGroup as EngineGroup
 from bastion.tokens import Introspector
 from bastion.tokens import Principal
 from bastion.tokens import TokenError
@@ -545,8 +548,6 @@ async def _close(obj: object) -> None:
 
 def engine_upstream_factory(name: str, settings: UpstreamSettings) -> UpstreamGroup:
     """Build the engine's :class:`~bastion.gateway.upstream.UpstreamGroup` from settings."""
-    from bastion.gateway.upstream import UpstreamGroup as EngineGroup
-
     return EngineGroup(
         name,
         settings.targets,
@@ -566,9 +567,6 @@ def engine_upstream_factory(name: str, settings: UpstreamSettings) -> UpstreamGr
 
 def engine_server_factory(limits: LimitsSettings) -> ServerFactory:
     """A factory for the engine's :class:`~bastion.gateway.server.GatewayServer` with ``limits``."""
-    from bastion.gateway.limits import EngineLimits
-    from bastion.gateway.server import GatewayServer
-
     engine_limits = EngineLimits(**limits.model_dump())
 
     def factory(handler: Handler, ssl_context: ssl.SSLContext | None) -> EngineServer:
