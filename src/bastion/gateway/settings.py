@@ -310,6 +310,13 @@ class GatewaySettings(_Frozen):
     """``realm`` of the ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3)."""
     server_header: str | None = "bastion"
     """``Server`` header on responses (the upstream's is always hidden); ``None`` sends none."""
+    access_log: str | None = "-"
+    """Where the JSON-lines access log goes: ``"-"`` for stdout, a file path (opened for append
+    by the CLI), or ``None`` for no access log."""
+    access_log_flush_lines: int = Field(default=256, ge=1, le=1_000_000)
+    """Access-log lines buffered before a write."""
+    access_log_flush_interval: Seconds = 0.1
+    """Longest time an access-log line waits in the buffer, in seconds."""
     limits: LimitsSettings = LimitsSettings()
     """Client connection limits (``[gateway.limits]``)."""
     drain_seconds: Seconds = 60.0
