@@ -77,7 +77,7 @@ class AccessLog:
 
     def __init__(
         self,
-        sink: LogSink,
+        sink: LogSink | None,
         *,
         flush_lines: int = 256,
         flush_interval: float = 0.1,
@@ -86,7 +86,8 @@ class AccessLog:
         """Write batches to ``sink``.
 
         Args:
-            sink: A binary stream; the CLI opens it (stdout or an append-mode file).
+            sink: A binary stream; the CLI opens it (stdout or an append-mode file). ``None``
+                turns the log off (``write`` returns at once).
             flush_lines: Lines buffered before a write.
             flush_interval: Longest time a line waits in the buffer, in seconds.
             clock: Wall clock for the ``time`` field.
@@ -102,6 +103,8 @@ class AccessLog:
 
     def write(self, record: Mapping[str, Any]) -> None:
         """Buffer one record (a ``time`` field is added)."""
+        if self._sink is None:
+            return
         buffer = self._buffer
         buffer.append(orjson.dumps({"time": round(self._clock(), 6), **record}) + b"\n")
         if len(buffer) >= self._flush_lines:
@@ -118,7 +121,7 @@ class AccessLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._buffer:
+        if not self._buffer or self._sink is None:
             return
         data = b"".join(self._buffer)
         self._buffer.clear()

@@ -64,6 +64,12 @@ async def test_access_log_flushes_after_the_interval() -> None:
     log.close()
 
 
+def test_access_log_can_be_off() -> None:
+    log = AccessLog(None, flush_lines=1)
+    log.write({"status": 200})
+    log.close()
+
+
 def test_access_log_refuses_nonsense_limits() -> None:
     with pytest.raises(ValueError, match="flush_lines"):
         AccessLog(Sink(), flush_lines=0)
