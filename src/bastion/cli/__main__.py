@@ -1,0 +1,7 @@
+"""``python -m bastion.cli``."""
+
+from __future__ import annotations
+
+from bastion.cli.main import main
+
+main()
