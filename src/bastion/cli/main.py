@@ -24,6 +24,7 @@ from bastion.cli.context import stores_for
 from bastion.protocol.models import Client
 from bastion.protocol.models import TokenFormat
 from bastion.services.clients import ClientError
+from bastion.services.crypto import SealError
 from bastion.settings import Settings
 from bastion.settings import describe
 from bastion.storage.protocols import StorageError
@@ -39,6 +40,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise click.ClickException(
             f"{exc}. Is the database reachable? Check [storage] in the config."
         ) from None
+    except SealError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def settings_from(ctx: click.Context) -> Settings:
@@ -354,7 +357,8 @@ def keys_list(settings: Settings, as_json: bool) -> None:
         async with open_services(settings) as services:
             await services.keys.ensure()
             return [
-                {**dataclasses.asdict(k), "state": services.keys.state(k).value} for k in services.keys.all_keys()
+                {**dataclasses.asdict(k), "state": services.keys.state(k).value}
+                for k in services.keys.all_keys()
             ]
 
     rows = run(go())

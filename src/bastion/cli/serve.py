@@ -205,10 +205,12 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
         os.environ["BASTION_CONFIG"] = str(config_path.resolve())  # what a reload re-reads
     kek = load_kek(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    from bastion.cli.main import run
+
     if migrate:
-        asyncio.run(_migrate(settings))
+        run(_migrate(settings))
     if settings.authorization_server.enabled:
-        asyncio.run(_prepare_keys(settings, kek))
+        run(_prepare_keys(settings, kek))
     parts = []
     if settings.authorization_server.enabled:
         parts.append(

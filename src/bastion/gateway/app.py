@@ -79,6 +79,7 @@ from bastion.gateway.settings import UpstreamSettings
 from bastion.gateway.upstream import UpstreamGroup as EngineGroup
 from bastion.tokens import Introspector
 from bastion.tokens import Principal
+from bastion.tokens import RevocationSource
 from bastion.tokens import TokenError
 from bastion.tokens import TokenValidator
 
@@ -617,6 +618,8 @@ def token_verifier_factory(
     *,
     introspection_secrets: Mapping[str, str] | None = None,
     session: aiohttp.ClientSession | None = None,
+    revocation: RevocationSource | None = None,
+    on_created: Callable[[IssuerVerifier], None] | None = None,
 ) -> VerifierFactory:
     """The default :data:`VerifierFactory`: a :class:`TokenValidator` per issuer, plus an
     :class:`Introspector` for issuers with ``introspection`` configured.
@@ -626,6 +629,8 @@ def token_verifier_factory(
             ``client_secret_env`` / ``client_secret_file``.
         session: aiohttp session shared by JWKS and introspection calls (one is owned per
             validator otherwise).
+        revocation: Shared source of revoked token ids, consulted on every cache miss.
+        on_created: Called with each verifier built (the CLI feeds revocations to them).
     """
     secrets = dict(introspection_secrets or {})
 
@@ -638,6 +643,7 @@ def token_verifier_factory(
             leeway=issuer.leeway,
             cache_size=issuer.token_cache_size,
             session=session,
+            revocation=revocation,
         )
         introspector = None
         config = issuer.introspection
@@ -656,7 +662,10 @@ def token_verifier_factory(
                 cache_size=config.cache_size,
                 leeway=issuer.leeway,
             )
-        return IssuerVerifier(validator, introspector)
+        verifier = IssuerVerifier(validator, introspector)
+        if on_created is not None:
+            on_created(verifier)
+        return verifier
 
     return factory
 

@@ -29,6 +29,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
+from typing import cast
 
 from bastion.gateway.breaker import CircuitBreaker
 from bastion.gateway.http1 import Data
@@ -133,8 +134,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)  # a stream connection, by construction
-        self.transport = transport
+        # A stream transport by construction; uvloop's does not subclass asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         self.target.live.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from bastion.protocol import jose
 from bastion.protocol.models import SigningKey
 from bastion.services.crypto import Sealer
+from bastion.services.crypto import SealError
 from bastion.storage.protocols import Conflict
 from bastion.storage.protocols import KeyStore
 
@@ -97,7 +98,13 @@ class KeyService:
         rows = await self._store.list_keys()
         for key, sealed in rows:
             if key.kid not in self._private:
-                pem = self._sealer.open(sealed, aad=key.kid.encode())
+                try:
+                    pem = self._sealer.open(sealed, aad=key.kid.encode())
+                except SealError:
+                    raise SealError(
+                        f"cannot decrypt signing key {key.kid}: the key-encryption key is not the one it was "
+                        "encrypted with. Set BASTION_KEK (or BASTION_KEK_FILE) to the original key."
+                    ) from None
                 self._private[key.kid] = jose.private_key_from_pem(pem)
                 self._public[key.kid] = jose.load_public_jwk(key.public_jwk)
         self._keys = [key for key, _ in rows]

@@ -53,6 +53,11 @@ Introspector = Callable[[str, Client | None, float], Awaitable[dict[str, Any] | 
 Revoker = Callable[[str, Client, float], Awaitable[bool]]
 
 
+def revoked_key(jti: str) -> str:
+    """The fast-state key that marks access token ``jti`` revoked (read by gateways too)."""
+    return _REVOKED_PREFIX + jti
+
+
 def opaque_hash(token: str) -> str:
     """The storage key of an opaque access token: SHA-256 of 256 random bits needs no key."""
     return hashlib.sha256(token.encode()).hexdigest()
@@ -175,7 +180,7 @@ class TokenService:
 
     async def is_revoked(self, jti: str) -> bool:
         """Whether the access token ``jti`` was revoked (fast-state lookup)."""
-        return await self._state.get(_REVOKED_PREFIX + jti) is not None
+        return await self._state.get(revoked_key(jti)) is not None
 
     async def introspect(
         self, token: str, client: Client | None = None, now: float | None = None
@@ -221,7 +226,7 @@ class TokenService:
         if remaining <= 0:
             return
         await self._tokens.record_revoked_jti(jti, expires_at + _LEEWAY, now)
-        await self._state.set(_REVOKED_PREFIX + jti, b"1", remaining)
+        await self._state.set(revoked_key(jti), b"1", remaining)
         await self._state.publish(REVOCATION_CHANNEL, orjson.dumps({"jti": jti, "exp": int(expires_at)}))
         self._audit.emit("token.revoked", jti=jti)
 
@@ -258,4 +263,4 @@ class TokenService:
         now = self._clock()
         for jti, expires_at in jtis:
             if expires_at > now:
-                await self._state.set(_REVOKED_PREFIX + jti, b"1", expires_at - now)
+                await self._state.set(revoked_key(jti), b"1", expires_at - now)

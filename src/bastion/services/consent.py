@@ -1,0 +1,54 @@
+"""Consent: which scopes a user allowed a client, remembered per user, client and scope set."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bastion.protocol.models import Client
+from bastion.protocol.models import User
+from bastion.protocol.rfc6749.authorize import AuthorizationRequest
+from bastion.protocol.rfc6749.authorize import grant_scope
+from bastion.services.container import Services
+from bastion.services.users import people
+from bastion.services.users import user_scopes
+
+#: Plain-language descriptions shown on the consent page.
+SCOPE_DESCRIPTIONS = {
+    "openid": "Confirm who you are",
+    "profile": "See your name and username",
+    "email": "See your e-mail address",
+    "offline_access": "Stay signed in when you are away (refresh tokens)",
+}
+
+
+async def scope_to_grant(
+    services: Services, client: Client, request: AuthorizationRequest, user: User
+) -> tuple[str, ...]:
+    """requested ∩ client's allowed ∩ the user's roles' scopes (identity scopes need no role)."""
+    return grant_scope(request.scope, client.scopes, await user_scopes(services, user))
+
+
+async def covers(services: Services, user: User, client: Client, scope: Iterable[str]) -> bool:
+    """Whether a remembered consent covers ``scope``."""
+    consent = await people(services).consents.get_consent(user.user_id, client.client_id)
+    return consent is not None and set(scope) <= consent.scopes
+
+
+async def remember(services: Services, user: User, client: Client, scope: Iterable[str]) -> None:
+    """Remember that ``user`` allowed ``client`` these scopes."""
+    granted = await people(services).consents.grant_consent(
+        user.user_id, client.client_id, scope, services.clock()
+    )
+    services.audit.emit(
+        "consent.granted",
+        user_id=user.user_id,
+        client_id=client.client_id,
+        scope=" ".join(sorted(granted.scopes)),
+    )
+
+
+def describe(scope: Iterable[str]) -> list[dict[str, str]]:
+    """View-model rows for the consent page."""
+    return [
+        {"name": token, "description": SCOPE_DESCRIPTIONS.get(token, f"Access {token}")} for token in scope
+    ]
