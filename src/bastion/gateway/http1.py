@@ -425,6 +425,11 @@ class ServerConnection:
         return self._request_done
 
     @property
+    def in_message(self) -> bool:
+        """Whether the client is in the middle of sending a request (head or body)."""
+        return self._in_message
+
+    @property
     def head_in_progress(self) -> bool:
         """Whether part of a request head has been received (for the header timeout)."""
         return self._in_head

@@ -217,7 +217,8 @@ class Exchange:
     def _forward(self, forward: Forward) -> None:
         loop = self.front.loop
         now = loop.time()
-        self._timer = loop.call_at(self.head.started + forward.total_timeout, self._on_timer)
+        first = min(self.head.started + forward.total_timeout, now + forward.read_timeout)
+        self._timer = loop.call_at(first, self._on_timer)
         self._acquire(forward, now, exclude=None, fresh=False)
 
     def _acquire(self, forward: Forward, now: float, *, exclude: Target | None, fresh: bool) -> None:
@@ -420,8 +421,7 @@ class Exchange:
         untouched = not conn.reader.received_any and self._body_sent == 0
         if self.front.conn.response_started:
             self._record_failure(now)
-            self._error = reason
-            self.front.abort()
+            self._abort(reason)
             return
         if (
             untouched
@@ -487,7 +487,7 @@ class Exchange:
         self._drop_upstream(failure=False)
         self._error = "client_timeout"
         if self.front.conn.response_started:
-            self.front.abort()
+            self._abort("client_timeout")
             return
         self.draining = False
         headers, body = problem(408, "The request was not received in time.")
@@ -500,7 +500,7 @@ class Exchange:
         self._drop_upstream(failure=False)
         self._error = "client_invalid"
         if self.front.conn.response_started:
-            self.front.abort()
+            self._abort("client_invalid")
             return
         self.draining = False
         headers, body = problem(status, detail)
@@ -534,7 +534,7 @@ class Exchange:
         self._drop_upstream(failure=True)
         self._error = "upstream_timeout"
         if self.front.conn.response_started:
-            self.front.abort()
+            self._abort("upstream_timeout")
             return
         self._answer_problem(504, "upstream_timeout")
 
@@ -550,6 +550,13 @@ class Exchange:
             conn.close()
             if failure:
                 self._record_failure(self.front.loop.time())
+
+    def _abort(self, error: str) -> None:
+        """The response cannot be completed: report, then drop the client connection."""
+        self._error = error
+        self._drop_upstream(failure=False)
+        self._complete()
+        self.front.abort()
 
     def _finish(self) -> None:
         if self._done:

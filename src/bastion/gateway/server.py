@@ -339,6 +339,7 @@ class FrontProtocol(asyncio.Protocol):
         now = self.loop.time()
         self._idle_since = now
         self._head_started = 0.0
+        self._arm(now + self.limits.keepalive_timeout)
         self.pump()
         if self.exchange is None and conn.head_in_progress:
             self._head_started = now
@@ -393,7 +394,7 @@ class FrontProtocol(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         self._pause_reading()
-        if not self._tls and transport.can_write_eof() and not self.conn.request_complete:
+        if not self._tls and transport.can_write_eof() and self.conn.in_message:
             transport.write_eof()
             self._lingering = True
             self._linger_left = _LINGER_BYTES

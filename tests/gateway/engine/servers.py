@@ -91,7 +91,10 @@ class Upstream:
                     writer.transport.abort()
                     return
                 served += 1
-                keep = await self._respond(reader, writer, method, target, headers, hmap, index)
+                try:
+                    keep = await self._respond(reader, writer, method, target, headers, hmap, index)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return  # the gateway gave up on this request mid-body
                 if not keep:
                     return
         finally:
