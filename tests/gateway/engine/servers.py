@@ -52,6 +52,7 @@ class Upstream:
     healthy: bool = True
     release_reads: asyncio.Event = field(default_factory=asyncio.Event)
     body_bytes_read: int = 0
+    bytes_written: int = 0
     writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
@@ -154,7 +155,7 @@ class Upstream:
                     "method": method,
                     "target": target,
                     "headers": headers,
-                    "body_len": len(body),
+                    "body_len": self.body_bytes_read if path == "/slowread" else len(body),
                     "body_sha256": hashlib.sha256(body).hexdigest(),
                     "chunked": chunked,
                     "connection": index,
@@ -228,6 +229,7 @@ class Upstream:
             size = min(CHUNK, n - sent)
             writer.write(block if size == CHUNK else block[:size])
             sent += size
+            self.bytes_written += size
             await writer.drain()
 
 
