@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from tokens_helpers import Attacker
-from tokens_helpers import Clock
-from tokens_helpers import Issuer
+from tests.tokens.tokens_helpers import Attacker
+from tests.tokens.tokens_helpers import Clock
+from tests.tokens.tokens_helpers import Issuer
 
 
 @pytest.fixture

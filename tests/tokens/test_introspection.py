@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tokens_helpers import AUDIENCE
-from tokens_helpers import Clock
-from tokens_helpers import Issuer
+from tests.tokens.tokens_helpers import AUDIENCE
+from tests.tokens.tokens_helpers import Clock
+from tests.tokens.tokens_helpers import Issuer
 
 from bastion.tokens import Introspector
 from bastion.tokens import IssuerUnavailable

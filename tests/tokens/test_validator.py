@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
-from tokens_helpers import AUDIENCE
-from tokens_helpers import Attacker
-from tokens_helpers import Clock
-from tokens_helpers import Issuer
+from tests.tokens.tokens_helpers import AUDIENCE
+from tests.tokens.tokens_helpers import Attacker
+from tests.tokens.tokens_helpers import Clock
+from tests.tokens.tokens_helpers import Issuer
 
 from bastion.protocol import jose
 from bastion.tokens import RFC9068_REQUIRED_CLAIMS
