@@ -43,9 +43,9 @@ async def _migrate(url: str) -> None:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+def server(tmp_path: Path) -> Server:
     asyncio.run(_migrate(f"sqlite:///{tmp_path / 'b.db'}"))
-    yield Server(tmp_path)
+    return Server(tmp_path)
 
 
 @pytest.fixture

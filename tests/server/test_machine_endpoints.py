@@ -9,11 +9,11 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from starlette.testclient import TestClient
-
-from bastion.protocol.models import TokenFormat
 from tests.server.conftest import ISSUER
 from tests.server.conftest import Server
 from tests.server.conftest import register
+
+from bastion.protocol.models import TokenFormat
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
@@ -66,7 +66,12 @@ def test_client_secret_post_works_too(client: TestClient, server: Server) -> Non
         ({"grant_type": "implicit"}, "ok", 400, "unsupported_grant_type"),
         ({}, "ok", 400, "invalid_request"),
         ({"grant_type": "client_credentials", "scope": "admin"}, "ok", 400, "invalid_scope"),
-        ({"grant_type": "client_credentials", "resource": "https://evil.example"}, "ok", 400, "invalid_target"),
+        (
+            {"grant_type": "client_credentials", "resource": "https://evil.example"},
+            "ok",
+            400,
+            "invalid_target",
+        ),
     ],
 )
 def test_token_errors_follow_rfc6749(
@@ -106,7 +111,9 @@ def test_malformed_requests_never_500(client: TestClient, server: Server) -> Non
         assert 400 <= response.status_code < 500, body[:40]
         assert response.json()["error"] == "invalid_request"
     for header in ("Basic", "Basic %%%", "Basic " + base64.b64encode(b"\xff:\xfe").decode()):
-        response = client.post("/token", data={"grant_type": "client_credentials"}, headers={"authorization": header})
+        response = client.post(
+            "/token", data={"grant_type": "client_credentials"}, headers={"authorization": header}
+        )
         assert response.status_code == 401
     assert client.get("/token").status_code == 405
 
@@ -168,13 +175,19 @@ def test_opaque_tokens_are_stored_hashed_and_introspectable(client: TestClient, 
     live = client.post("/introspect", data={"token": access}, auth=(cid, secret or "")).json()
     assert live["active"] is True
     assert live["sub"] == cid
-    client.post("/revoke", data={"token": access, "token_type_hint": "access_token"}, auth=(cid, secret or ""))
-    assert client.post("/introspect", data={"token": access}, auth=(cid, secret or "")).json() == {"active": False}
+    client.post(
+        "/revoke", data={"token": access, "token_type_hint": "access_token"}, auth=(cid, secret or "")
+    )
+    assert client.post("/introspect", data={"token": access}, auth=(cid, secret or "")).json() == {
+        "active": False
+    }
 
 
 def test_unsupported_token_type_hint(client: TestClient, server: Server) -> None:
     cid, secret = register(client, server)
-    response = client.post("/revoke", data={"token": "x", "token_type_hint": "id_token"}, auth=(cid, secret or ""))
+    response = client.post(
+        "/revoke", data={"token": "x", "token_type_hint": "id_token"}, auth=(cid, secret or "")
+    )
     assert response.status_code == 400
     assert response.json()["error"] == "unsupported_token_type"
 

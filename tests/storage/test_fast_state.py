@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bastion.storage.protocols import FastState
 from bastion.storage.open import open_state
+from bastion.storage.protocols import FastState
 
 pytestmark = pytest.mark.anyio
 

@@ -105,7 +105,6 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
                 proxy_headers=False,
             )
             server = uvicorn.Server(config)
-            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
             sock = bind(settings.authorization_server.listen)
             tasks.append(loop.create_task(server.serve(sockets=[sock])))
         if settings.gateway is not None:

@@ -82,7 +82,7 @@ class RedisState:
         except RedisError as exc:
             raise StorageError(f"redis subscribe failed: {type(exc).__name__}") from exc
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bastion.storage.protocols import StorageError
 
@@ -46,7 +47,7 @@ class SQLiteState:
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the state file {path}: {exc}") from exc
 
-    def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -80,13 +81,13 @@ class SQLiteState:
 
     async def get(self, key: str) -> bytes | None:
         rows = self._run("SELECT value FROM kv WHERE key = ? AND expires_at > ?", (key, self._clock()))
-        return bytes(rows[0][0]) if rows else None  # type: ignore[arg-type]
+        return bytes(rows[0][0]) if rows else None
 
     async def consume(self, key: str) -> bytes | None:
         rows = self._run("DELETE FROM kv WHERE key = ? RETURNING value, expires_at", (key,))
-        if not rows or float(rows[0][1]) <= self._clock():  # type: ignore[arg-type]
+        if not rows or float(rows[0][1]) <= self._clock():
             return None
-        return bytes(rows[0][0])  # type: ignore[arg-type]
+        return bytes(rows[0][0])
 
     async def delete(self, key: str) -> None:
         self._run("DELETE FROM kv WHERE key = ?", (key,))
@@ -104,12 +105,12 @@ class SQLiteState:
         )
         self._wrote()
         value = rows[0][0]
-        return int(value.decode() if isinstance(value, bytes) else value)  # type: ignore[arg-type,union-attr]
+        return int(value.decode() if isinstance(value, bytes) else value)
 
     async def ttl(self, key: str) -> float | None:
         now = self._clock()
         rows = self._run("SELECT expires_at FROM kv WHERE key = ? AND expires_at > ?", (key, now))
-        return float(rows[0][0]) - now if rows else None  # type: ignore[arg-type]
+        return float(rows[0][0]) - now if rows else None
 
     async def publish(self, channel: str, message: bytes) -> None:
         self._run(
@@ -119,14 +120,14 @@ class SQLiteState:
 
     async def subscribe(self, channel: str) -> AsyncIterator[bytes]:
         rows = self._run("SELECT COALESCE(MAX(seq), 0) FROM messages")
-        last = int(rows[0][0])  # type: ignore[call-overload]
+        last = int(rows[0][0])
         while True:
             batch = self._run(
                 "SELECT seq, body FROM messages WHERE seq > ? AND channel = ? ORDER BY seq", (last, channel)
             )
             for seq, body in batch:
-                last = int(seq)  # type: ignore[call-overload]
-                yield bytes(body)  # type: ignore[arg-type]
+                last = int(seq)
+                yield bytes(body)
             if not batch:
                 await asyncio.sleep(self._poll)
 
