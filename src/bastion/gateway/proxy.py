@@ -73,7 +73,9 @@ class Exchange:
         "_decision",
         "_done",
         "_error",
+        "_forward",
         "_fresh_retry_used",
+        "_group",
         "_head_bytes",
         "_other_retry_used",
         "_pending",
@@ -102,6 +104,8 @@ class Exchange:
         self.draining = False
         self.bytes_sent = 0
         self._decision: Decision | None = None
+        self._forward: Forward | None = None
+        self._group: UpstreamGroup | None = None
         self._pending: asyncio.Future[Decision] | None = None
         self._done = False
         self._status = 0
@@ -155,7 +159,9 @@ class Exchange:
         if type(decision) is Reply:
             self._reply(decision)
         elif isinstance(decision, Forward) and isinstance(decision.upstream, UpstreamGroup):
-            self._forward(decision)
+            self._forward = decision
+            self._group = decision.upstream
+            self._start_forward(decision)
         else:
             _log.error("gateway handler returned %r, not a Reply or a Forward of an UpstreamGroup", decision)
             self._answer_problem(500, "handler_error")
@@ -214,7 +220,7 @@ class Exchange:
 
     # -- forwarding --------------------------------------------------------------------------
 
-    def _forward(self, forward: Forward) -> None:
+    def _start_forward(self, forward: Forward) -> None:
         loop = self.front.loop
         now = loop.time()
         first = min(self.head.started + forward.total_timeout, now + forward.read_timeout)
@@ -222,8 +228,9 @@ class Exchange:
         self._acquire(forward, now, exclude=None, fresh=False)
 
     def _acquire(self, forward: Forward, now: float, *, exclude: Target | None, fresh: bool) -> None:
-        group = forward.upstream
-        assert isinstance(group, UpstreamGroup)  # checked in _decide
+        group = self._group
+        if group is None:
+            return
         if fresh and self._target is not None:
             target = self._target
         else:
@@ -267,8 +274,9 @@ class Exchange:
         self.front.pump()
 
     def _retry_elsewhere_or_fail(self, status: int, error: str) -> None:
-        forward = self._decision
-        assert isinstance(forward, Forward)  # only forwarding reaches here
+        forward = self._forward
+        if forward is None:
+            return
         target = self._target
         now = self.front.loop.time()
         if (
@@ -276,8 +284,8 @@ class Exchange:
             and not self._other_retry_used
             and self._body_sent == 0
             and target is not None
-            and isinstance(forward.upstream, UpstreamGroup)
-            and forward.upstream.has_alternative(now, target)
+            and self._group is not None
+            and self._group.has_alternative(now, target)
         ):
             self._other_retry_used = True
             self._acquire(forward, now, exclude=target, fresh=False)
@@ -285,8 +293,9 @@ class Exchange:
         self._answer_problem(status, error)
 
     def _bind(self, conn: UpstreamConnection) -> None:
-        forward = self._decision
-        assert isinstance(forward, Forward)  # only forwarding reaches here
+        forward = self._forward
+        if forward is None:
+            return
         request = self.request
         self._upstream = conn
         conn.begin(self, head_request=request.method == b"HEAD")
@@ -357,8 +366,9 @@ class Exchange:
     # -- upstream events (UpstreamListener) --------------------------------------------------
 
     def upstream_response(self, response: Response) -> None:
-        forward = self._decision
-        assert isinstance(forward, Forward)  # only forwarding reaches here
+        forward = self._forward
+        if forward is None:
+            return
         self._response = response
         self._activity = self.front.loop.time()
         status = response.status
@@ -415,8 +425,9 @@ class Exchange:
         if conn is None or self._done:
             return
         conn.close()
-        forward = self._decision
-        assert isinstance(forward, Forward)  # only forwarding reaches here
+        forward = self._forward
+        if forward is None:
+            return
         now = self.front.loop.time()
         untouched = not conn.reader.received_any and self._body_sent == 0
         if self.front.conn.response_started:
@@ -512,8 +523,9 @@ class Exchange:
         self._timer = None
         if self._done:
             return
-        forward = self._decision
-        assert isinstance(forward, Forward)  # only forwarding sets the timer
+        forward = self._forward
+        if forward is None:
+            return
         loop = self.front.loop
         now = loop.time()
         total_deadline = self.head.started + forward.total_timeout

@@ -273,3 +273,44 @@ async def test_active_health_loop_runs_when_started(upstream: Upstream, gateway_
         await asyncio.sleep(0.02)
     assert not handler.group.targets[0].active_healthy
     assert any(s.target == "/health" for s in upstream.seen)
+
+
+@pytest.mark.anyio
+async def test_max_per_target_queues_requests_on_one_connection(upstream: Upstream, gateway_for) -> None:
+    gateway, handler = await gateway_for([upstream.address], group_options={"max_per_target": 1})
+    clients = [await RawClient.connect(gateway.port) for _ in range(3)]
+    replies = await asyncio.gather(
+        *(c.request(b"GET /sleep/0.05 HTTP/1.1\r\nHost: a\r\n\r\n") for c in clients)
+    )
+    assert [r.status for r in replies] == [200, 200, 200]
+    assert upstream.connections == 1
+    for c in clients:
+        await c.aclose()
+
+
+@pytest.mark.anyio
+async def test_busy_pool_past_the_connect_timeout_is_503(upstream: Upstream, gateway_for) -> None:
+    gateway, handler = await gateway_for(
+        [upstream.address], connect_timeout=0.1, group_options={"max_per_target": 1}
+    )
+    slow = await RawClient.connect(gateway.port)
+    await slow.send(b"GET /sleep/0.4 HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0.05)
+    other = await RawClient.connect(gateway.port)
+    assert_problem(await other.request(GET), 503)
+    assert (await slow.read_response()).status == 200
+    assert "upstream_busy" in [o.error for o in handler.outcomes]
+    await slow.aclose()
+    await other.aclose()
+
+
+@pytest.mark.anyio
+async def test_half_closed_client_still_gets_its_response(upstream: Upstream, gateway_for) -> None:
+    gateway, _ = await gateway_for([upstream.address])
+    client = await RawClient.connect(gateway.port)
+    await client.send(b"GET /sleep/0.05 HTTP/1.1\r\nHost: a\r\n\r\n")
+    client.writer.write_eof()
+    reply = await client.read_response()
+    assert reply.body == b"slept"
+    assert await client.closed()
+    await client.aclose()
