@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 from typing import Literal
+from typing import get_args
+from typing import get_origin
 
 from pydantic import BaseModel
 from pydantic import ConfigDict
@@ -195,13 +197,32 @@ def section_names() -> tuple[str, ...]:
     return tuple(Settings.model_fields)
 
 
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, str]:
+    """The settings model inside an annotation (``X | None``, ``list[X]``, ``dict[str, X]``) and
+    how its keys are written (``""``, ``"[]"``, ``".NAME"``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, ""
+    origin = get_origin(annotation)
+    args = [a for a in get_args(annotation) if a is not type(None) and a is not Ellipsis]
+    if origin in (list, tuple) and args:
+        inner, _ = _model_in(args[0])
+        return inner, "[]"
+    if origin is dict and len(args) == 2:
+        inner, _ = _model_in(args[1])
+        return inner, ".NAME"
+    if len(args) == 1:
+        return _model_in(args[0])
+    return None, ""
+
+
 def describe(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted key, default, description) of every option, for ``bastion config`` and the docs."""
     rows: list[tuple[str, Any, str]] = []
     for name, info in model.model_fields.items():
-        annotation = info.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe(annotation, f"{prefix}{name}."))
+        inner, suffix = _model_in(info.annotation)
+        if inner is not None:
+            rows.extend(describe(inner, f"{prefix}{name}{suffix}."))
         else:
-            rows.append((f"{prefix}{name}", info.default, (info.description or "").strip()))
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", default, (info.description or "").strip()))
     return rows
