@@ -196,20 +196,24 @@ def generate_private_key(alg: str) -> PrivateKey:
     raise JOSEError(f"unsupported algorithm {alg!r}")
 
 
+# Algorithm objects are immutable: build them once, not per signature (the token endpoint's
+# hot path signs every response).
+_ECDSA: Final = {alg: ec.ECDSA(spec[3]) for alg, spec in _EC_CURVES.items()}
+_SHA256: Final = hashes.SHA256()
+_PKCS1: Final = padding.PKCS1v15()
+_PSS: Final = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+
+
 def sign(alg: str, key: PrivateKey, signing_input: bytes) -> bytes:
     """The JWS signature of ``signing_input`` (ECDSA in the raw ``r || s`` form)."""
     if alg in _EC_CURVES and isinstance(key, ec.EllipticCurvePrivateKey):
-        _, _, size, digest = _EC_CURVES[alg]
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(digest)))
+        size = _EC_CURVES[alg][2]
+        r, s = decode_dss_signature(key.sign(signing_input, _ECDSA[alg]))
         return r.to_bytes(size, "big") + s.to_bytes(size, "big")
     if alg == "RS256" and isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        return key.sign(signing_input, _PKCS1, _SHA256)
     if alg == "PS256" and isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(
-            signing_input,
-            padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32),
-            hashes.SHA256(),
-        )
+        return key.sign(signing_input, _PSS, _SHA256)
     if alg == "EdDSA" and isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(signing_input)
     raise JOSEError(f"key does not fit algorithm {alg!r}")

@@ -90,6 +90,8 @@ class KeyService:
         self._private: dict[str, jose.PrivateKey] = {}
         self._public: dict[str, jose.PublicKey] = {}
         self._task: asyncio.Task[None] | None = None
+        #: alg → (key, valid from, valid until): the signing key without a scan per token.
+        self._signing: dict[str, tuple[ActiveKey, float, float]] = {}
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class KeyService:
                 self._private[key.kid] = jose.private_key_from_pem(pem)
                 self._public[key.kid] = jose.load_public_jwk(key.public_jwk)
         self._keys = [key for key, _ in rows]
+        self._signing.clear()
 
     async def ensure(self) -> list[SigningKey]:
         """Create missing keys and rotate due ones (the automatic schedule); returns new keys."""
@@ -207,13 +210,20 @@ class KeyService:
     def signing_key(self, alg: str, now: float | None = None) -> ActiveKey:
         """The key that signs ``alg`` now. Raises :class:`NoSigningKey`."""
         now = self._clock() if now is None else now
+        cached = self._signing.get(alg)
+        if cached is not None and cached[1] <= now < cached[2]:
+            return cached[0]
         candidates = [
             k for k in self._keys if k.alg == alg and k.activates_at <= now and k.revoked_at is None
         ]
         if not candidates:
             raise NoSigningKey(f"no active {alg} signing key: run `bastion keys rotate --alg {alg}`")
         key = max(candidates, key=lambda k: k.generation)
-        return ActiveKey(kid=key.kid, alg=key.alg, private_key=self._private[key.kid])
+        active = ActiveKey(kid=key.kid, alg=key.alg, private_key=self._private[key.kid])
+        # Valid until a newer key of this algorithm activates (or the key set changes).
+        later = [k.activates_at for k in self._keys if k.alg == alg and k.generation > key.generation]
+        self._signing[alg] = (active, key.activates_at, min(later, default=float("inf")))
+        return active
 
     def published(self, now: float | None = None) -> list[SigningKey]:
         """Keys in JWKS: pending, active and retired (never expired or revoked)."""
