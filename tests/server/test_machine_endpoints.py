@@ -151,8 +151,10 @@ def test_introspection_and_revocation_of_a_jwt(client: TestClient, server: Serve
     assert introspect("garbage") == {"active": False}
     assert introspect(access[:-4] + "AAAA") == {"active": False}
 
-    # RFC 7009: a client may revoke only its own tokens; other tokens are ignored with 200.
-    assert client.post("/revoke", data={"token": access}, auth=(rs_id, rs_secret or "")).status_code == 200
+    # RFC 7009 §2.1: a client may revoke only its own tokens; another client's is refused.
+    refused = client.post("/revoke", data={"token": access}, auth=(rs_id, rs_secret or ""))
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "unauthorized_client"
     assert introspect(access)["active"] is True
     assert client.post("/revoke", data={"token": access}, auth=(cid, secret or "")).status_code == 200
     assert introspect(access) == {"active": False}

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from bastion.ops.audit import AuditLog
+from bastion.protocol.errors import UnauthorizedClient
 from bastion.protocol import jose
 from bastion.protocol.models import Client
 from bastion.protocol.models import StoredAccessToken
@@ -240,23 +241,37 @@ class TokenService:
         return len(tokens)
 
     async def revoke(self, token: str, client: Client, now: float | None = None) -> None:
-        """RFC 7009 §2.1: revoke ``token`` if it was issued to ``client``; anything else is a no-op
-        (§2.2: "invalid tokens do not cause an error response")."""
+        """RFC 7009 §2.1: revoke ``token`` if it was issued to ``client``.
+
+        "invalid tokens do not cause an error response" (§2.2): unknown, expired or malformed
+        tokens are a no-op. A live token of another client is refused (§2.1: "If this validation
+        fails, the request is refused and the client is informed of the error").
+
+        Raises:
+            UnauthorizedClient: the token was issued to another client.
+        """
         now = self._clock() if now is None else now
         if token.count(".") == 2:
             claims = self._verify_jwt(token, now)
-            if claims is not None and claims.get("client_id") == client.client_id:
+            if claims is not None:
+                self._check_owner(str(claims.get("client_id")), client)
                 await self.revoke_jti(str(claims["jti"]), float(claims["exp"]), now)
             return
         stored = await self._tokens.get_access_token(opaque_hash(token))
         if stored is not None:
-            if stored.client_id == client.client_id:
+            if stored.expires_at > now:
+                self._check_owner(stored.client_id, client)
                 await self._tokens.revoke_access_token(stored.token_hash, now)
                 await self.revoke_jti(stored.jti, stored.expires_at, now)
             return
         for revoker in self.revokers:
             if await revoker(token, client, now):
                 return
+
+    @staticmethod
+    def _check_owner(owner: str, client: Client) -> None:
+        if owner != client.client_id:
+            raise UnauthorizedClient("this token was not issued to the requesting client")
 
     async def warm_revocations(self, jtis: list[tuple[str, float]]) -> None:
         """Copy durable revocations into the fast-state store (after an in-memory store restart)."""
