@@ -205,3 +205,14 @@ def test_metadata_and_jwks(client: TestClient) -> None:
     assert 0 < max_age <= 600
     for jwk in response.json()["keys"]:
         assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & set(jwk)
+
+
+def test_secrets_in_the_url_are_refused(client: TestClient, server: Server) -> None:
+    cid, secret = register(client, server)
+    response = client.post(
+        f"/token?client_id={cid}&client_secret={secret}", data={"grant_type": "client_credentials"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+    response = client.post("/introspect?token=abc", data={"token": "abc"}, auth=(cid, secret or ""))
+    assert response.status_code == 400

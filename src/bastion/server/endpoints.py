@@ -8,6 +8,7 @@ Every failure leaves as an RFC 6749 §5.2 error; nothing leaves as a traceback.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,8 @@ from bastion.types import Scope
 from bastion.types import Send
 
 log = logging.getLogger("bastion.server")
+
+_SENSITIVE_QUERY = re.compile(rb"(?:^|&)(?:client_secret|token|refresh_token|code|code_verifier|password)=", re.I)
 
 Handler = Callable[[Services, dict[str, str], str | None], Awaitable[dict[str, Any]]]
 
@@ -147,6 +150,10 @@ class FormEndpoint:
                     [(b"allow", b"POST")],
                 )
                 return
+            if _SENSITIVE_QUERY.search(scope.get("query_string", b"")):
+                # RFC 6749 §2.3.1: credentials "MUST NOT be included in the request URI"; the
+                # same holds for tokens (RFC 6750 §5.3: URLs end up in logs and histories).
+                raise InvalidRequest("send parameters in the request body, not in the URL")
             if not is_form_content_type(_header(scope, b"content-type")):
                 raise InvalidRequest("the body must be application/x-www-form-urlencoded")
             body = await read_body(receive, services.settings.max_body_bytes)
