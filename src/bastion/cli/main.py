@@ -399,7 +399,13 @@ def keys_list(settings: Settings, as_json: bool) -> None:
 
 
 @keys.command("rotate")
-@click.option("--alg", "algs", multiple=True, help="Algorithm to rotate (default: every configured one).")
+@click.option(
+    "--alg",
+    "algs",
+    multiple=True,
+    type=click.Choice(["ES256", "ES384", "RS256", "PS256", "EdDSA"]),
+    help="Algorithm to rotate; repeat for several (default: every configured one).",
+)
 @click.option(
     "--publish-delay",
     type=float,
@@ -445,7 +451,7 @@ def serve(ctx: click.Context, workers: int, no_migrate: bool) -> None:
     )
 
 
-@cli.command()
+@cli.command(short_help="Reload the gateway routes of a running server.")
 @with_settings
 def reload(settings: Settings) -> None:
     """Reload the gateway's routes in a running `bastion serve` (same as SIGHUP)."""
@@ -455,7 +461,7 @@ def reload(settings: Settings) -> None:
     click.echo(f"sent SIGHUP to bastion serve (pid {pid})")
 
 
-@cli.command()
+@cli.command(short_help="Run a ready-to-try demo on embedded defaults.")
 @with_settings
 def demo(settings: Settings) -> None:
     """Migrate, create demo clients, start the server and print commands to try."""
