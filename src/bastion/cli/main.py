@@ -428,7 +428,7 @@ def keys_rotate(settings: Settings, algs: tuple[str, ...], publish_delay: float 
 # -- serve, reload, demo --------------------------------------------------------------------
 
 
-@cli.command()
+@cli.command(short_help="Run the authorization server and the gateway.")
 @click.option(
     "--workers", type=click.IntRange(1, 256), default=1, show_default=True, help="Processes to run."
 )
