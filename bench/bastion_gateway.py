@@ -80,6 +80,9 @@ def gateway_config(
     lines = [
         f"data_dir = {_toml_value(str(data_dir))}",
         "",
+        "[authorization_server]",
+        "enabled = false",
+        "",
         "[gateway]",
         *(f"{k} = {_toml_value(v)}" for k, v in gateway.items()),
         "",
@@ -136,7 +139,7 @@ def service(
         )
     )
     check = subprocess.run(
-        [BASTION, "config", "check", "--config", str(config)],
+        [BASTION, "--config", str(config), "config", "check"],
         capture_output=True,
         text=True,
         check=False,
@@ -146,7 +149,7 @@ def service(
         raise Unsupported(f"config check failed: {(check.stderr or check.stdout).strip()[-500:]}")
     return Service(
         name,
-        [BASTION, "serve", "--config", str(config), "--workers", str(workers)],
+        [BASTION, "--config", str(config), "serve", "--workers", str(workers)],
         cores=cores,
         port=port,
         log_dir=work / "logs",

@@ -107,7 +107,7 @@ class BastionServer:
         """``bastion serve`` with ``workers`` workers, pinned to ``cores`` (``None``: not pinned)."""
         return Service(
             self.name,
-            [BASTION, "serve", "--config", str(self.config), "--workers", str(workers)],
+            [BASTION, "--config", str(self.config), "serve", "--workers", str(workers)],
             cores=cores,
             port=self.port,
             log_dir=self.log_dir,
