@@ -129,9 +129,11 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
                 except (ConfigError, ValueError) as exc:
                     log.error("reload refused, keeping the current routes: %s", exc)
 
-        tasks.append(loop.create_task(reloader()))
+        reload_task = loop.create_task(reloader())
         stopper = loop.create_task(stop.wait())
-        done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([stopper, reload_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        reload_task.cancel()
+        stopper.cancel()
         for task in done:
             if task is not stopper and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
