@@ -103,6 +103,7 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
                 log_level="warning",
                 server_header=False,
                 proxy_headers=False,
+                timeout_graceful_shutdown=10,
             )
             server = uvicorn.Server(config)
             sock = bind(settings.authorization_server.listen)
