@@ -1,0 +1,103 @@
+"""``bastion users`` / ``bastion roles`` through click's CliRunner on a real SQLite store."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from click.testing import Result
+
+from bastion.cli.users import roles
+from bastion.cli.users import users
+
+KEK = "k" * 48
+
+
+@pytest.fixture
+def invoke(tmp_path: Path) -> Callable[..., Result]:
+    config = tmp_path / "bastion.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[storage]\nstate_url = "memory://"\n'
+        f'database_url = "sqlite:///{tmp_path / "data" / "bastion.db"}"\n'
+    )
+    root = click.Group("bastion")
+    root.add_command(users)
+    root.add_command(roles)
+    runner = CliRunner()
+
+    def run(*args: str, stdin: str | None = None) -> Result:
+        return runner.invoke(
+            root, list(args), input=stdin, obj={"config": str(config)}, env={"BASTION_KEK": KEK}
+        )
+
+    return run
+
+
+def test_users_and_roles_commands(invoke: Callable[..., Result]) -> None:
+    result = invoke(
+        "roles", "create", "reader", "--scope", "orders:read", "--scope", "catalog:read catalog:list"
+    )
+    assert result.exit_code == 0, result.output
+    assert "catalog:list catalog:read orders:read" in result.output
+    result = invoke("roles", "list", "--json")
+    assert json.loads(result.output) == [
+        {"name": "reader", "scopes": ["catalog:list", "catalog:read", "orders:read"], "description": ""}
+    ]
+    result = invoke(
+        "users",
+        "create",
+        "alice",
+        "--password-stdin",
+        "--role",
+        "reader",
+        "--email",
+        "a@example.com",
+        "--json",
+        stdin="correct horse battery\n",
+    )
+    assert result.exit_code == 0, result.output
+    created = json.loads(result.output)
+    assert created["roles"] == ["reader"]
+    assert "password" not in result.output
+    result = invoke(
+        "users", "create", "bob", "--password-stdin", "--role", "ghost", stdin="correct horse battery\n"
+    )
+    assert result.exit_code == 1
+    assert "unknown role" in result.output
+    result = invoke("users", "create", "carol", "--password-stdin", stdin="short\n")
+    assert result.exit_code == 1
+    assert "passwords must be" in result.output
+    result = invoke("users", "create", "dave", "--password-stdin", stdin="")
+    assert result.exit_code == 1
+    assert "nothing on standard input" in result.output
+    result = invoke("users", "list")
+    assert "alice" in result.output
+    assert "active" in result.output
+    assert invoke("users", "disable", "alice").exit_code == 0
+    assert json.loads(invoke("users", "list", "--json").output)[0]["disabled"] is True
+    assert invoke("users", "enable", "alice").exit_code == 0
+    assert (
+        invoke(
+            "users", "set-password", "alice", "--password-stdin", stdin="another long password\n"
+        ).exit_code
+        == 0
+    )
+    assert invoke("users", "set-roles", "alice").output.strip() == "alice: roles=-"
+    assert invoke("users", "delete", "alice").exit_code == 0
+    missing = invoke("users", "delete", "alice")
+    assert missing.exit_code == 1
+    assert "no user named" in missing.output
+    assert "no users yet" in invoke("users", "list").output
+    assert invoke("roles", "delete", "reader").exit_code == 0
+    assert invoke("roles", "delete", "reader").exit_code == 1
+    assert "no roles yet" in invoke("roles", "list").output
+
+
+def test_password_prompt_when_not_from_stdin(invoke: Callable[..., Result]) -> None:
+    result = invoke("users", "create", "erin", stdin="a long password\na long password\n")
+    assert result.exit_code == 0, result.output
+    assert "created user erin" in result.output
