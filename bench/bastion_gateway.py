@@ -162,4 +162,6 @@ _KEK = secrets.token_urlsafe(36)
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "BASTION_KEK": _KEK}
+    # No access log, like the peers (nginx ``access_log off``, HAProxy without ``log``). TOML has
+    # no null, so the override comes from the environment, where values are read as JSON.
+    return {**os.environ, "BASTION_KEK": _KEK, "BASTION_GATEWAY__ACCESS_LOG": "null"}

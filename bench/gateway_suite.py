@@ -133,20 +133,30 @@ def prepare(
     )
 
     upstream_port = free_port()
-    stack.enter_context(peers.nginx_upstream(upstream_port, work, jwks_path, CLIENT_CORE))
+    upstream = stack.enter_context(peers.nginx_upstream(upstream_port, work, jwks_path, CLIENT_CORE))
     upstream_url = f"http://127.0.0.1:{upstream_port}/"
     expect_status(upstream_url, 200)
-    targets = [Target("upstream", "upstream direct (nginx)", None, upstream_url, "get.lua")]
+    targets = [
+        Target(
+            "upstream",
+            "upstream direct (nginx)",
+            None,
+            upstream_url,
+            "get.lua",
+            service=upstream,
+            server_core=None,
+        )
+    ]
 
     proxy_port = free_port()
-    stack.enter_context(peers.nginx_proxy(proxy_port, upstream_port, work, SERVER_CORE))
+    proxy = stack.enter_context(peers.nginx_proxy(proxy_port, upstream_port, work, SERVER_CORE))
     proxy_url = f"http://127.0.0.1:{proxy_port}/"
     expect_status(proxy_url, 200)
-    targets.append(Target("nginx-proxy", "nginx plain proxy", None, proxy_url, "get.lua"))
+    targets.append(Target("nginx-proxy", "nginx plain proxy", None, proxy_url, "get.lua", service=proxy))
 
     for alg in ALGS:
         port = free_port()
-        stack.enter_context(
+        haproxy = stack.enter_context(
             peers.haproxy(f"haproxy-{alg.lower()}", port, upstream_port, pools[alg], work, SERVER_CORE)
         )
         url = f"http://127.0.0.1:{port}/"
@@ -159,6 +169,7 @@ def prepare(
                 url,
                 "bearer_pool.lua",
                 (str(pools[alg].tokens_file),),
+                service=haproxy,
             )
         )
 
@@ -166,7 +177,7 @@ def prepare(
     if options.tls:
         tls_pem = self_signed(work / "tls")
         port = free_port()
-        stack.enter_context(
+        haproxy_tls = stack.enter_context(
             peers.haproxy(
                 "haproxy-rs256-tls", port, upstream_port, pools["RS256"], work, SERVER_CORE, tls_pem.combined
             )
@@ -179,6 +190,7 @@ def prepare(
                 f"https://127.0.0.1:{port}/",
                 "bearer_pool.lua",
                 (str(pools["RS256"].tokens_file),),
+                service=haproxy_tls,
             )
         )
 
@@ -247,7 +259,15 @@ def _bastion_targets(
             baseline = "haproxy-rs256-tls" if tls else f"haproxy-{alg.lower()}"
             targets.append(
                 Target(
-                    key, name, alg, url, "bearer_pool.lua", (str(pools[alg].tokens_file),), baseline=baseline
+                    key,
+                    name,
+                    alg,
+                    url,
+                    "bearer_pool.lua",
+                    (str(pools[alg].tokens_file),),
+                    baseline=baseline,
+                    service=service,
+                    server_core=SERVER_CORE if options.workers == 1 else None,
                 )
             )
     return targets

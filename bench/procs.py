@@ -147,6 +147,10 @@ class Service:
                 os.killpg(pgid, signal.SIGKILL)
             self.proc.wait(timeout=5)
 
+    def cpu_ticks(self) -> int:
+        """User plus system clock ticks used so far by the service and its descendants."""
+        return sum(_cpu_ticks(pid) for pid in [self.pid, *_descendants(self.pid)])
+
     def rss_bytes(self) -> int:
         """Resident memory of the service and all its descendants."""
         return sum(_rss(pid) for pid in [self.pid, *_descendants(self.pid)])
@@ -171,6 +175,26 @@ def _rss(pid: int) -> int:
     except OSError:
         return 0
     return 0
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def core_ticks(core: str) -> tuple[int, int]:
+    """(busy, total) clock ticks of CPU ``core`` since boot, from ``/proc/stat``."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name == f"cpu{core}":
+            ticks = [int(v) for v in values]
+            idle = ticks[3] + ticks[4]  # idle + iowait
+            return sum(ticks[:8]) - idle, sum(ticks[:8])
+    raise ValueError(f"no cpu{core} in /proc/stat")
 
 
 def _descendants(pid: int) -> list[int]:

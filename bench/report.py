@@ -39,6 +39,9 @@ class Row:
     #: Key of the row this one is compared with, if any.
     baseline: str | None = None
     note: str = ""
+    #: Largest share over the rounds of the server core's time taken by other work
+    #: (see ``rounds.CoreAccount``); ``None`` when not measured.
+    other_load: float | None = None
 
     @classmethod
     def from_rounds(
@@ -50,6 +53,7 @@ class Row:
         *,
         baseline: str | None = None,
         note: str = "",
+        other_load: Sequence[float] = (),
     ) -> Row:
         """Medians of req/s, p50 and p99 over ``rounds`` (each taken separately)."""
         if not rounds:
@@ -65,6 +69,7 @@ class Row:
             rounds_rps=tuple(round(r.rps, 1) for r in rounds),
             baseline=baseline,
             note=note,
+            other_load=max(other_load) if other_load else None,
         )
 
 
@@ -92,7 +97,7 @@ class Table:
 
     def render(self) -> str:
         """A plain-text table (also valid Markdown)."""
-        header = ("configuration", "alg", "req/s", "p50 ms", "p99 ms", "ratio", "vs", "errors")
+        header = ("configuration", "alg", "req/s", "p50 ms", "p99 ms", "ratio", "vs", "errors", "other load")
         lines = [
             [
                 row.name,
@@ -103,11 +108,12 @@ class Table:
                 "-" if (ratio := self.ratio(row)) is None else f"{ratio:.2f}x",
                 "-" if row.baseline is None else self._name(row.baseline),
                 str(row.errors),
+                "-" if row.other_load is None else f"{row.other_load:.0%}",
             ]
             for row in self.rows
         ]
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-        right = {2, 3, 4, 5, 7}
+        right = {2, 3, 4, 5, 7, 8}
 
         def fmt(cells: Sequence[str]) -> str:
             padded = [

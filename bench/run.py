@@ -47,6 +47,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=float, help="warm-up seconds before each round (default 2, --quick 1)"
     )
+    parser.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.25,
+        help="re-measure a round when other processes took more than this share of core 0 (default 0.25)",
+    )
+    parser.add_argument("--retries", type=int, default=2, help="re-measurements per round (default 2)")
     parser.add_argument("--workers", type=int, default=1, help="Bastion gateway workers (default 1)")
     parser.add_argument(
         "--tokens", type=int, default=1000, help="distinct tokens per algorithm (default 1000)"
@@ -77,6 +84,8 @@ def timing_from(args: argparse.Namespace) -> Timing:
         rounds=args.rounds if args.rounds is not None else base.rounds,
         seconds=args.seconds if args.seconds is not None else base.seconds,
         warmup=args.warmup if args.warmup is not None else base.warmup,
+        max_other_load=args.max_other_load,
+        retries=args.retries,
     )
 
 
@@ -128,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                         target.results,
                         baseline=target.baseline,
                         note=target.note,
+                        other_load=target.foreign_load,
                     )
                 )
             tables[table.suite] = table

@@ -141,6 +141,7 @@ def prepare(
                 url,
                 "post_form.lua",
                 (GRANT_BODY, credentials),
+                service=service,
             )
         )
     if not options.bastion:
@@ -152,7 +153,7 @@ def prepare(
         return table, targets
     for alg in ALGS:
         server = bastion_server.BastionServer.create(f"bastion-as-{alg.lower()}", work, alg)
-        stack.enter_context(server.service(workers=1, cores=SERVER_CORE))
+        process = stack.enter_context(server.service(workers=1, cores=SERVER_CORE))
         creds = basic_credentials(server.client_id, server.client_secret)
         url = f"{server.base_url}/token"
         preflight_grant(url, creds, alg)
@@ -165,11 +166,12 @@ def prepare(
                 "post_form.lua",
                 (GRANT_BODY, creds),
                 baseline=f"oidc-provider-{alg.lower()}",
+                service=process,
             )
         )
     workers = options.introspection_workers
     server = bastion_server.BastionServer.create("bastion-as-introspect", work, "ES256")
-    stack.enter_context(server.service(workers=workers, cores=None))
+    introspector = stack.enter_context(server.service(workers=workers, cores=None))
     creds = basic_credentials(server.client_id, server.client_secret)
     token = preflight_grant(f"{server.base_url}/token", creds, "ES256")
     form = f"token={urllib.parse.quote(token, safe='')}"
@@ -193,6 +195,8 @@ def prepare(
             "post_form.lua",
             (form, creds),
             wrk_cores=None,
+            service=introspector,
+            server_core=None,
         )
     )
     table.notes.append(
