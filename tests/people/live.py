@@ -80,7 +80,13 @@ def live_server(tmp_path: Path) -> Iterator[Live]:
         await web_client(services, redirect_uris=[callback], first_party=False)
         await create_role(services, "reader", ["orders:read"])
         await create_user(
-            services, "alice", PASSWORD, roles=["reader"], name="Alice", passwords=CHEAP_PASSWORDS
+            services,
+            "alice",
+            PASSWORD,
+            roles=["reader"],
+            name="Alice",
+            email="alice@example.com",
+            passwords=CHEAP_PASSWORDS,
         )
         await stores.close()
 
