@@ -77,6 +77,7 @@ class Exchange:
         "_fresh_retry_used",
         "_group",
         "_head_bytes",
+        "_held",
         "_other_retry_used",
         "_pending",
         "_request_sent",
@@ -117,6 +118,8 @@ class Exchange:
         self._timer: asyncio.TimerHandle | None = None
         self._response: Response | None = None
         self._head_bytes = b""
+        #: A response head not yet written: it goes out with the first body bytes (one send).
+        self._held = b""
         self._body_sent = 0
         self._request_sent = False
         self._activity = 0.0
@@ -396,19 +399,32 @@ class Exchange:
             self._answer_problem(502, "response_headers_error")
             return
         self._status = status
-        front.write(head)
+        self._held = head
 
     def upstream_data(self, data: bytes) -> None:
         self._activity = self.front.loop.time()
         parts = self.front.conn.frame_data(data)
         if parts:
             self.bytes_sent += len(data)
+        if self._held:
+            parts.insert(0, self._held)
+            self._held = b""
+        if parts:
             self.front.writelines(parts)
+
+    def upstream_flush(self) -> None:
+        if self._held:
+            self.front.write(self._held)
+            self._held = b""
 
     def upstream_end(self) -> None:
         front = self.front
         end = front.conn.end_response()
-        if end:
+        held = self._held
+        if held:
+            self._held = b""
+            front.write(held + end if end else held)
+        elif end:
             front.write(end)
         conn = self._upstream
         response = self._response

@@ -63,6 +63,8 @@ class UpstreamListener(Protocol):
 
     def upstream_end(self) -> None: ...
 
+    def upstream_flush(self) -> None: ...
+
     def upstream_failed(self, reason: str) -> None: ...
 
     def upstream_pause_writing(self) -> None: ...
@@ -183,6 +185,7 @@ class UpstreamConnection(asyncio.Protocol):
         while (listener := self.listener) is not None:
             event = reader.next_event()
             if event is None:
+                listener.upstream_flush()
                 return
             if type(event) is Data:
                 listener.upstream_data(event.data)

@@ -277,7 +277,7 @@ async def test_active_health_loop_runs_when_started(upstream: Upstream, gateway_
 
 @pytest.mark.anyio
 async def test_max_per_target_queues_requests_on_one_connection(upstream: Upstream, gateway_for) -> None:
-    gateway, handler = await gateway_for([upstream.address], group_options={"max_per_target": 1})
+    gateway, _ = await gateway_for([upstream.address], group_options={"max_per_target": 1})
     clients = [await RawClient.connect(gateway.port) for _ in range(3)]
     replies = await asyncio.gather(
         *(c.request(b"GET /sleep/0.05 HTTP/1.1\r\nHost: a\r\n\r\n") for c in clients)

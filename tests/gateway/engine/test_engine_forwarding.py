@@ -15,6 +15,8 @@ from bastion.gateway.upstream import UpstreamGroup
 from .servers import RawClient
 from .servers import Upstream
 
+GET_ECHO = b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n"
+
 
 @pytest.mark.anyio
 async def test_forward_get_and_keep_alive(upstream: Upstream, gateway_for) -> None:
@@ -250,4 +252,32 @@ async def test_upgrade_and_connect_are_refused(upstream: Upstream, gateway_for, 
     assert reply.json()["status"] == 501
     assert await client.closed()
     assert handler.heads == []
+    await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_failing_response_headers_hook_is_502(upstream: Upstream, gateway_for) -> None:
+    def broken(status: int, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        raise KeyError("bug")
+
+    gateway, handler = await gateway_for([upstream.address], response_headers=broken)
+    client = await RawClient.connect(gateway.port)
+    reply = await client.request(GET_ECHO)
+    assert reply.status == 502
+    assert handler.outcomes[0].error == "response_headers_error"
+    await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_outcome_of_a_forward(upstream: Upstream, gateway_for) -> None:
+    gateway, handler = await gateway_for([upstream.address])
+    client = await RawClient.connect(gateway.port)
+    reply = await client.request(b"GET /bytes/1234 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert len(reply.body) == 1234
+    (outcome,) = handler.outcomes
+    assert outcome.status == 200
+    assert outcome.bytes_sent == 1234
+    assert outcome.upstream == upstream.address
+    assert outcome.upstream_seconds is not None
+    assert 0 <= outcome.upstream_seconds <= outcome.total_seconds
     await client.aclose()
