@@ -19,9 +19,15 @@ from bastion.gateway.upstream import UpstreamGroup
 from .servers import Upstream
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(
+    params=[
+        pytest.param("asyncio", id="asyncio"),
+        # The CLI runs the engine on uvloop; its transports differ in buffering and EOF handling.
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> object:
+    return request.param
 
 
 @pytest.fixture
