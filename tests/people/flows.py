@@ -6,15 +6,15 @@ from typing import Any
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
-from tests.people.conftest import CHEAP_PASSWORDS
-from tests.people.conftest import World
-
 from bastion.protocol.models import User
 from bastion.protocol.rfc6749.authorize import Interaction
 from bastion.protocol.rfc7636 import s256
 from bastion.services import authorize as az
 from bastion.services.users import create_role
 from bastion.services.users import create_user
+
+from .support import CHEAP_PASSWORDS
+from .support import World
 
 VERIFIER = "verifier-" + "x" * 50
 PASSWORD = "correct horse battery"

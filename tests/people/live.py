@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from tests.people.conftest import CHEAP_PASSWORDS
-from tests.people.conftest import KEK
-from tests.people.conftest import web_client
-from tests.people.flows import PASSWORD
 
 from bastion.ops.audit import AuditLog
 from bastion.server.app import create_app
@@ -30,6 +26,11 @@ from bastion.services.users import create_user
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.open import open_stores
 from bastion.storage.sql.migrate import migrate
+
+from .flows import PASSWORD
+from .support import CHEAP_PASSWORDS
+from .support import KEK
+from .support import web_client
 
 
 @dataclass

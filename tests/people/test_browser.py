@@ -9,12 +9,13 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from tests.people.flows import PASSWORD
-from tests.people.flows import VERIFIER
-from tests.people.flows import query
-from tests.people.live import live_server
 
 from bastion.protocol.rfc7636 import s256
+
+from .flows import PASSWORD
+from .flows import VERIFIER
+from .flows import query
+from .live import live_server
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

@@ -13,12 +13,6 @@ from urllib.parse import urlencode
 import httpx2 as httpx
 import pytest
 from starlette.testclient import TestClient
-from tests.people.conftest import CHEAP_PASSWORDS
-from tests.people.conftest import KEK
-from tests.people.conftest import web_client
-from tests.people.flows import PASSWORD
-from tests.people.flows import VERIFIER
-from tests.people.flows import query
 
 from bastion.ops.audit import AuditLog
 from bastion.protocol.rfc7636 import s256
@@ -32,6 +26,13 @@ from bastion.services.users import create_user
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.open import open_stores
 from bastion.storage.sql.migrate import migrate
+
+from .flows import PASSWORD
+from .flows import VERIFIER
+from .flows import query
+from .support import CHEAP_PASSWORDS
+from .support import KEK
+from .support import web_client
 
 ISSUER = "http://127.0.0.1:8000"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')

@@ -24,9 +24,10 @@ import pytest
 import requests
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
-from tests.people.conftest import CHEAP_PASSWORDS
-from tests.people.flows import PASSWORD
-from tests.people.live import live_server
+
+from .flows import PASSWORD
+from .live import live_server
+from .support import CHEAP_PASSWORDS
 
 with warnings.catch_warnings():
     # authlib.oauth2/oidc import authlib.jose, which warns that it is deprecated.
@@ -201,12 +202,12 @@ def bastion_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
 
 
 async def _seed_serve(config: str) -> None:
-    from tests.people.conftest import web_client
-
     from bastion.cli.config import load_settings
     from bastion.cli.context import open_services
     from bastion.services.users import create_role
     from bastion.services.users import create_user
+
+    from .support import web_client
 
     settings, _ = load_settings(config)
     async with open_services(settings) as services:

@@ -7,15 +7,6 @@ import asyncio
 import orjson
 import pytest
 from argon2 import PasswordHasher
-from tests.people.conftest import CHEAP_PASSWORDS
-from tests.people.conftest import World
-from tests.people.conftest import web_client
-from tests.people.flows import PASSWORD
-from tests.people.flows import alice
-from tests.people.flows import authorize_params
-from tests.people.flows import query
-from tests.people.flows import sign_in_for_code
-from tests.people.flows import token_params
 
 from bastion.protocol import jose
 from bastion.protocol.errors import InvalidGrant
@@ -35,6 +26,16 @@ from bastion.services.refresh import introspect_refresh_token
 from bastion.services.refresh import refresh
 from bastion.services.refresh import revoke_refresh_token
 from bastion.services.users import Passwords
+
+from .flows import PASSWORD
+from .flows import alice
+from .flows import authorize_params
+from .flows import query
+from .flows import sign_in_for_code
+from .flows import token_params
+from .support import CHEAP_PASSWORDS
+from .support import World
+from .support import web_client
 
 pytestmark = pytest.mark.anyio
 
