@@ -13,4 +13,6 @@ def test_configuration_reference_matches_the_settings() -> None:
     result = CliRunner().invoke(cli, ["config", "keys", "--markdown"])
     assert result.exit_code == 0
     doc = Path(__file__).parents[2] / "docs" / "configuration.md"
-    assert doc.read_text() == result.output, "regenerate: bastion config keys --markdown > docs/configuration.md"
+    assert doc.read_text() == result.output, (
+        "regenerate: bastion config keys --markdown > docs/configuration.md"
+    )
