@@ -417,6 +417,8 @@ class UpstreamGroup:
             self._targets.append(Target(self, host, port))
         self._next = 0
         self._health_task: asyncio.Task[None] | None = None
+        # Active checks start with the first request if nobody called start() before.
+        self._autostart = health_check_path is not None
 
     def __repr__(self) -> str:
         return f"UpstreamGroup({self.name!r}, {[t.address for t in self._targets]})"
@@ -433,6 +435,8 @@ class UpstreamGroup:
             NoTargetError: ``"circuit_open"`` when breakers refuse every healthy target,
                 ``"no_healthy_target"`` otherwise.
         """
+        if self._autostart:
+            self.start()
         targets = self._targets
         count = len(targets)
         start = self._next
@@ -458,7 +462,11 @@ class UpstreamGroup:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start active health checks, if configured (call from the running loop)."""
+        """Start active health checks, if configured (call from the running loop).
+
+        Optional: the first :meth:`select` starts them too.
+        """
+        self._autostart = False
         if self.health_check_path is not None and self._health_task is None and not self.closed:
             self._health_task = asyncio.get_running_loop().create_task(self._health_loop())
 

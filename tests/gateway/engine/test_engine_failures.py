@@ -250,6 +250,7 @@ async def test_active_health_checks(upstream: Upstream, gateway_for) -> None:
         [upstream.address], group_options={"health_check_path": "/health", "health_check_interval": 60}
     )
     group = handler.group
+    group.start()
     client = await RawClient.connect(gateway.port)
     upstream.healthy = False
     await group.check_health()
@@ -261,18 +262,21 @@ async def test_active_health_checks(upstream: Upstream, gateway_for) -> None:
 
 
 @pytest.mark.anyio
-async def test_active_health_loop_runs_when_started(upstream: Upstream, gateway_for) -> None:
+async def test_active_health_loop_starts_with_the_first_request(upstream: Upstream, gateway_for) -> None:
     upstream.healthy = False
-    _, handler = await gateway_for(
+    gateway, handler = await gateway_for(
         [upstream.address], group_options={"health_check_path": "/health", "health_check_interval": 0.05}
     )
-    handler.group.start()
+    client = await RawClient.connect(gateway.port)
+    # Nobody called start(): the first request starts the checks.
+    await client.request(GET)
     for _ in range(100):
         if not handler.group.targets[0].active_healthy:
             break
         await asyncio.sleep(0.02)
     assert not handler.group.targets[0].active_healthy
     assert any(s.target == "/health" for s in upstream.seen)
+    await client.aclose()
 
 
 @pytest.mark.anyio
