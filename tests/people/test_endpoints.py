@@ -348,6 +348,13 @@ def test_rp_initiated_logout(harness: Harness) -> None:
             "state": "s1",
         }
     )
+    # Without the session cookie the hint alone signs nobody out.
+    saved = dict(client.cookies)
+    client.cookies.clear()
+    elsewhere = client.get(logout_url)
+    assert elsewhere.status_code == 303
+    client.cookies.update(saved)
+    assert "code" in query(client.get(authorize_url(prompt="none")).headers["location"])
     page = client.get(logout_url)
     assert page.status_code == 200
     assert_page_headers(page)

@@ -346,7 +346,6 @@ class PeopleApp:
         end = parse_end_session(params)
         services = self.services
         hint_client_id = None
-        hint_sid = None
         try:
             if end.id_token_hint:
                 keys = {}
@@ -360,7 +359,6 @@ class PeopleApp:
                     algorithms=(services.settings.id_token_algorithm,),
                 )
                 hint_client_id = str(claims["aud"])
-                hint_sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
             client_id = end.client_id or hint_client_id
             client = await services.clients.get(client_id) if client_id else None
             target = logout_redirect(end, client, hint_client_id)
@@ -380,7 +378,9 @@ class PeopleApp:
             )
         if request.method == "POST" and not flow.csrf_matches(session, params.get("csrf_token")):
             return self.error_page(request, InvalidRequest("the form expired; sign out again"))
-        await flow.sign_out(services, session, hint_sid if session is None else None)
+        # Only this browser's own session ends: an ID token alone (which the client holds) must
+        # not be enough to sign the user out elsewhere.
+        await flow.sign_out(services, session)
         if session is not None and session.user_id:
             services.audit.emit(
                 "logout", user_id=session.user_id, client_id=client.client_id if client else None
