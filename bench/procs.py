@@ -187,13 +187,17 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def core_ticks(core: str) -> tuple[int, int]:
-    """(busy, total) clock ticks of CPU ``core`` since boot, from ``/proc/stat``."""
+    """(busy, total) clock ticks of CPU ``core`` since boot, from ``/proc/stat``.
+
+    Busy is user + nice + system time of processes plus steal (time the hypervisor gave to
+    another guest); interrupt and softirq time (the kernel's loopback networking, which no
+    process is charged for) are in the total only.
+    """
     for line in Path("/proc/stat").read_text().splitlines():
         name, *values = line.split()
         if name == f"cpu{core}":
-            ticks = [int(v) for v in values]
-            idle = ticks[3] + ticks[4]  # idle + iowait
-            return sum(ticks[:8]) - idle, sum(ticks[:8])
+            user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in values[:8])
+            return user + nice + system + steal, user + nice + system + idle + iowait + irq + softirq + steal
     raise ValueError(f"no cpu{core} in /proc/stat")
 
 

@@ -65,9 +65,9 @@ class Target:
 class CoreAccount:
     """How busy the server core was with other work while a round ran.
 
-    ``foreign`` = (busy ticks of the core - ticks of the server's processes) / all ticks of the
-    core. It includes the kernel's loopback networking (softirq), so it is a few percent even on
-    an idle machine; much more means other processes shared the core and the round is noisy.
+    ``foreign`` = (process and steal ticks of the core - ticks of the server's processes) / all
+    ticks of the core (see :func:`procs.core_ticks`): near zero on a quiet machine; more means
+    other processes (or another guest of the hypervisor) shared the core and the round is noisy.
     """
 
     def __init__(self, core: str, service: Service) -> None:
