@@ -86,7 +86,7 @@ def test_every_subcommand_help_reads_well(path: tuple[str, ...], command: click.
 
 #: Summaries click cuts with "..." in the group listing (the docstring's first sentence is longer
 #: than the listing allows and the command sets no ``short_help``).
-CUT_SUMMARIES = {("config", "check"), ("keys", "rotate")}
+CUT_SUMMARIES: set[tuple[str, ...]] = set()
 
 SUBCOMMANDS = [
     pytest.param(

@@ -27,6 +27,8 @@ from bastion.services.clients import ClientError
 from bastion.services.crypto import SealError
 from bastion.settings import Settings
 from bastion.settings import describe
+from bastion.storage.protocols import Conflict
+from bastion.storage.protocols import NotFound
 from bastion.storage.protocols import StorageError
 
 T = TypeVar("T")
@@ -36,6 +38,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine, turning storage failures into a clear message."""
     try:
         return asyncio.run(coro)
+    except (Conflict, NotFound) as exc:
+        raise click.ClickException(str(exc)) from None
     except StorageError as exc:
         raise click.ClickException(
             f"{exc}. Is the database reachable? Check [storage] in the config."
@@ -108,7 +112,7 @@ def _masked(value: Any, key: str = "") -> Any:
     return value
 
 
-@config.command("check")
+@config.command("check", short_help="Validate the configuration and print it.")
 @click.pass_context
 def config_check(ctx: click.Context) -> None:
     """Validate the configuration and print the effective settings (secrets masked)."""
@@ -398,7 +402,7 @@ def keys_list(settings: Settings, as_json: bool) -> None:
         )
 
 
-@keys.command("rotate")
+@keys.command("rotate", short_help="Create the next signing key.")
 @click.option(
     "--alg",
     "algs",
