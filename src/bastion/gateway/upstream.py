@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Sequence
 from typing import Protocol
@@ -204,10 +205,12 @@ class UpstreamConnection(asyncio.Protocol):
 class Target:
     """One ``host:port`` of a group, with its pool and health state."""
 
-    def __init__(self, group: UpstreamGroup, host: str, port: int) -> None:
+    def __init__(self, group: UpstreamGroup, host: str, port: int, tls: ssl.SSLContext | None) -> None:
         self.group = group
         self.host = host
         self.port = port
+        #: Client TLS context for an ``https://`` target, else ``None``.
+        self.tls = tls
         self.address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self.idle: list[UpstreamConnection] = []
         self.live: set[UpstreamConnection] = set()
@@ -269,7 +272,13 @@ class Target:
         self.pending += 1
         try:
             async with asyncio.timeout_at(deadline):
-                _, conn = await loop.create_connection(lambda: UpstreamConnection(self), self.host, self.port)
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None,
+                )
         except (OSError, TimeoutError):
             self._connect_failed(loop.time())
             raise
@@ -318,13 +327,19 @@ class Target:
             conn.close()
 
 
-def _parse_target(spec: str) -> tuple[str, int]:
+def _parse_target(spec: str) -> tuple[bool, str, int]:
+    """``(tls, host, port)`` of ``host:port``, ``http://host[:port]`` or ``https://host[:port]``."""
     text = spec.strip()
     default_port = 80
+    tls = False
     if "://" in text:
         scheme, _, text = text.partition("://")
-        if scheme.lower() != "http":
-            raise ValueError(f"upstream target {spec!r}: only http:// targets are supported")
+        scheme = scheme.lower()
+        if scheme == "https":
+            tls = True
+            default_port = 443
+        elif scheme != "http":
+            raise ValueError(f"upstream target {spec!r}: only http:// and https:// targets are supported")
         text = text.rstrip("/")
         if "/" in text:
             raise ValueError(f"upstream target {spec!r} must not have a path")
@@ -343,7 +358,7 @@ def _parse_target(spec: str) -> tuple[str, int]:
         raise ValueError(f"upstream target {spec!r} has an invalid port") from None
     if not 0 < port < 65536:
         raise ValueError(f"upstream target {spec!r} has an invalid port")
-    return host, port
+    return tls, host, port
 
 
 class UpstreamGroup:
@@ -364,6 +379,8 @@ class UpstreamGroup:
         health_check_path: origin-form path for active health checks; ``None`` disables them.
         health_check_interval: seconds between active checks of each target.
         health_check_timeout: seconds a check may take.
+        tls: client TLS context for ``https://`` targets (default: the system trust store,
+            certificate and host name verified).
 
     Raises:
         ValueError: a target or a number is invalid.
@@ -385,6 +402,7 @@ class UpstreamGroup:
         health_check_path: str | None = None,
         health_check_interval: float = 5.0,
         health_check_timeout: float = 2.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if not targets:
             raise ValueError(f"upstream group {name!r} has no targets")
@@ -410,11 +428,13 @@ class UpstreamGroup:
         seen: set[tuple[str, int]] = set()
         self._targets: list[Target] = []
         for spec in targets:
-            host, port = _parse_target(spec)
+            secure, host, port = _parse_target(spec)
             if (host, port) in seen:
                 raise ValueError(f"upstream group {name!r} lists {spec!r} twice")
             seen.add((host, port))
-            self._targets.append(Target(self, host, port))
+            if secure and tls is None:
+                tls = ssl.create_default_context()
+            self._targets.append(Target(self, host, port, tls if secure else None))
         self._next = 0
         self._health_task: asyncio.Task[None] | None = None
         # Active checks start with the first request if nobody called start() before.
@@ -507,7 +527,12 @@ class UpstreamGroup:
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(self.health_check_timeout):
-                reader, writer = await asyncio.open_connection(target.host, target.port)
+                reader, writer = await asyncio.open_connection(
+                    target.host,
+                    target.port,
+                    ssl=target.tls,
+                    server_hostname=target.host if target.tls is not None else None,
+                )
                 writer.write(request)
                 line = await reader.readline()
             parts = line.split(None, 2)

@@ -59,8 +59,8 @@ class Upstream:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def start(self, port: int = 0) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+    async def start(self, port: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port, ssl=ssl_context)
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import ipaddress
 import ssl
 
 import pytest
@@ -267,8 +268,8 @@ async def test_reuse_port_lets_two_servers_share_a_port(gateways) -> None:
     assert second.port == first.port
 
 
-@pytest.mark.anyio
-async def test_tls_termination(upstream: Upstream, gateways, groups, tmp_path) -> None:
+def self_signed(tmp_path) -> tuple[str, str]:
+    """A self-signed certificate for ``localhost`` (and 127.0.0.1): (cert path, key path)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
     now = datetime.datetime.now(datetime.UTC)
@@ -280,7 +281,12 @@ async def test_tls_termination(upstream: Upstream, gateways, groups, tmp_path) -
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=1))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
         .sign(key, hashes.SHA256())
     )
     cert_path = tmp_path / "cert.pem"
@@ -291,6 +297,12 @@ async def test_tls_termination(upstream: Upstream, gateways, groups, tmp_path) -
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    return str(cert_path), str(key_path)
+
+
+@pytest.mark.anyio
+async def test_tls_termination(upstream: Upstream, gateways, groups, tmp_path) -> None:
+    cert_path, key_path = self_signed(tmp_path)
     group = UpstreamGroup("g", [upstream.address])
     groups.append(group)
     seen: list[RequestHead] = []
@@ -300,10 +312,37 @@ async def test_tls_termination(upstream: Upstream, gateways, groups, tmp_path) -
         return Forward(upstream=group, target=head.target, headers=head.headers)
 
     gateway = await serve(gateways, forward, ssl=make_server_ssl_context(cert_path, key_path))
-    client_context = ssl.create_default_context(cafile=str(cert_path))
+    client_context = ssl.create_default_context(cafile=cert_path)
     client = await RawClient.connect(gateway.port, ssl_context=client_context)
     for _ in range(2):
         reply = await client.request(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
         assert reply.json()["body_len"] == 3
     assert seen[0].tls
     await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_https_upstream(gateways, groups, tmp_path) -> None:
+    cert_path, key_path = self_signed(tmp_path)
+    secure = Upstream()
+    await secure.start(ssl_context=make_server_ssl_context(cert_path, key_path))
+    try:
+        trusted = ssl.create_default_context(cafile=cert_path)
+        group = UpstreamGroup("g", [f"https://127.0.0.1:{secure.port}"], tls=trusted)
+        untrusted = UpstreamGroup("u", [f"https://127.0.0.1:{secure.port}"])
+        groups.extend([group, untrusted])
+
+        def forward(head: RequestHead) -> Forward:
+            chosen = untrusted if head.target == b"/echo?untrusted" else group
+            return Forward(upstream=chosen, target=head.target, headers=head.headers)
+
+        gateway = await serve(gateways, forward)
+        client = await RawClient.connect(gateway.port)
+        for _ in range(2):
+            reply = await client.request(GET)
+            assert reply.json().get("connection") == 1, reply
+        # The system trust store does not know the self-signed certificate: 502, not plaintext.
+        assert (await client.request(b"GET /echo?untrusted HTTP/1.1\r\nHost: a\r\n\r\n")).status == 502
+        await client.aclose()
+    finally:
+        await secure.stop()
