@@ -131,3 +131,19 @@ async def test_demo_people_prints_a_working_sign_in(sqlite_world: World) -> None
     _, session = await az.new_session(services)
     outcome = await az.authorize(services, parse_qsl(urlsplit(url.group(1)).query), session)
     assert isinstance(outcome, az.Interact)
+
+
+def test_help_reads_well() -> None:
+    root = click.Group("bastion", commands={"users": users, "roles": roles})
+    runner = CliRunner()
+    for group in (users, roles):
+        listing = runner.invoke(root, [str(group.name), "--help"], prog_name="bastion").output
+        for name, command in group.commands.items():
+            line = next(line for line in listing.splitlines() if line.strip().startswith(name + " "))
+            assert not line.endswith("..."), line
+            output = runner.invoke(root, [str(group.name), name, "--help"], prog_name="bastion").output
+            assert all(len(line) <= 100 for line in output.splitlines())
+            assert (command.help or "").strip().splitlines()[0].endswith(".")
+            for param in command.params:
+                if isinstance(param, click.Option):
+                    assert (param.help or "").strip(), (name, param.opts)

@@ -156,7 +156,7 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
         )
 
 
-@users.command("disable")
+@users.command("disable", short_help="Disable a user and revoke their refresh tokens.")
 @click.argument("username")
 @click.pass_context
 def users_disable(ctx: click.Context, username: str) -> None:
