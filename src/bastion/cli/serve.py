@@ -75,6 +75,7 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
 
     from bastion.ops.audit import AuditLog
     from bastion.server.app import create_app
+    from bastion.server.people import people_routes
     from bastion.services.container import Services
     from bastion.services.crypto import Sealer
 
@@ -93,7 +94,6 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
     try:
         if settings.authorization_server.enabled:
             services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
-            install_people(services)
             app = create_app(services, extra_routes=people_routes(services))
             config = uvicorn.Config(
                 app,
@@ -148,20 +148,6 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
                 await asyncio.wait_for(task, 10)
         await audit.close()
         await stores.close()
-
-
-def install_people(services: Any) -> None:
-    """Register the sign-in grants (authorization code, refresh) when that part is installed."""
-    from bastion.server.wiring import install
-
-    install(services)
-
-
-def people_routes(services: Any) -> list[Any]:
-    """The sign-in routes (authorize, login, consent, userinfo, discovery)."""
-    from bastion.server.wiring import routes
-
-    return routes(services)
 
 
 def worker_main(settings: Settings, kek: bytes) -> None:
