@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 
 import click
 
+from bastion.cli.common import run
 from bastion.cli.context import open_services
+from bastion.cli.users import prepare_demo_people
 from bastion.protocol.models import Client
 from bastion.settings import Settings
 
@@ -16,21 +17,21 @@ DEMO_CLIENT_ID = "demo-service"
 DEMO_SCOPES = ("catalog:read", "orders:read", "orders:write")
 
 
-async def _demo_client(settings: Settings) -> tuple[Client, str]:
+async def _prepare(settings: Settings) -> tuple[Client, str, str]:
+    """The demo service client (with a fresh secret) and the sign-in walkthrough text."""
     async with open_services(settings) as services:
         await services.keys.ensure()
-        existing = await services.clients.get(DEMO_CLIENT_ID)
-        if existing is None:
-            client, secret = await services.clients.create(
+        if await services.clients.get(DEMO_CLIENT_ID) is None:
+            await services.clients.create(
                 name="Demo service",
                 grant_types=("client_credentials",),
                 scopes=DEMO_SCOPES,
                 audience="https://api.demo.local",
                 client_id=DEMO_CLIENT_ID,
             )
-            assert secret is not None  # confidential clients always get one
-            return client, secret
-        return await services.clients.rotate_secret(DEMO_CLIENT_ID)
+        client, secret = await services.clients.rotate_secret(DEMO_CLIENT_ID)
+        people = await prepare_demo_people(services)
+        return client, secret, people
 
 
 def run_demo(settings: Settings) -> None:
@@ -38,7 +39,7 @@ def run_demo(settings: Settings) -> None:
     from bastion.cli.serve import serve
 
     click.echo("Preparing the demo (database, signing keys, a demo client)…", err=True)
-    client, secret = asyncio.run(_demo_client(settings))
+    client, secret, people = run(_prepare(settings))
     base = settings.authorization_server.issuer
     auth = shlex.quote(f"{client.client_id}:{secret}")
     click.echo(
@@ -63,6 +64,7 @@ Keys and metadata:
   curl -s {base}/jwks.json
   curl -s {base}/.well-known/oauth-authorization-server
 
+{people}
 Demo client: {json.dumps({"client_id": client.client_id, "scopes": sorted(client.scopes)})}
 """
     )

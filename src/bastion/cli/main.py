@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import sys
 from collections.abc import Callable
-from collections.abc import Coroutine
 from datetime import UTC
 from datetime import datetime
 from functools import wraps
@@ -17,47 +15,18 @@ from typing import TypeVar
 import click
 
 from bastion import __version__
-from bastion.cli.config import ConfigError
-from bastion.cli.config import load_settings
+from bastion.cli.common import run
+from bastion.cli.common import settings_from
 from bastion.cli.context import open_services
 from bastion.cli.context import stores_for
+from bastion.cli.users import roles
+from bastion.cli.users import users
 from bastion.protocol.models import Client
 from bastion.protocol.models import TokenFormat
-from bastion.services.clients import ClientError
-from bastion.services.crypto import SealError
 from bastion.settings import Settings
 from bastion.settings import describe
-from bastion.storage.protocols import Conflict
-from bastion.storage.protocols import NotFound
-from bastion.storage.protocols import StorageError
 
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine, turning storage failures into a clear message."""
-    try:
-        return asyncio.run(coro)
-    except (Conflict, NotFound) as exc:
-        raise click.ClickException(str(exc)) from None
-    except StorageError as exc:
-        raise click.ClickException(
-            f"{exc}. Is the database reachable? Check [storage] in the config."
-        ) from None
-    except SealError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-def settings_from(ctx: click.Context) -> Settings:
-    """Settings for this invocation (loaded once)."""
-    obj = ctx.ensure_object(dict)
-    if "settings" not in obj:
-        try:
-            obj["settings"], obj["config_path"] = load_settings(obj.get("config"))
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-    settings: Settings = obj["settings"]
-    return settings
 
 
 def with_settings(func: Callable[..., T]) -> Callable[..., T]:
@@ -123,7 +92,9 @@ def config_check(ctx: click.Context) -> None:
 
 
 @config.command("keys")
-@click.option("--markdown", is_flag=True, help="Print a Markdown table (docs/configuration.md is made this way).")
+@click.option(
+    "--markdown", is_flag=True, help="Print a Markdown table (docs/configuration.md is made this way)."
+)
 def config_keys(markdown: bool) -> None:
     """List every setting with its default and meaning."""
     rows = describe()
@@ -280,10 +251,7 @@ def clients_create(
                 client_id=client_id,
             )
 
-    try:
-        client, secret = run(go())
-    except ClientError as exc:
-        raise click.ClickException(str(exc)) from None
+    client, secret = run(go())
     _print_client(client, secret, as_json)
 
 
@@ -328,10 +296,7 @@ def _client_command(action: str) -> Callable[[Settings, str, bool], None]:
                 deleted = await services.clients.delete(client_id)
                 return (None, "deleted") if deleted else (None, None)
 
-        try:
-            client, extra = run(go())
-        except (ClientError, StorageError) as exc:
-            raise click.ClickException(str(exc)) from None
+        client, extra = run(go())
         if action == "delete":
             if extra is None:
                 raise click.ClickException(f"no client {client_id!r}")
@@ -480,3 +445,7 @@ def main() -> None:
         cli(standalone_mode=True)
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+cli.add_command(users)
+cli.add_command(roles)

@@ -193,7 +193,7 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
         os.environ["BASTION_CONFIG"] = str(config_path.resolve())  # what a reload re-reads
     kek = load_kek(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    from bastion.cli.main import run
+    from bastion.cli.common import run
 
     if migrate:
         run(_migrate(settings))

@@ -6,12 +6,9 @@ Thin wrappers over :mod:`bastion.services.users`; register them on the root grou
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import sys
-from collections.abc import Awaitable
-from collections.abc import Callable
 from datetime import UTC
 from datetime import datetime
 from typing import Any
@@ -20,48 +17,14 @@ from urllib.parse import urlencode
 
 import click
 
-from bastion.cli.config import ConfigError
-from bastion.cli.config import load_settings
-from bastion.cli.context import open_services
+from bastion.cli.common import with_services
 from bastion.protocol.models import Role
 from bastion.protocol.models import User
 from bastion.protocol.rfc7636 import s256
 from bastion.services import users as service
 from bastion.services.container import Services
-from bastion.services.crypto import SealError
-from bastion.storage.protocols import StorageError
 
 T = TypeVar("T")
-
-
-def _settings(ctx: click.Context) -> Any:
-    obj = ctx.find_root().ensure_object(dict)
-    if "settings" not in obj:
-        try:
-            obj["settings"], obj["config_path"] = load_settings(obj.get("config"))
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-    return obj["settings"]
-
-
-def _run(ctx: click.Context, action: Callable[[Services], Awaitable[T]]) -> T:
-    """Open the services, run ``action``, close; service and storage errors become messages."""
-    settings = _settings(ctx)
-
-    async def go() -> T:
-        async with open_services(settings) as services:
-            return await action(services)
-
-    try:
-        return asyncio.run(go())
-    except service.UserError as exc:
-        raise click.ClickException(str(exc)) from None
-    except StorageError as exc:
-        raise click.ClickException(
-            f"{exc}. Is the database reachable? Check [storage] in the config."
-        ) from None
-    except SealError as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 def _read_password(from_stdin: bool) -> str:
@@ -126,7 +89,7 @@ def users_create(
 ) -> None:
     """Create a user (the password is hashed with argon2id)."""
     password = _read_password(password_stdin)
-    user = _run(
+    user = with_services(
         ctx,
         lambda s: service.create_user(s, username, password, roles=roles, email=email, name=full_name),
     )
@@ -141,7 +104,7 @@ def users_create(
 @click.pass_context
 def users_list(ctx: click.Context, as_json: bool) -> None:
     """List users."""
-    found = _run(ctx, service.list_users)
+    found = with_services(ctx, service.list_users)
     if as_json:
         click.echo(json.dumps([user_json(u) for u in found], indent=2))
         return
@@ -161,7 +124,7 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def users_disable(ctx: click.Context, username: str) -> None:
     """Disable a user: sign-in is refused and their refresh tokens are revoked."""
-    _run(ctx, lambda s: service.set_disabled(s, username, True))
+    with_services(ctx, lambda s: service.set_disabled(s, username, True))
     click.echo(f"disabled {username}")
 
 
@@ -170,7 +133,7 @@ def users_disable(ctx: click.Context, username: str) -> None:
 @click.pass_context
 def users_enable(ctx: click.Context, username: str) -> None:
     """Re-enable a disabled user."""
-    _run(ctx, lambda s: service.set_disabled(s, username, False))
+    with_services(ctx, lambda s: service.set_disabled(s, username, False))
     click.echo(f"enabled {username}")
 
 
@@ -181,7 +144,7 @@ def users_enable(ctx: click.Context, username: str) -> None:
 def users_set_password(ctx: click.Context, username: str, password_stdin: bool) -> None:
     """Replace a user's password (their refresh tokens are revoked)."""
     password = _read_password(password_stdin)
-    _run(ctx, lambda s: service.set_password(s, username, password))
+    with_services(ctx, lambda s: service.set_password(s, username, password))
     click.echo(f"password of {username} changed")
 
 
@@ -191,7 +154,7 @@ def users_set_password(ctx: click.Context, username: str, password_stdin: bool) 
 @click.pass_context
 def users_set_roles(ctx: click.Context, username: str, roles: tuple[str, ...]) -> None:
     """Replace a user's roles."""
-    user = _run(ctx, lambda s: service.set_roles(s, username, roles))
+    user = with_services(ctx, lambda s: service.set_roles(s, username, roles))
     click.echo(f"{username}: roles={','.join(sorted(user.roles)) or '-'}")
 
 
@@ -200,7 +163,7 @@ def users_set_roles(ctx: click.Context, username: str, roles: tuple[str, ...]) -
 @click.pass_context
 def users_delete(ctx: click.Context, username: str) -> None:
     """Delete a user, their consents and grants."""
-    if not _run(ctx, lambda s: service.delete_user(s, username)):
+    if not with_services(ctx, lambda s: service.delete_user(s, username)):
         raise click.ClickException(f"no user named {username!r}")
     click.echo(f"deleted {username}")
 
@@ -222,7 +185,7 @@ def roles_create(
     ctx: click.Context, name: str, scopes: tuple[str, ...], description: str, as_json: bool
 ) -> None:
     """Create a role granting scopes."""
-    role = _run(ctx, lambda s: service.create_role(s, name, scopes, description))
+    role = with_services(ctx, lambda s: service.create_role(s, name, scopes, description))
     if as_json:
         click.echo(json.dumps(role_json(role), indent=2))
     else:
@@ -234,7 +197,7 @@ def roles_create(
 @click.pass_context
 def roles_list(ctx: click.Context, as_json: bool) -> None:
     """List roles."""
-    found = _run(ctx, service.list_roles)
+    found = with_services(ctx, service.list_roles)
     if as_json:
         click.echo(json.dumps([role_json(r) for r in found], indent=2))
         return
@@ -250,7 +213,7 @@ def roles_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def roles_delete(ctx: click.Context, name: str) -> None:
     """Delete a role (users holding it lose its scopes)."""
-    if not _run(ctx, lambda s: service.delete_role(s, name)):
+    if not with_services(ctx, lambda s: service.delete_role(s, name)):
         raise click.ClickException(f"no role named {name!r}")
     click.echo(f"deleted role {name}")
 
@@ -269,8 +232,7 @@ async def prepare_demo_people(services: Services, *, redirect_uri: str | None = 
     """
     issuer = services.settings.issuer
     redirect_uri = redirect_uri or "http://127.0.0.1:8765/callback"
-    # The store, not the cached ClientService: a cached "absent" would outlive create().
-    if await services.stores.clients.get_client(DEMO_WEB_CLIENT_ID) is None:
+    if await services.clients.get(DEMO_WEB_CLIENT_ID) is None:
         await services.clients.create(
             name="Demo shop (web)",
             public=True,

@@ -145,6 +145,7 @@ class ClientService:
             updated_at=now,
         )
         await self._store.create_client(client)
+        self.forget(client.client_id)  # a cached "no such client" must not outlive the creation
         return client, secret
 
     async def _require(self, client_id: str) -> Client:

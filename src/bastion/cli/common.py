@@ -1,0 +1,61 @@
+"""What every command shares: the settings of this invocation and turning failures into messages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Coroutine
+from typing import Any
+from typing import TypeVar
+
+import click
+
+from bastion.cli.config import ConfigError
+from bastion.cli.config import load_settings
+from bastion.cli.context import open_services
+from bastion.services.clients import ClientError
+from bastion.services.container import Services
+from bastion.services.crypto import SealError
+from bastion.services.users import UserError
+from bastion.settings import Settings
+from bastion.storage.protocols import Conflict
+from bastion.storage.protocols import NotFound
+from bastion.storage.protocols import StorageError
+
+T = TypeVar("T")
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    """The settings of this invocation, loaded once from ``--config`` and the environment."""
+    obj = ctx.find_root().ensure_object(dict)
+    if "settings" not in obj:
+        try:
+            obj["settings"], obj["config_path"] = load_settings(obj.get("config"))
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    settings: Settings = obj["settings"]
+    return settings
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; a refused request or an unreachable store becomes a one-line error."""
+    try:
+        return asyncio.run(coro)
+    except (ClientError, UserError, Conflict, NotFound, SealError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except StorageError as exc:
+        raise click.ClickException(
+            f"{exc}. Is the database reachable? Check [storage] in the config."
+        ) from None
+
+
+def with_services(ctx: click.Context, action: Callable[[Services], Awaitable[T]]) -> T:
+    """Open the services of this invocation, run ``action`` on them, close them."""
+    settings = settings_from(ctx)
+
+    async def go() -> T:
+        async with open_services(settings) as services:
+            return await action(services)
+
+    return run(go())
