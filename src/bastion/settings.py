@@ -57,6 +57,28 @@ class StorageSettings(Section):
     """Connections per process to PostgreSQL or Redis."""
 
 
+class LoginThrottleSettings(Section):
+    """Password-guessing limits, counted in the fast-state store (shared by every process)."""
+
+    free_attempts: int = Field(default=3, ge=0, le=100)
+    """Failed sign-ins per account before answers slow down."""
+
+    base_delay: float = Field(default=0.5, ge=0, le=10)
+    """First delay (seconds) once the free attempts are used; it doubles with each failure."""
+
+    max_delay: float = Field(default=4.0, ge=0, le=30)
+    """Longest delay (seconds) before an answer."""
+
+    lockout_after: int = Field(default=10, ge=1, le=10_000)
+    """Failures per account within ``window`` after which sign-in answers 429 until it passes."""
+
+    window: float = Field(default=900.0, ge=10, le=86400)
+    """Seconds over which failures are counted."""
+
+    ip_factor: int = Field(default=5, ge=1, le=1000)
+    """A client address may fail ``ip_factor`` times as often as one account."""
+
+
 class AuthorizationServerSettings(Section):
     """The OAuth 2.1 / OpenID Connect authorization server."""
 
@@ -115,6 +137,13 @@ class AuthorizationServerSettings(Section):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     """Largest request body accepted by the token, introspection and revocation endpoints."""
 
+    login_throttle: LoginThrottleSettings = LoginThrottleSettings()
+    """Throttling of the login form."""
+
+    trusted_proxies: tuple[str, ...] = ()
+    """Networks (CIDR) of reverse proxies whose ``X-Forwarded-For`` names the client address
+    (used by login throttling). Empty: the socket peer is the client."""
+
     allow_insecure_http_issuer: bool = False
     """DANGEROUS: allow an http issuer on a non-loopback host (RFC 9700 requires TLS)."""
 
@@ -122,6 +151,14 @@ class AuthorizationServerSettings(Section):
     @classmethod
     def _check_listen(cls, value: str) -> str:
         return _listen(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from bastion.net import parse_networks
+
+        parse_networks(value)
+        return value
 
     @field_validator("issuer")
     @classmethod

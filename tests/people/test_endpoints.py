@@ -62,7 +62,12 @@ def _migrate(url: str) -> None:
 
 
 def make_harness(
-    tmp_path: Path, issuer: str = ISSUER, templates_dir: Path | None = None
+    tmp_path: Path,
+    issuer: str = ISSUER,
+    templates_dir: Path | None = None,
+    *,
+    trusted_proxies: tuple[str, ...] = (),
+    peer: str = "testclient",
 ) -> Iterator[Harness]:
     url = f"sqlite:///{tmp_path / 'bastion.db'}"
     _migrate(url)
@@ -70,11 +75,12 @@ def make_harness(
     audit = AuditLog(tmp_path / "audit.log")
     events: list[dict[str, Any]] = []
     audit.listeners.append(events.append)
-    services = Services.create(AuthorizationServerSettings(issuer=issuer), stores, Sealer(KEK), audit)
+    settings = AuthorizationServerSettings(issuer=issuer, trusted_proxies=trusted_proxies)
+    services = Services.create(settings, stores, Sealer(KEK), audit)
     policy = ThrottlePolicy(free_attempts=2, base_delay=0.01, max_delay=0.02, lockout_after=4, window=60)
     routes = people_routes(services, templates_dir, passwords=CHEAP_PASSWORDS, throttle=policy)
     app = create_app(services, extra_routes=routes)
-    with TestClient(app, base_url=issuer, follow_redirects=False) as client:
+    with TestClient(app, base_url=issuer, follow_redirects=False, client=(peer, 50000)) as client:
         harness = Harness(client, services, events)
         harness.run(web_client, services)
         harness.run(create_role, services, "reader", ["orders:read"])
@@ -249,6 +255,24 @@ def test_wrong_password_and_throttle(harness: Harness) -> None:
     assert response.status_code == 429
     assert int(response.headers["retry-after"]) >= 1
     assert "Too many attempts" in response.text
+
+
+def test_throttle_counts_the_client_behind_a_trusted_proxy(tmp_path: Path) -> None:
+    # lockout_after=4 and ip_factor=5: one address may fail 20 times, across any accounts.
+    for harness in make_harness(tmp_path, trusted_proxies=("10.0.0.0/8",), peer="10.1.2.3"):
+        page = login(harness, password="not the password")
+        statuses = []
+        for i in range(22):
+            forwarded_for, username = ("198.51.100.9", "someone") if i == 21 else ("203.0.113.7", f"nobody{i}")
+            csrf, tx = form_fields(page.text)
+            page = harness.client.post(
+                "/login",
+                data={"csrf_token": csrf, "tx": tx, "username": username, "password": "wrong"},
+                headers={"x-forwarded-for": forwarded_for},
+            )
+            statuses.append(page.status_code)
+        assert statuses[20] == 429, "the forwarded client address is throttled"
+        assert statuses[21] == 401, "another client behind the same proxy is not"
 
 
 def test_login_csrf_is_required(harness: Harness) -> None:

@@ -33,6 +33,7 @@ from dataclasses import field
 from typing import Final
 
 from bastion.gateway.contract import Headers
+from bastion.net import TrustedProxies
 
 __all__ = [
     "HOP_BY_HOP",
@@ -100,60 +101,6 @@ def identity_value(value: str) -> bytes:
     return "".join(
         c if "\x21" <= c <= "\x7e" and c != "%" else "".join(f"%{b:02X}" for b in c.encode()) for c in value
     ).encode("ascii")
-
-
-class TrustedProxies:
-    """Which peers may speak for the client, and the client address they report."""
-
-    __slots__ = ("_cache", "_networks")
-
-    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
-        """Trust ``networks`` (empty: trust nobody; the socket peer is always the client)."""
-        self._networks = tuple(networks)
-        self._cache: dict[str, bool] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._networks)
-
-    def is_trusted(self, address: str) -> bool:
-        """Whether ``address`` lies in a trusted network (malformed addresses are not)."""
-        if not self._networks:
-            return False
-        known = self._cache.get(address)
-        if known is not None:
-            return known
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        trusted = any(ip.version == net.version and ip in net for net in self._networks)
-        if len(self._cache) < 65_536:
-            self._cache[address] = trusted
-        return trusted
-
-    def client_ip(self, peer: str, forwarded_for: Iterable[bytes]) -> str:
-        """The client address for a request from ``peer`` carrying ``forwarded_for`` headers.
-
-        The rightmost ``X-Forwarded-For`` entry was appended by the proxy we trust (the peer),
-        the one left of it by the proxy before, and so on: walk from the right while the hop is
-        trusted; the first untrusted hop is the client. A malformed entry ends the walk at the
-        last hop known good, since nothing left of it can be believed.
-        """
-        if not self.is_trusted(peer):
-            return peer
-        hops = [hop.strip() for value in forwarded_for for hop in value.split(b",")]
-        current = peer
-        for raw in reversed(hops):
-            try:
-                hop = str(ipaddress.ip_address(raw.decode("ascii")))
-            except (ValueError, UnicodeDecodeError):
-                return current
-            current = hop
-            if not self.is_trusted(hop):
-                return hop
-        return current
 
 
 @dataclass(slots=True)

@@ -28,6 +28,8 @@ from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from bastion.net import TrustedProxies
+from bastion.net import parse_networks
 from bastion.protocol.errors import InsufficientScope
 from bastion.protocol.errors import InvalidRequest
 from bastion.protocol.errors import InvalidToken
@@ -136,7 +138,11 @@ class PeopleApp:
         directories = [Path(templates_dir)] if templates_dir else []
         self.templates = Jinja2Templates(directory=[*directories, DEFAULT_TEMPLATES])
         self.passwords = passwords or Passwords()
-        self.throttle = LoginThrottle(services.stores.state, throttle)
+        settings = services.settings
+        self.throttle = LoginThrottle(
+            services.stores.state, throttle or ThrottlePolicy(**settings.login_throttle.model_dump())
+        )
+        self.proxies = TrustedProxies(parse_networks(settings.trusted_proxies))
         secure = services.settings.secure_cookies
         # RFC 6265bis §4.1.3.2: "__Host-" cookies must be Secure, Path=/ and have no Domain.
         self.cookie_name = "__Host-bastion_session" if secure else "bastion_session"
@@ -271,7 +277,10 @@ class PeopleApp:
         if pending is None:
             return self.error_page(request, _expired())
         username = fields.get("username", "").strip()
-        ip = request.client.host if request.client else "unknown"
+        peer = request.client.host if request.client else "unknown"
+        ip = self.proxies.client_ip(
+            peer, [v.encode("latin-1") for v in request.headers.getlist("x-forwarded-for")]
+        )
         try:
             user = await authenticate(
                 self.services,
