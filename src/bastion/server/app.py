@@ -31,7 +31,7 @@ def metadata_document(services: Services) -> dict[str, object]:
     return rfc8414.metadata(
         settings.issuer,
         grant_types=["client_credentials", *services.grant_handlers],
-        extra=getattr(services, "metadata_extra", None),
+        extra=services.metadata_extra,
     )
 
 

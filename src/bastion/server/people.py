@@ -43,7 +43,7 @@ from bastion.protocol.oidc.logout import verify_id_token_hint
 from bastion.protocol.oidc.userinfo import userinfo_claims
 from bastion.protocol.rfc6749.authorize import Interaction
 from bastion.protocol.rfc6749.scope import parse_scope
-from bastion.protocol.rfc8414 import metadata
+from bastion.server.app import metadata_document
 from bastion.services import authorize as flow
 from bastion.services.authorization_code import exchange_code
 from bastion.services.container import Services
@@ -52,6 +52,7 @@ from bastion.services.login import LoginThrottle
 from bastion.services.login import ThrottlePolicy
 from bastion.services.login import authenticate
 from bastion.services.refresh import introspect_refresh_token
+from bastion.services.refresh import purge as purge_refresh_tokens
 from bastion.services.refresh import refresh
 from bastion.services.refresh import revoke_refresh_token
 from bastion.services.users import Passwords
@@ -88,16 +89,13 @@ def install_people(services: Services) -> None:
             "end_session_endpoint": f"{issuer}/logout",
         }
     )
-    services.metadata_extra = extra  # type: ignore[attr-defined]
+    services.metadata_extra.update(extra)
 
+    async def purge_refresh(now: float) -> int:
+        return await purge_refresh_tokens(services, now)
 
-def oauth_metadata(services: Services) -> dict[str, Any]:
-    """The RFC 8414 document as the lead's endpoint serves it (same inputs)."""
-    return metadata(
-        services.settings.issuer,
-        grant_types=["client_credentials", *services.grant_handlers],
-        extra=getattr(services, "metadata_extra", None),
-    )
+    if not any(getattr(p, "__qualname__", "").startswith("install_people") for p in services.purgers):
+        services.purgers.append(purge_refresh)
 
 
 def _origin(uri: str) -> str:
@@ -432,7 +430,7 @@ class PeopleApp:
         settings = self.services.settings
         document = openid_configuration(
             settings.issuer,
-            oauth_metadata(self.services),
+            metadata_document(self.services),
             id_token_algorithms=[settings.id_token_algorithm],
         )
         return JSONResponse(document, headers={"cache-control": "public, max-age=300"})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -20,6 +23,9 @@ from bastion.services.keys import algorithms_for
 from bastion.services.tokens import TokenService
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.open import Stores
+from bastion.storage.protocols import StorageError
+
+log = logging.getLogger("bastion.server")
 
 #: A grant type's handler at the token endpoint: (services, authenticated client, form, now) → response.
 GrantHandler = Callable[["Services", Client, Mapping[str, str], float], Awaitable[dict[str, Any]]]
@@ -41,6 +47,12 @@ class Services:
     clock: Callable[[], float] = time.time
     #: Token-endpoint grants beyond client_credentials, by ``grant_type``.
     grant_handlers: dict[str, GrantHandler] = field(default_factory=dict)
+    #: Extra members of the RFC 8414 document (the sign-in part adds its endpoints).
+    metadata_extra: dict[str, Any] = field(default_factory=dict)
+    #: Periodic clean-ups of expired records: ``async (now) -> rows removed``.
+    purgers: list[Callable[[float], Awaitable[int]]] = field(default_factory=list)
+    purge_interval: float = 600.0
+    _maintenance: asyncio.Task[None] | None = None
 
     @classmethod
     def create(
@@ -61,7 +73,7 @@ class Services:
             jwks_max_age=settings.jwks_max_age,
         )
         keys = KeyService(stores.keys, sealer, policy, clock=clock)
-        return cls(
+        services = cls(
             settings=settings,
             stores=stores,
             sealer=sealer,
@@ -71,15 +83,39 @@ class Services:
             audit=audit,
             clock=clock,
         )
+        services.purgers.append(stores.tokens.purge_expired)
+        return services
+
+    async def purge(self) -> int:
+        """Run every purger once; returns the rows removed."""
+        now = self.clock()
+        return sum([await purger(now) for purger in self.purgers])
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.purge_interval)
+            try:
+                removed = await self.purge()
+            except StorageError as exc:  # try again next round; serving goes on
+                log.warning("purging expired records failed: %s", exc)
+            else:
+                if removed:
+                    log.info("purged %d expired records", removed)
 
     async def start(self) -> None:
-        """Load keys (creating the first ones), start background refreshes."""
+        """Load keys (creating the first ones), start background refreshes and clean-ups."""
         await self.keys.load()
         await self.keys.ensure()
         self.keys.start()
         self.audit.start()
+        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
 
     async def close(self) -> None:
         """Stop background work and flush the audit log (stores are closed by their owner)."""
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
         await self.keys.close()
         await self.audit.close()
