@@ -382,6 +382,32 @@ def test_reload_under_load_fails_no_request(stack: GatewayStack) -> None:
     assert "gateway routes reloaded" in stack.serve_log()
 
 
+BROKEN_ROUTE = """
+[[gateway.routes]]
+prefix = "/broken"
+upstream = "nowhere"
+"""
+
+
+def test_invalid_config_on_sighup_keeps_the_current_routes(stack: GatewayStack, reader_token: str) -> None:
+    before = stack.routes
+    stack.rewrite_routes(before + BROKEN_ROUTE)
+    try:
+        assert stack.bastion.process is not None
+        stack.bastion.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "reload refused, keeping the current routes" not in stack.serve_log():
+            assert time.monotonic() < deadline, f"no refusal logged:\n{stack.serve_log()[-2000:]}"
+            time.sleep(0.05)
+        log = stack.serve_log()
+        assert "route '/broken': unknown upstream 'nowhere'" in log
+        assert get(stack.gateway_port, "/api/orders", reader_token)[0] == 200
+        assert get(stack.gateway_port, "/broken/x", reader_token)[0] == 404
+        assert stack.bastion.process.poll() is None
+    finally:
+        stack.rewrite_routes(before)
+
+
 # -- key rotation mid-traffic --------------------------------------------------------------------
 
 
