@@ -156,6 +156,10 @@ class Exchange:
             self._answer_problem(500, "handler_error")
             return
         self._decide(future.result())
+        # Body bytes that arrived while the handler was awaiting were queued by the front: hand
+        # them over now (a pooled upstream connection binds at once, nothing else would pump).
+        if not self._done:
+            self.front.pump()
 
     def _decide(self, decision: Decision) -> None:
         self._decision = decision

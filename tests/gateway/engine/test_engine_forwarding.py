@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import pytest
@@ -280,4 +281,27 @@ async def test_outcome_of_a_forward(upstream: Upstream, gateway_for) -> None:
     assert outcome.upstream == upstream.address
     assert outcome.upstream_seconds is not None
     assert 0 <= outcome.upstream_seconds <= outcome.total_seconds
+    await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_body_queued_during_an_async_decision_is_forwarded(upstream: Upstream, groups, gateways) -> None:
+    # An awaited decision (a token not yet in the cache) on a pooled connection: the body that
+    # arrived meanwhile must be forwarded without waiting for more client bytes.
+    group = UpstreamGroup("g", [upstream.address])
+    groups.append(group)
+
+    async def handler(head: RequestHead) -> Forward:
+        await asyncio.sleep(0.05)
+        return Forward(upstream=group, target=head.target, headers=list(head.headers))
+
+    gateway = GatewayServer(handler, limits=EngineLimits())
+    await gateway.start("127.0.0.1", 0)
+    gateways.append(gateway)
+    client = await RawClient.connect(gateway.port)
+    # The first request opens the pooled connection; the second reuses it.
+    for body in (b"first", b"second body"):
+        request = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        data = (await asyncio.wait_for(client.request(request), 5)).json()
+        assert data["body_len"] == len(body)
     await client.aclose()
