@@ -84,15 +84,25 @@ async def _follow_revocations(state: FastState, verifiers: list[IssuerVerifier])
                 verifier.validator.revoke(str(event["jti"]), float(event["exp"]))
 
 
+def for_worker(settings: GatewaySettings, worker: int) -> GatewaySettings:
+    """Worker ``n`` serves its metrics on the admin port plus ``n``: each process's counters are
+    its own, so each process gets a scrape target (the public listener is shared)."""
+    if worker == 0 or settings.admin_listen is None:
+        return settings
+    host, _, port = settings.admin_listen.rpartition(":")
+    return settings.model_copy(update={"admin_listen": f"{host}:{int(port) + worker}"})
+
+
 class RunningGateway:
     """The gateway and its revocation follower, closed together."""
 
-    def __init__(self, gateway: Gateway, follower: asyncio.Task[None]) -> None:
+    def __init__(self, gateway: Gateway, follower: asyncio.Task[None], worker: int) -> None:
         self.gateway = gateway
         self._follower = follower
+        self._worker = worker
 
     async def reload(self, settings: GatewaySettings) -> None:
-        await self.gateway.reload(settings)
+        await self.gateway.reload(for_worker(settings, self._worker))
 
     async def close(self) -> None:
         self._follower.cancel()
@@ -101,11 +111,11 @@ class RunningGateway:
         await self.gateway.close()
 
 
-async def start_gateway(settings: Settings, stores: Stores) -> RunningGateway:
+async def start_gateway(settings: Settings, stores: Stores, *, worker: int = 0) -> RunningGateway:
     """Build and start the gateway of ``settings`` (which must have a ``[gateway]`` section)."""
-    config = settings.gateway
-    if config is None:
+    if settings.gateway is None:
         raise ValueError("no [gateway] section")
+    config = for_worker(settings.gateway, worker)
     verifiers: list[IssuerVerifier] = []
     ssl_context = None
     if config.tls_cert and config.tls_key:
@@ -122,4 +132,4 @@ async def start_gateway(settings: Settings, stores: Stores) -> RunningGateway:
     )
     follower = asyncio.get_running_loop().create_task(_follow_revocations(stores.state, verifiers))
     await gateway.start()
-    return RunningGateway(gateway, follower)
+    return RunningGateway(gateway, follower, worker)

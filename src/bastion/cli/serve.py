@@ -70,7 +70,7 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_worker(settings: Settings, kek: bytes) -> None:
+async def _run_worker(settings: Settings, kek: bytes, worker: int) -> None:
     import uvicorn
 
     from bastion.ops.audit import AuditLog
@@ -111,7 +111,7 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
         if settings.gateway is not None:
             from bastion.cli.gateway import start_gateway
 
-            gateway = await start_gateway(settings, stores)
+            gateway = await start_gateway(settings, stores, worker=worker)
 
         async def reloader() -> None:
             from bastion.cli.config import ConfigError
@@ -150,14 +150,14 @@ async def _run_worker(settings: Settings, kek: bytes) -> None:
         await stores.close()
 
 
-def worker_main(settings: Settings, kek: bytes) -> None:
-    """Entry point of one worker process."""
+def worker_main(settings: Settings, kek: bytes, worker: int = 0) -> None:
+    """Entry point of worker process number ``worker``."""
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_worker(settings, kek))
+        asyncio.run(_run_worker(settings, kek, worker))
 
 
 async def _migrate(settings: Settings) -> None:
@@ -216,7 +216,7 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
             worker_main(settings, kek)
             return
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=worker_main, args=(settings, kek), daemon=False) for _ in range(workers)]
+        procs = [ctx.Process(target=worker_main, args=(settings, kek, n), daemon=False) for n in range(workers)]
         for proc in procs:
             proc.start()
 

@@ -295,7 +295,8 @@ class GatewaySettings(_Frozen):
     """``host:port`` of the public listener."""
     admin_listen: str | None = "127.0.0.1:9100"
     """``host:port`` of the admin listener (``/metrics``, ``/healthz``); ``None`` disables it.
-    Keep it off the public network."""
+    Keep it off the public network. With ``bastion serve --workers N``, worker ``n`` listens on
+    this port plus ``n`` (each process's metrics are its own scrape target)."""
     tls_cert: str | None = None
     """PEM certificate chain for TLS on the public listener (with ``tls_key``)."""
     tls_key: str | None = None
