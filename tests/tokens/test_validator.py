@@ -409,6 +409,28 @@ async def test_stale_keys_refresh_in_background(
     assert issuer.hits["/jwks.json"] == 2
 
 
+@pytest.mark.parametrize(("cache_control", "stale_after"), [("public, max-age=40", 40), ("max-age=9000", 600)])
+async def test_jwks_max_age_bounds_freshness(
+    issuer: Issuer, clock: Clock, cache_control: str, stale_after: float
+) -> None:
+    # An issuer publishes a new key for max-age seconds before signing with it: refreshing
+    # no later than that means its first token with the new key is already known here.
+    issuer.jwks_cache_control = cache_control
+    async with TokenValidator(issuer.url, audience=AUDIENCE, clock=clock) as validator:
+        await validator.validate(issuer.mint())
+        clock.advance(stale_after - 1)
+        await validator.validate(issuer.mint(jti="fresh"))
+        await asyncio.sleep(0.05)
+        assert issuer.hits["/jwks.json"] == 1
+        clock.advance(2)
+        await validator.validate(issuer.mint(jti="stale"))
+        for _ in range(50):
+            if issuer.hits["/jwks.json"] == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert issuer.hits["/jwks.json"] == 2
+
+
 async def test_issuer_down_keeps_cached_keys(issuer: Issuer, validator: TokenValidator, clock: Clock) -> None:
     await issuer.stop()
     clock.advance(3600)  # keys long stale, refetches allowed: all of them fail

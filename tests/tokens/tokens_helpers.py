@@ -51,6 +51,8 @@ class Issuer:
         self.advertised_issuer: str | None = None
         #: When set, JWKS requests wait for it (to hold a fetch in flight).
         self.jwks_gate: asyncio.Event | None = None
+        #: Cache-Control of JWKS responses, when set.
+        self.jwks_cache_control: str | None = None
 
     # -- key management -----------------------------------------------------------------------
 
@@ -114,7 +116,8 @@ class Issuer:
             self.hits[request.path] += 1
             if self.jwks_gate is not None:
                 await self.jwks_gate.wait()
-            return web.json_response(self.jwks())
+            headers = {"cache-control": self.jwks_cache_control} if self.jwks_cache_control else None
+            return web.json_response(self.jwks(), headers=headers)
 
         async def introspect(request: web.Request) -> web.Response:
             self.hits[request.path] += 1

@@ -642,6 +642,8 @@ def token_verifier_factory(
             algorithms=issuer.algorithms,
             leeway=issuer.leeway,
             cache_size=issuer.token_cache_size,
+            jwks_cache_ttl=issuer.jwks_cache_ttl,
+            refetch_cooldown=issuer.jwks_refetch_cooldown,
             session=session,
             revocation=revocation,
         )

@@ -109,12 +109,18 @@ class IssuerSettings(_Frozen):
     """The exact ``iss`` value (RFC 9068 §4: compared by exact string match)."""
     jwks_uri: str | None = None
     """JWKS URL; ``None`` discovers it from ``{issuer}/.well-known/oauth-authorization-server``."""
-    algorithms: tuple[Literal["ES256", "ES384", "RS256", "PS256", "EdDSA"], ...] = ("ES256",)
+    algorithms: tuple[Literal["ES256", "ES384", "RS256", "PS256", "EdDSA"], ...] = ("ES256", "RS256")
     """Signature algorithms accepted (an allowlist: ``none`` and HMAC are never possible)."""
     audience: str | None = None
     """Default expected ``aud`` for routes that don't set their own."""
-    leeway: float = Field(default=5.0, ge=0, le=300)
+    leeway: float = Field(default=60.0, ge=0, le=300)
     """Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds."""
+    jwks_cache_ttl: float = Field(default=600.0, gt=0, le=86400)
+    """Seconds the issuer's keys are fresh (less if its JWKS ``Cache-Control: max-age`` says so);
+    stale keys are refreshed in the background."""
+    jwks_refetch_cooldown: float = Field(default=30.0, ge=0, le=3600)
+    """Least seconds between two JWKS fetches, however many tokens name an unknown ``kid``: a
+    flood of made-up key ids costs at most one request per cooldown."""
     token_cache_size: int = Field(default=10_000, ge=0, le=10_000_000)
     """Verified tokens remembered (until their ``exp``), so a repeated token costs a dict lookup
     instead of a signature check; ``0`` disables the cache."""

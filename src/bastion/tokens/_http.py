@@ -57,6 +57,20 @@ class Http:
         Raises:
             IssuerUnavailable: on any failure; ``detail`` says which.
         """
+        document, _ = await self.request_json_cached(method, url, data=data, headers=headers, limit=limit)
+        return document
+
+    async def request_json_cached(
+        self,
+        method: str,
+        url: str,
+        *,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        limit: int = MAX_DOCUMENT_BYTES,
+    ) -> tuple[Any, float | None]:
+        """Like :meth:`request_json`, also returning the response's ``Cache-Control: max-age``
+        (``0`` for ``no-store``/``no-cache``, ``None`` when absent or malformed)."""
         try:
             async with self.session().request(
                 method,
@@ -75,12 +89,31 @@ class Http:
                     body += chunk
                     if len(body) > limit:
                         raise IssuerUnavailable(f"{method} {url}: response over {limit} bytes")
+                max_age = cache_max_age(response.headers.getall("Cache-Control", []))
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             raise IssuerUnavailable(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
         try:
-            return orjson.loads(body)
+            return orjson.loads(body), max_age
         except orjson.JSONDecodeError as exc:
             raise IssuerUnavailable(f"{method} {url}: response is not JSON") from exc
+
+
+def cache_max_age(values: list[str]) -> float | None:
+    """Freshness lifetime from ``Cache-Control`` values (RFC 9111 §5.2.2): ``max-age`` in
+    seconds, ``0`` for ``no-store`` or ``no-cache``, ``None`` when there is no usable directive."""
+    max_age: float | None = None
+    for value in values:
+        for directive in value.split(","):
+            name, _, argument = directive.strip().partition("=")
+            name = name.strip().lower()
+            if name in ("no-store", "no-cache"):
+                return 0.0
+            if name == "max-age":
+                argument = argument.strip().strip('"')
+                if not argument.isdigit():
+                    return None  # RFC 9111 §4.2.1: an invalid max-age makes the response stale
+                max_age = float(argument) if max_age is None else min(max_age, float(argument))
+    return max_age
 
 
 def metadata_urls(issuer: str) -> list[str]:

@@ -7,6 +7,8 @@ Invariants:
 * A fetch is *started* at most once per ``refetch_cooldown`` (successful or not), whatever
   the callers ask: a flood of tokens with made-up ``kid`` values costs at most one JWKS request
   per cooldown.
+* Keys are fresh for ``cache_ttl``, or less when the JWKS response's ``Cache-Control: max-age``
+  says so; stale keys are refreshed in the background (still within the cooldown).
 * Once keys were fetched, failures never take them away: stale keys keep verifying until the
   issuer answers again.
 * The JWKS location comes from configuration or the issuer's metadata, never from a token.
@@ -68,6 +70,7 @@ class JWKSKeySource:
         self._clock = clock
         self._keys: KeySet | None = None
         self._fetched_at = -math.inf
+        self._fresh_for = cache_ttl
         self._attempted_at = -math.inf
         self._inflight: asyncio.Task[KeySet] | None = None
         #: Fetch attempts started so far (for metrics and tests).
@@ -91,7 +94,7 @@ class JWKSKeySource:
             if self._inflight is not None or may_start:
                 return await self._shared_fetch(now)
             return keys
-        if now - self._fetched_at >= self._ttl and self._inflight is None and may_start:
+        if now - self._fetched_at >= self._fresh_for and self._inflight is None and may_start:
             self._start(now)  # stale: refresh in the background, answer with what we have
         return keys
 
@@ -138,7 +141,7 @@ class JWKSKeySource:
                 if not isinstance(jwks_uri, str):
                     raise IssuerUnavailable(f"metadata of {self.issuer} has no jwks_uri")
                 self._jwks_uri = jwks_uri
-            document = await self._http.request_json("GET", self._jwks_uri)
+            document, max_age = await self._http.request_json_cached("GET", self._jwks_uri)
             if not isinstance(document, dict):
                 raise IssuerUnavailable("JWKS is not a JSON object")
             try:
@@ -151,4 +154,7 @@ class JWKSKeySource:
             raise
         self._keys = keys
         self._fetched_at = self._clock()
+        # The issuer's Cache-Control bounds how long its keys are fresh: an authorization server
+        # publishes a new key for at least that long before it signs with it.
+        self._fresh_for = self._ttl if max_age is None else min(self._ttl, max_age)
         return keys

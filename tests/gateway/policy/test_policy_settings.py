@@ -35,7 +35,7 @@ def test_defaults_and_a_full_example() -> None:
     assert route.forward_authorization is False
     assert route.scopes_for("GET") == ("catalog:read",)
     assert route.scopes_for("POST") == ()
-    assert settings.issuer("https://auth.example").algorithms == ("ES256",)
+    assert settings.issuer("https://auth.example").algorithms == ("ES256", "RS256")
 
 
 def test_frozen_and_no_unknown_keys() -> None:
