@@ -27,6 +27,25 @@ AUDIENCE = "https://api.e2e"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (for ``--workers N`` admin listeners)."""
+    for _ in range(100):
+        first = free_port()
+        held = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return first
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
 class UpstreamProcess:
     """``tests/e2e/gw_upstream.py`` in a subprocess, with its JSON-lines record."""
 
@@ -87,7 +106,9 @@ auth = "none"
 """
 
 
-def gateway_toml(issuer: str, gateway_port: int, admin_port: int, upstream_port: int, routes: str) -> str:
+def gateway_toml(
+    issuer: str, gateway_port: int, admin_port: int, upstream_port: int, routes: str, issuer_options: str = ""
+) -> str:
     """The ``[gateway]`` section: the authorization server itself is the only issuer, its JWKS
     found through its RFC 8414 metadata."""
     return f"""
@@ -101,6 +122,7 @@ drain_seconds = 1
 [[gateway.issuers]]
 issuer = "{issuer}"
 audience = "{AUDIENCE}"
+{issuer_options}
 
 [gateway.upstreams.app]
 targets = ["127.0.0.1:{upstream_port}"]
@@ -127,11 +149,14 @@ class GatewayStack:
         serve_args: tuple[str, ...] = (),
         routes: str = ROUTES,
         env: dict[str, str] | None = None,
+        issuer_options: str = "",
+        admin_port: int | None = None,
     ) -> None:
+        """Start everything; ``issuer_options`` are extra TOML lines for the gateway's issuer."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.upstream = UpstreamProcess(tmp)
         self.gateway_port = free_port()
-        self.admin_port = free_port()
+        self.admin_port = admin_port or free_port()
         self.routes = routes
         try:
             self.bastion = Bastion(tmp, "jwks_max_age = 2\n", env=env)
@@ -139,7 +164,12 @@ class GatewayStack:
             self.bastion.config.write_text(
                 self.bastion.config.read_text()
                 + gateway_toml(
-                    self.bastion.issuer, self.gateway_port, self.admin_port, self.upstream.port, routes
+                    self.bastion.issuer,
+                    self.gateway_port,
+                    self.admin_port,
+                    self.upstream.port,
+                    routes,
+                    issuer_options,
                 )
             )
             self.reader = self._client("reader", "orders:read")
