@@ -34,7 +34,9 @@ from bastion.types import Send
 
 log = logging.getLogger("bastion.server")
 
-_SENSITIVE_QUERY = re.compile(rb"(?:^|&)(?:client_secret|token|refresh_token|code|code_verifier|password)=", re.I)
+_SENSITIVE_QUERY = re.compile(
+    rb"(?:^|&)(?:client_secret|token|refresh_token|code|code_verifier|password)=", re.I
+)
 
 Handler = Callable[[Services, dict[str, str], str | None], Awaitable[dict[str, Any]]]
 

@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from bastion.ops.audit import AuditLog
-from bastion.protocol.errors import UnauthorizedClient
 from bastion.protocol import jose
+from bastion.protocol.errors import UnauthorizedClient
 from bastion.protocol.models import Client
 from bastion.protocol.models import StoredAccessToken
 from bastion.protocol.models import TokenClaims
