@@ -84,22 +84,8 @@ def test_every_subcommand_help_reads_well(path: tuple[str, ...], command: click.
                 assert opt in output
 
 
-#: Summaries click cuts with "..." in the group listing (the docstring's first sentence is longer
-#: than the listing allows and the command sets no ``short_help``).
-CUT_SUMMARIES: set[tuple[str, ...]] = set()
-
 SUBCOMMANDS = [
-    pytest.param(
-        (*path, name),
-        id=" ".join((*path, name)),
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason=f"bastion {' '.join(path)} --help cuts the summary of {name!r}: "
-            "src/bastion/cli/main.py needs short_help= on that command",
-        )
-        if (*path, name) in CUT_SUMMARIES
-        else (),
-    )
+    pytest.param((*path, name), id=" ".join((*path, name)))
     for path, command in COMMANDS
     if isinstance(command, click.Group)
     for name in command.commands
