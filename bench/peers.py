@@ -6,6 +6,10 @@ pid file, logs and temp directories under ``bench/.work``, listening on 127.0.0.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -155,13 +159,23 @@ def haproxy(
 
 
 def versions() -> dict[str, str]:
-    """Versions of the peers and of wrk, as they report them."""
-    out: dict[str, str] = {}
-    for name, argv in {
-        "nginx": [binary("nginx"), "-v"],
-        "haproxy": [binary("haproxy"), "-v"],
-        "wrk": [binary("wrk"), "-v"],
-    }.items():
-        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-        out[name] = (proc.stdout + proc.stderr).strip().splitlines()[0] if (proc.stdout + proc.stderr) else ""
+    """Versions of the peers, wrk, node and Bastion's Python, as short strings."""
+    patterns = {
+        "nginx": ([binary("nginx"), "-v"], r"nginx/(\S+)"),
+        "haproxy": ([binary("haproxy"), "-v"], r"HAProxy version (\S+)"),
+        "wrk": ([binary("wrk"), "-v"], r"wrk (\S+)"),
+        "node": (["node", "--version"], r"v(\S+)"),
+    }
+    out: dict[str, str] = {"python": platform.python_version()}
+    for name, (argv, pattern) in patterns.items():
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        except OSError:
+            continue
+        found = re.search(pattern, proc.stdout + proc.stderr)
+        if found:
+            out[name] = found.group(1).removeprefix("debian/")
+    for package in ("bastion", "uvloop", "cryptography"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[package] = importlib.metadata.version(package)
     return out

@@ -21,30 +21,49 @@ from rounds import Timing
 from wrk import wrk_command
 
 
+def _file_of(frame: str) -> str:
+    """``bastion/gateway/server.py`` from ``FrontProtocol.write (bastion/gateway/server.py:269)``."""
+    inside = frame.rpartition(" (")[2].rstrip(")")
+    return inside.rpartition(":")[0] or inside
+
+
 def summarise(collapsed: str, top: int = 15) -> dict[str, Any]:
-    """Self and total sample counts per function from py-spy's ``raw`` output."""
+    """Self and total sample shares per function, and self share per file, from py-spy ``raw``.
+
+    The ``process …`` root frame is dropped. ``total_pct`` lists Bastion's own functions only,
+    without the CLI start-up frames every sample shares, so it reads as "time under X".
+    """
     self_counts: Counter[str] = Counter()
     total_counts: Counter[str] = Counter()
+    file_counts: Counter[str] = Counter()
     samples = 0
     for line in collapsed.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [frame for frame in stack.split(";") if frame]
+        frames = [frame for frame in stack.split(";") if frame and not frame.startswith("process ")]
         if not frames:
             continue
         samples += count
         self_counts[frames[-1]] += count
+        file_counts[_file_of(frames[-1])] += count
         for frame in set(frames):
-            total_counts[frame] += count
+            path = _file_of(frame)
+            if path.startswith("bastion/") and not path.startswith("bastion/cli/"):
+                total_counts[frame] += count
 
     def share(counter: Counter[str]) -> list[tuple[str, float]]:
         return (
             [(name, round(100 * n / samples, 1)) for name, n in counter.most_common(top)] if samples else []
         )
 
-    return {"samples": samples, "self_pct": share(self_counts), "total_pct": share(total_counts)}
+    return {
+        "samples": samples,
+        "self_pct": share(self_counts),
+        "total_pct": share(total_counts),
+        "self_by_file_pct": share(file_counts),
+    }
 
 
 def profile_targets(
@@ -105,5 +124,8 @@ def profile_targets(
         results[target.key] = summary
         log(f"  {target.key}: {summary['samples']} samples; top self time:")
         for name, pct in summary["self_pct"][:10]:
+            log(f"    {pct:5.1f}%  {name}")
+        log("  self time by file:")
+        for name, pct in summary["self_by_file_pct"][:8]:
             log(f"    {pct:5.1f}%  {name}")
     return results

@@ -42,6 +42,8 @@ class Row:
     #: Largest share over the rounds of the server core's time taken by other work
     #: (see ``rounds.CoreAccount``); ``None`` when not measured.
     other_load: float | None = None
+    #: Median over the rounds of the share of its core the server under test used.
+    server_cpu: float | None = None
 
     @classmethod
     def from_rounds(
@@ -54,6 +56,7 @@ class Row:
         baseline: str | None = None,
         note: str = "",
         other_load: Sequence[float] = (),
+        server_cpu: Sequence[float] = (),
     ) -> Row:
         """Medians of req/s, p50 and p99 over ``rounds`` (each taken separately)."""
         if not rounds:
@@ -70,6 +73,7 @@ class Row:
             baseline=baseline,
             note=note,
             other_load=max(other_load) if other_load else None,
+            server_cpu=statistics.median(server_cpu) if server_cpu else None,
         )
 
 
@@ -97,7 +101,18 @@ class Table:
 
     def render(self) -> str:
         """A plain-text table (also valid Markdown)."""
-        header = ("configuration", "alg", "req/s", "p50 ms", "p99 ms", "ratio", "vs", "errors", "other load")
+        header = (
+            "configuration",
+            "alg",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "ratio",
+            "vs",
+            "errors",
+            "server CPU",
+            "other load",
+        )
         lines = [
             [
                 row.name,
@@ -108,12 +123,13 @@ class Table:
                 "-" if (ratio := self.ratio(row)) is None else f"{ratio:.2f}x",
                 "-" if row.baseline is None else self._name(row.baseline),
                 str(row.errors),
+                "-" if row.server_cpu is None else f"{row.server_cpu:.0%}",
                 "-" if row.other_load is None else f"{row.other_load:.0%}",
             ]
             for row in self.rows
         ]
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-        right = {2, 3, 4, 5, 7, 8}
+        right = {2, 3, 4, 5, 7, 8, 9}
 
         def fmt(cells: Sequence[str]) -> str:
             padded = [
@@ -238,3 +254,42 @@ def save(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def load(path: Path) -> tuple[dict[str, Table], list[dict[str, Any]], dict[str, Any]]:
+    """Tables, goals and the whole payload of a saved results file."""
+    data = json.loads(path.read_text())
+    tables: dict[str, Table] = {}
+    for name, suite in data["suites"].items():
+        table = Table(name, suite["title"], notes=list(suite["notes"]))
+        for raw in suite["rows"]:
+            fields = {k: v for k, v in raw.items() if k != "ratio"}
+            fields["rounds_rps"] = tuple(fields["rounds_rps"])
+            table.rows.append(Row(**fields))
+        tables[name] = table
+    return tables, data["goals"], data
+
+
+def render_markdown(path: Path) -> str:
+    """A saved run as Markdown: its tables, then its goals (for ``docs/performance.md``)."""
+    tables, goals, data = load(path)
+    out = [table.render() + "\n" for table in tables.values()]
+    out.append("### Goals\n")
+    out.append("| goal | result | measured |")
+    out.append("|---|---|---|")
+    for goal in goals:
+        status = {True: "met", False: "**not met**", None: "not measured"}[goal["met"]]
+        out.append(f"| {goal['goal']} | {status} | {goal['detail']} |")
+    timing = data.get("timing", {})
+    out.append(
+        f"\n{timing.get('rounds')} rounds x {timing.get('seconds')} s per row after {timing.get('warmup')} s "
+        f"warm-up; {data['environment']['cpus']}; versions: "
+        + ", ".join(f"{k} {v}" for k, v in data.get("versions", {}).items())
+    )
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(render_markdown(Path(sys.argv[1])))

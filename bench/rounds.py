@@ -60,6 +60,8 @@ class Target:
     results: list[WrkResult] = field(default_factory=list)
     #: Per round: share of the server core's time used by anything but the server under test.
     foreign_load: list[float] = field(default_factory=list)
+    #: Per round: share of the server core's time used by the server under test.
+    server_cpu: list[float] = field(default_factory=list)
 
 
 class CoreAccount:
@@ -75,6 +77,12 @@ class CoreAccount:
         self.service = service
         self.busy, self.total = core_ticks(core)
         self.server = service.cpu_ticks()
+
+    def server_share(self) -> float:
+        """Share of the core's ticks the server's processes used since the account opened."""
+        _, total = core_ticks(self.core)
+        elapsed = total - self.total
+        return (self.service.cpu_ticks() - self.server) / elapsed if elapsed > 0 else 0.0
 
     def foreign(self) -> float:
         busy, total = core_ticks(self.core)
@@ -110,13 +118,23 @@ def expect_status(
     return body
 
 
-def _measure(target: Target, timing: Timing) -> tuple[WrkResult, float | None]:
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    """Shares of the server core during one measured round."""
+
+    #: Taken by other processes (or stolen by the hypervisor).
+    other: float
+    #: Used by the server under test (below 1.0: it was not CPU-bound on its core).
+    server: float
+
+
+def _measure(target: Target, timing: Timing) -> tuple[WrkResult, CpuUse | None]:
     """Warm up, then measure; retry a round whose server core was busy with other work.
 
     Up to ``timing.retries`` more attempts are made while more than ``timing.max_other_load`` of
     the server core went to other processes; the attempt with the least other load is kept.
     """
-    best: tuple[WrkResult, float | None] | None = None
+    best: tuple[WrkResult, CpuUse | None] | None = None
     for attempt in range(timing.retries + 1):
         if timing.warmup > 0:
             run_wrk(
@@ -142,11 +160,12 @@ def _measure(target: Target, timing: Timing) -> tuple[WrkResult, float | None]:
             threads=target.threads,
             cores=target.wrk_cores,
         )
-        foreign = account.foreign() if account is not None else None
-        if best is None or (foreign is not None and best[1] is not None and foreign < best[1]):
-            best = (result, foreign)
-        if foreign is None or foreign <= timing.max_other_load:
+        use = CpuUse(account.foreign(), account.server_share()) if account is not None else None
+        if best is None or (use is not None and best[1] is not None and use.other < best[1].other):
+            best = (result, use)
+        if use is None or use.other <= timing.max_other_load:
             break
+        foreign = use.other
         if attempt < timing.retries:
             print(
                 f" [core {target.server_core} {foreign:.0%} busy with other work: again]", end="", flush=True
@@ -180,17 +199,18 @@ def run_rounds(
             if target.before is not None:
                 target.before()
             try:
-                result, foreign = _measure(target, timing)
+                result, use = _measure(target, timing)
             finally:
                 if target.after is not None:
                     target.after()
             target.results.append(result)
-            if foreign is not None:
-                target.foreign_load.append(foreign)
+            if use is not None:
+                target.foreign_load.append(use.other)
+                target.server_cpu.append(use.server)
             errors = f", {result.errors} errors" if result.errors else ""
             foreign = (
-                f", core {target.server_core} {target.foreign_load[-1]:.0%} other load"
-                if target.foreign_load and len(target.foreign_load) == len(target.results)
+                f", server {use.server:.0%} of core {target.server_core}, {use.other:.0%} other load"
+                if use is not None
                 else ""
             )
             print(

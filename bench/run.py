@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                         baseline=target.baseline,
                         note=target.note,
                         other_load=target.foreign_load,
+                        server_cpu=target.server_cpu,
                     )
                 )
             tables[table.suite] = table

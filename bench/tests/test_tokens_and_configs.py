@@ -85,9 +85,20 @@ def test_soak_verdict() -> None:
     assert not is_flat(growing)[0]
 
 
-def test_profile_summary_counts_self_and_total() -> None:
-    raw = "main (a.py:1);loop (b.py:2);verify (c.py:3) 30\nmain (a.py:1);loop (b.py:2) 10\nbad line\n"
+def test_profile_summary_counts_self_total_and_files() -> None:
+    raw = (
+        'process 1:"python";main (bastion/cli/main.py:1);loop (bastion/gateway/server.py:2);'
+        "verify (bastion/protocol/jose.py:3) 30\n"
+        'process 1:"python";main (bastion/cli/main.py:1);loop (bastion/gateway/server.py:2) 10\n'
+        "bad line\n"
+    )
     summary = summarise(raw)
     assert summary["samples"] == 40
-    assert summary["self_pct"][0] == ("verify (c.py:3)", 75.0)
-    assert dict(summary["total_pct"])["loop (b.py:2)"] == 100.0
+    assert summary["self_pct"][0] == ("verify (bastion/protocol/jose.py:3)", 75.0)
+    totals = dict(summary["total_pct"])
+    assert totals["loop (bastion/gateway/server.py:2)"] == 100.0
+    assert "main (bastion/cli/main.py:1)" not in totals
+    assert dict(summary["self_by_file_pct"]) == {
+        "bastion/protocol/jose.py": 75.0,
+        "bastion/gateway/server.py": 25.0,
+    }
