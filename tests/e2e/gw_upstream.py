@@ -57,13 +57,23 @@ class RecordingHandler(BaseHTTPRequestHandler):
         """Quiet: the JSON-lines record is the log."""
 
 
+class RecordingServer(ThreadingHTTPServer):
+    """Threaded server that treats a peer resetting a kept-alive connection as routine."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 def main(argv: list[str]) -> None:
     """Serve until SIGTERM."""
     record, port_file = Path(argv[1]), Path(argv[2])
     RecordingHandler.record_path = record
     record.touch()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RecordingHandler)
-    server.daemon_threads = True
+    server = RecordingServer(("127.0.0.1", 0), RecordingHandler)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     tmp = port_file.with_suffix(".tmp")
     tmp.write_text(str(server.server_address[1]))

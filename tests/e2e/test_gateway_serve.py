@@ -95,10 +95,8 @@ def header_values(record: dict[str, object], name: str) -> list[str]:
 
 def raw_get(stack: GatewayStack, target: bytes, token: str | None, probe_id: str, extra: bytes = b"") -> int:
     auth = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
-    request = (
-        b"GET " + target + b" HTTP/1.1\r\nHost: e2e\r\n" + auth + b"X-Probe: " + probe_id.encode() + b"\r\n"
-        b"" + extra + b"Connection: close\r\n\r\n"
-    )
+    head = b"GET " + target + b" HTTP/1.1\r\nHost: e2e\r\n" + auth
+    request = head + b"X-Probe: " + probe_id.encode() + b"\r\n" + extra + b"Connection: close\r\n\r\n"
     status, _, _ = raw_request(stack.gateway_port, request)
     return status
 
