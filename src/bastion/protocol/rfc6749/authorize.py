@@ -172,6 +172,11 @@ def match_redirect_uri(registered: Iterable[str], requested: str) -> str | None:
     candidates = tuple(registered)
     if requested in candidates:
         return requested
+    # urlsplit silently drops tabs and newlines (WHATWG URL parsing), so "http://127.0.0.1:8\t0/x"
+    # would compare as port 80 while the raw string, not what was compared, is redirected to.
+    # RFC 3986 §2 has no place for controls or spaces in a URI: refuse them outright.
+    if any(ch <= " " or ch == "\x7f" for ch in requested):
+        return None
     try:
         asked = urlsplit(requested)
         asked_port = asked.port
