@@ -451,14 +451,6 @@ def test_key_rotation_mid_traffic_fails_no_request(tmp_path: Path, stopping: Sto
         retire(stack, stopping)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with the default jwks_refetch_cooldown (30 s) a key rotated with a publish delay above "
-    "the JWKS max-age (3 s > 2 s) is still refused: (1) the authorization server loads keys "
-    "written by `bastion keys rotate` only on its 10 s refresh, so the key is first published "
-    "when it already signs; (2) the gateway's background refresh is held to the refetch "
-    "cooldown, so a JWKS max-age below 30 s is not honoured",
-)
 def test_key_rotation_with_default_gateway_settings(tmp_path: Path, stopping: Stopping) -> None:
     stack = GatewayStack(tmp_path / "stack")
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from bastion.services.crypto import SealError
 from bastion.services.keys import KeyPolicy
 from bastion.services.keys import KeyService
 from bastion.services.keys import KeyState
+from bastion.storage.fast.memory import MemoryState
 from bastion.storage.open import Stores
 from bastion.storage.open import open_stores
 from bastion.storage.sql.migrate import migrate
@@ -66,7 +68,11 @@ async def test_rotation_publishes_first_then_signs_then_retires_then_expires(sto
     assert new.kid in {k["kid"] for k in keys.jwks()["keys"]}, "published at once"
     assert keys.signing_key("ES256").kid == old.kid, "not signing before the publish delay"
 
+    # Signing starts one refresh interval (10 s) plus the publish delay after creation: every
+    # process serves the key for the whole delay.
     clock.now += 600
+    assert keys.signing_key("ES256").kid == old.kid
+    clock.now += 10
     assert keys.signing_key("ES256").kid == new.kid
     [old_record] = [k for k in keys.all_keys() if k.kid == old.kid]
     assert keys.state(old_record) is KeyState.RETIRED
@@ -141,3 +147,25 @@ def test_sealer_binds_context_and_hashes_in_constant_time() -> None:
     assert not sealer.verify_secret("s3cret!", stored)
     with pytest.raises(ValueError, match="at least"):
         Sealer(b"short")
+
+
+async def test_other_processes_load_an_announced_key_at_once(stores: Stores) -> None:
+    clock = Clock()
+    state = MemoryState()
+    policy = KeyPolicy(
+        algorithms=("ES256",), rotation_period=30 * 86400, publish_delay=600, retention=960, jwks_max_age=600
+    )
+    a = KeyService(stores.keys, Sealer(KEK), policy, clock=clock, state=state, refresh_interval=3600)
+    b = KeyService(stores.keys, Sealer(KEK), policy, clock=clock, state=state, refresh_interval=3600)
+    await a.load()
+    await a.ensure()
+    await b.load()
+    b.start()
+    await asyncio.sleep(0.05)  # b is subscribed
+    new = await a.rotate("ES256")
+    for _ in range(100):
+        if new.kid in {k["kid"] for k in b.jwks()["keys"]}:
+            break
+        await asyncio.sleep(0.01)
+    assert new.kid in {k["kid"] for k in b.jwks()["keys"]}, "published by b long before its hourly refresh"
+    await b.close()

@@ -409,7 +409,9 @@ async def test_stale_keys_refresh_in_background(
     assert issuer.hits["/jwks.json"] == 2
 
 
-@pytest.mark.parametrize(("cache_control", "stale_after"), [("public, max-age=40", 40), ("max-age=9000", 600)])
+@pytest.mark.parametrize(
+    ("cache_control", "stale_after"), [("public, max-age=40", 40), ("max-age=9000", 600), ("max-age=2", 2)]
+)
 async def test_jwks_max_age_bounds_freshness(
     issuer: Issuer, clock: Clock, cache_control: str, stale_after: float
 ) -> None:

@@ -31,7 +31,12 @@ from bastion.protocol.models import SigningKey
 from bastion.services.crypto import Sealer
 from bastion.services.crypto import SealError
 from bastion.storage.protocols import Conflict
+from bastion.storage.protocols import FastState
 from bastion.storage.protocols import KeyStore
+from bastion.storage.protocols import StorageError
+
+#: Fast-state channel on which a process announces a key it created (the ``kid``).
+KEYS_CHANNEL = "signing-keys"
 
 
 class KeyState(StrEnum):
@@ -80,8 +85,10 @@ class KeyService:
         *,
         clock: Callable[[], float] = time.time,
         refresh_interval: float = 10.0,
+        state: FastState | None = None,
     ) -> None:
         self._store = store
+        self._state = state
         self._sealer = sealer
         self.policy = policy
         self._clock = clock
@@ -130,7 +137,12 @@ class KeyService:
     async def rotate(
         self, alg: str, *, publish_delay: float | None = None, generation: int | None = None
     ) -> SigningKey:
-        """Create the next key for ``alg``; it signs after ``publish_delay`` seconds.
+        """Create the next key for ``alg``; it signs ``publish_delay`` seconds after every process
+        serves it.
+
+        Other processes learn of the key from a message on :data:`KEYS_CHANNEL`, or at the latest
+        on their next refresh, so a non-zero delay is counted from one refresh interval after
+        now: JWKS caches then hold the key for the whole delay before a token needs it.
 
         With ``generation``, the key is created only if no process created that generation
         first; otherwise the existing one is returned (the automatic schedule uses this so that
@@ -141,6 +153,8 @@ class KeyService:
             generation = 1 + max((k.generation for k in self._keys if k.alg == alg), default=0)
         now = self._clock()
         delay = self.policy.publish_delay if publish_delay is None else publish_delay
+        if delay > 0:
+            delay += self._refresh_interval
         private = jose.generate_private_key(alg)
         public = jose.public_jwk(private)
         kid = jose.thumbprint(public)[:16]
@@ -159,15 +173,36 @@ class KeyService:
             await self.load()  # another process created this generation first: use its key
             return next(k for k in self._keys if k.alg == alg and k.generation == generation)
         await self.load()
+        if self._state is not None:
+            with contextlib.suppress(StorageError):  # the periodic refresh covers a lost message
+                await self._state.publish(KEYS_CHANNEL, kid.encode())
         return key
 
     async def run(self) -> None:
-        """Reload keys and apply the rotation schedule every ``refresh_interval`` seconds."""
+        """Reload keys and apply the rotation schedule every ``refresh_interval`` seconds, and
+        reload at once when another process announces a new key."""
+        follower = None
+        if self._state is not None:
+            follower = asyncio.get_running_loop().create_task(self._follow(self._state))
+        try:
+            while True:
+                await asyncio.sleep(self._refresh_interval)
+                with contextlib.suppress(Exception):  # a store outage must not stop signing
+                    await self.load()
+                    await self.ensure()
+        finally:
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StorageError):
+                    await follower
+
+    async def _follow(self, state: FastState) -> None:
         while True:
-            await asyncio.sleep(self._refresh_interval)
-            with contextlib.suppress(Exception):  # a store outage must not stop signing
-                await self.load()
-                await self.ensure()
+            with contextlib.suppress(StorageError):
+                async for _ in state.subscribe(KEYS_CHANNEL):
+                    with contextlib.suppress(Exception):
+                        await self.load()
+            await asyncio.sleep(self._refresh_interval)  # the store went away: retry later
 
     def start(self) -> None:
         """Start the periodic refresh on the running loop."""

@@ -4,11 +4,12 @@ bounded rate, and kept when the issuer goes away.
 Invariants:
 
 * At most one fetch is in flight; every caller that needs it awaits the same task.
-* A fetch is *started* at most once per ``refetch_cooldown`` (successful or not), whatever
-  the callers ask: a flood of tokens with made-up ``kid`` values costs at most one JWKS request
-  per cooldown.
+* A fetch that a token asks for (unknown ``kid``) is *started* at most once per
+  ``refetch_cooldown`` (successful or not): a flood of tokens with made-up ``kid`` values costs
+  at most one JWKS request per cooldown.
 * Keys are fresh for ``cache_ttl``, or less when the JWKS response's ``Cache-Control: max-age``
-  says so; stale keys are refreshed in the background (still within the cooldown).
+  says so; stale keys are refreshed in the background, at most once per freshness period (and
+  never more than once a second), whatever the cooldown.
 * Once keys were fetched, failures never take them away: stale keys keep verifying until the
   issuer answers again.
 * The JWKS location comes from configuration or the issuer's metadata, never from a token.
@@ -29,6 +30,8 @@ from bastion.tokens._http import DEFAULT_TIMEOUT
 from bastion.tokens._http import Http
 from bastion.tokens._http import discover
 from bastion.tokens._keys import KeySet
+
+_MIN_REFRESH: Final = 1.0
 
 DEFAULT_CACHE_TTL: Final = 600.0
 DEFAULT_REFETCH_COOLDOWN: Final = 30.0
@@ -94,7 +97,13 @@ class JWKSKeySource:
             if self._inflight is not None or may_start:
                 return await self._shared_fetch(now)
             return keys
-        if now - self._fetched_at >= self._fresh_for and self._inflight is None and may_start:
+        # A scheduled refresh is paced by the keys' freshness (at least a second apart), not by
+        # the cooldown: that one limits fetches that *tokens* can trigger.
+        if (
+            now - self._fetched_at >= self._fresh_for
+            and self._inflight is None
+            and now - self._attempted_at >= min(self._cooldown, max(self._fresh_for, _MIN_REFRESH))
+        ):
             self._start(now)  # stale: refresh in the background, answer with what we have
         return keys
 
