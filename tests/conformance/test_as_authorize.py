@@ -8,6 +8,8 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
+
+from bastion.protocol.rfc7636 import s256
 from tests.conformance.test_as_harness import ClockedHarness
 from tests.conformance.test_as_harness import make_clocked_harness
 from tests.people.flows import query
@@ -17,8 +19,6 @@ from tests.people.test_endpoints import authorize_url
 from tests.people.test_endpoints import code_for
 from tests.people.test_endpoints import exchange
 from tests.people.test_endpoints import login
-
-from bastion.protocol.rfc7636 import s256
 
 
 @pytest.fixture
@@ -334,6 +334,19 @@ def test_prompt_login_forces_a_new_sign_in(harness: ClockedHarness) -> None:
     _signed_in(harness)
     response = harness.client.get(authorize_url(prompt="login"))
     assert response.headers["location"].startswith("/login?tx=")
+
+
+def test_max_age_zero_forces_a_new_sign_in_even_at_once(harness: ClockedHarness) -> None:
+    # OIDC Core §3.1.2.1: "Note that max_age=0 is equivalent to prompt=login."
+    _signed_in(harness)
+    response = harness.client.get(authorize_url(max_age="0"))
+    assert response.headers["location"].startswith("/login?tx=")
+    response = harness.client.get(authorize_url(max_age="0", prompt="none"))
+    assert query(response.headers["location"])["error"] == "login_required"
+    # Signing in again for the request completes it (no loop back to the login page).
+    response = login(harness, authorize_url(max_age="0"))
+    response = harness.client.get(response.headers["location"])
+    assert set(query(response.headers["location"])) == {"code", "state", "iss"}
 
 
 def test_max_age_elapsed_forces_a_new_sign_in_and_auth_time_follows(harness: ClockedHarness) -> None:

@@ -354,10 +354,12 @@ def required_interaction(
     else:
         # OIDC Core §3.1.2.1 prompt=login: "The Authorization Server SHOULD prompt the End-User
         # for reauthentication." max_age: "If the elapsed time is greater than this value, the
-        # OP MUST attempt to actively re-authenticate the End-User."
+        # OP MUST attempt to actively re-authenticate the End-User ... Note that max_age=0 is
+        # equivalent to prompt=login" (even within the second the user signed in).
         need_login = (
             auth_time is None
             or "login" in request.prompt
+            or request.max_age == 0
             or (request.max_age is not None and now - auth_time > request.max_age)
         )
     if need_login:
