@@ -239,6 +239,9 @@ class GatewayHandler:
             retry=route.may_retry(exchange.method),
             response_headers=response_filter(request_id, self._rules.server),
             on_complete=functools.partial(self._complete, route, exchange, None, None),
+            # scan_request dropped the client fields named in Connection; the headers set here
+            # (identity, X-Forwarded-*) must reach the upstream whatever the client names.
+            connection_filtered=True,
         )
 
     def _reply(

@@ -13,7 +13,8 @@ Invariants:
 * The handler sees the request head only; bodies stream through the engine untouched.
 * Header names are lower-cased bytes; values are bytes exactly as received (no decoding).
 * ``Forward.headers`` is the complete set the upstream will see, apart from framing headers
-  (``content-length`` / ``transfer-encoding`` / ``connection`` / ``host``) that the engine owns.
+  (``content-length`` / ``transfer-encoding`` / ``connection`` / ``host``) that the engine owns
+  and, unless ``Forward.connection_filtered``, the fields the client's ``Connection`` names.
 * ``Forward.response_headers`` filters what goes back to the client (hide ``server`` etc.).
 """
 
@@ -94,6 +95,12 @@ class Forward:
     #: Called with the upstream's status and headers; returns the headers the client gets.
     response_headers: Callable[[int, Headers], Headers] | None = None
     on_complete: Callable[[Outcome], None] | None = None
+    #: ``True`` when the handler already removed the client fields its ``Connection`` header
+    #: names (RFC 9110 §7.6.1). The engine then drops nothing more from :attr:`headers` on that
+    #: account, so a client cannot make it drop a field the handler set itself (Traefik
+    #: CVE-2024-45410: ``Connection: X-Forwarded-For``). ``False``: the engine removes every
+    #: field named in the client's ``Connection`` from :attr:`headers`.
+    connection_filtered: bool = False
 
 
 Decision = Reply | Forward

@@ -325,7 +325,7 @@ class Exchange:
                     host if host is not None else conn.target.address.encode(),
                     content_length=request.content_length,
                     chunked=request.chunked,
-                    dropped=request.connection,
+                    dropped=frozenset() if forward.connection_filtered else request.connection,
                 )
             except ValueError:
                 _log.exception("gateway forward has an invalid header")
