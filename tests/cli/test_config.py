@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from tests.cli.conftest import Invoke
-from tests.cli.conftest import make_invoke
 
 from bastion.cli.main import cli
 from bastion.settings import describe
+from tests.cli.conftest import Invoke
+from tests.cli.conftest import make_invoke
 
 
 def test_check_valid_prints_the_effective_settings(invoke: Invoke, config_file: Path) -> None:
@@ -65,6 +65,8 @@ def test_check_with_a_gateway_section(tmp_path: Path) -> None:
     gateway = json.loads(result.stdout)["gateway"]
     assert gateway["routes"][0]["scopes"] == {"GET": ["read"]}
     assert gateway["upstreams"]["app"]["targets"] == ["127.0.0.1:9000"]
+    # Where the secret lives is not a secret: operators need to see it.
+    assert gateway["issuers"][0]["introspection"]["client_secret_env"] == "GW_SECRET"
 
 
 def test_check_unknown_key_names_the_key_and_the_file(tmp_path: Path) -> None:

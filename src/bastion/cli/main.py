@@ -71,7 +71,9 @@ def _masked(value: Any, key: str = "") -> Any:
         return {k: _masked(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [_masked(v, key) for v in value]
-    if isinstance(value, str) and ("secret" in key or "password" in key or ("://" in value and "@" in value)):
+    # client_secret_env / client_secret_file name where a secret is, not the secret itself.
+    secret_key = key.endswith(("secret", "password"))
+    if isinstance(value, str) and (secret_key or ("://" in value and "@" in value)):
         if "://" in value and "@" in value:
             scheme, rest = value.split("://", 1)
             creds, host = rest.rsplit("@", 1)

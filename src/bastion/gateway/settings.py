@@ -300,7 +300,7 @@ class GatewaySettings(_Frozen):
     listen: str = "127.0.0.1:8080"
     """``host:port`` of the public listener."""
     admin_listen: str | None = "127.0.0.1:9100"
-    """``host:port`` of the admin listener (``/metrics``, ``/healthz``); ``None`` disables it.
+    """``host:port`` of the admin listener (``/metrics``, ``/healthz``); ``""`` disables it.
     Keep it off the public network. With ``bastion serve --workers N``, worker ``n`` listens on
     this port plus ``n`` (each process's metrics are its own scrape target)."""
     tls_cert: str | None = None
@@ -319,7 +319,7 @@ class GatewaySettings(_Frozen):
     """``Server`` header on responses (the upstream's is always hidden); ``None`` sends none."""
     access_log: str | None = "-"
     """Where the JSON-lines access log goes: ``"-"`` for stdout, a file path (opened for append
-    by the CLI), or ``None`` for no access log."""
+    by the CLI; relative paths are in the data dir), or ``""`` for no access log."""
     access_log_flush_lines: int = Field(default=256, ge=1, le=1_000_000)
     """Access-log lines buffered before a write."""
     access_log_flush_interval: Seconds = 0.1
@@ -339,7 +339,12 @@ class GatewaySettings(_Frozen):
     @field_validator("listen", "admin_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
-        return None if value is None else _host_port(value)
+        return None if value is None or value == "" else _host_port(value)
+
+    @field_validator("access_log")
+    @classmethod
+    def _access_log(cls, value: str | None) -> str | None:
+        return value or None  # TOML has no null: "" turns the log off
 
     @field_validator("strip_headers")
     @classmethod
