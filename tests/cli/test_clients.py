@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+
 from tests.cli.conftest import Invoke
 
 #: Keys of ``--json`` output every tool may rely on (``client_secret`` only on create/rotate).

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import Result
+
 from tests.cli.conftest import Invoke
 from tests.cli.conftest import make_invoke
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from tests.e2e.gw_stack import ROUTES
 from tests.e2e.gw_stack import GatewayStack
 from tests.e2e.gw_stack import KeepAliveClient

@@ -10,6 +10,7 @@ import requests
 from authlib.integrations.requests_client import OAuth2Session
 from joserfc import jwt
 from joserfc.jwk import KeySet
+
 from tests.e2e.harness import Bastion
 
 pytestmark = pytest.mark.slow

@@ -9,11 +9,11 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 from starlette.testclient import TestClient
+
+from bastion.protocol.models import TokenFormat
 from tests.server.conftest import ISSUER
 from tests.server.conftest import Server
 from tests.server.conftest import register
-
-from bastion.protocol.models import TokenFormat
 
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 

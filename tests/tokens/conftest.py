@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+
 from tests.tokens.tokens_helpers import Attacker
 from tests.tokens.tokens_helpers import Clock
 from tests.tokens.tokens_helpers import Issuer

@@ -8,9 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from tests.tokens.tokens_helpers import AUDIENCE
-from tests.tokens.tokens_helpers import Clock
-from tests.tokens.tokens_helpers import Issuer
 
 from bastion.tokens import Introspector
 from bastion.tokens import IssuerUnavailable
@@ -20,6 +17,9 @@ from bastion.tokens import TokenTooLarge
 from bastion.tokens import WrongAudience
 from bastion.tokens import WrongIssuer
 from bastion.tokens import WrongType
+from tests.tokens.tokens_helpers import AUDIENCE
+from tests.tokens.tokens_helpers import Clock
+from tests.tokens.tokens_helpers import Issuer
 
 pytestmark = pytest.mark.anyio
 

@@ -11,10 +11,6 @@ from typing import Any
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
-from tests.tokens.tokens_helpers import AUDIENCE
-from tests.tokens.tokens_helpers import Attacker
-from tests.tokens.tokens_helpers import Clock
-from tests.tokens.tokens_helpers import Issuer
 
 from bastion.protocol import jose
 from bastion.tokens import RFC9068_REQUIRED_CLAIMS
@@ -36,6 +32,10 @@ from bastion.tokens import UnsupportedHeader
 from bastion.tokens import WrongAudience
 from bastion.tokens import WrongIssuer
 from bastion.tokens import WrongType
+from tests.tokens.tokens_helpers import AUDIENCE
+from tests.tokens.tokens_helpers import Attacker
+from tests.tokens.tokens_helpers import Clock
+from tests.tokens.tokens_helpers import Issuer
 
 pytestmark = pytest.mark.anyio
 
