@@ -10,7 +10,10 @@ Request side, in one pass over the client's headers (:func:`scan_request`):
   family, the configured ``strip_headers`` and the forwarding headers (``Forwarded``,
   ``X-Forwarded-*``, ``X-Real-IP``, ``X-Request-Id``), which are then set again from facts the
   gateway trusts (:func:`forward_headers`);
-* ``Authorization`` is held aside and forwarded only when the route says so.
+* ``Authorization`` is held aside and forwarded only when the route says so;
+* a name that spells one of the above with ``_`` for ``-`` (``X_Bastion_Subject``,
+  ``x_forwarded_for``) is dropped too: CGI and WSGI servers map ``-`` and ``_`` to the same
+  ``HTTP_X_BASTION_SUBJECT`` variable, which is why nginx and Envoy single out underscores.
 
 The client address is the socket peer, unless the peer is a trusted proxy: then
 ``X-Forwarded-For`` is walked from the right, skipping trusted proxies, and the first untrusted
@@ -141,6 +144,18 @@ class HeaderRules:
         )
 
 
+def _reserved(name: bytes, strip: frozenset[bytes]) -> bool:
+    """Whether ``name`` is one the gateway removes, owns or sets itself."""
+    return (
+        name in HOP_BY_HOP
+        or name in _ENGINE_OWNED
+        or name in _FORWARDING
+        or name == b"authorization"
+        or name.startswith(_IDENTITY_PREFIX)
+        or name in strip
+    )
+
+
 def scan_request(headers: Headers, rules: HeaderRules) -> ScannedHeaders:
     """One pass over the client's headers (lower-cased names, see ``contract.py``)."""
     out = ScannedHeaders()
@@ -166,6 +181,8 @@ def scan_request(headers: Headers, rules: HeaderRules) -> ScannedHeaders:
             elif name == b"x-request-id":
                 out.request_id = value
         elif not name.startswith(_IDENTITY_PREFIX) and name not in strip:
+            if b"_" in name and _reserved(name.replace(b"_", b"-"), strip):
+                continue  # ``X_Bastion_Subject``: the same CGI variable as the real header
             kept.append((name, value))
     if connection:
         named = {token.strip().lower() for value in connection for token in value.split(b",")}
