@@ -19,17 +19,6 @@ from typing import Any
 
 import orjson
 from starlette.testclient import TestClient
-from tests.people.flows import PASSWORD
-from tests.people.support import CHEAP_PASSWORDS
-from tests.people.support import KEK
-from tests.people.support import Clock
-from tests.people.support import web_client
-from tests.people.test_endpoints import ISSUER
-from tests.people.test_endpoints import Harness
-from tests.people.test_endpoints import _migrate
-from tests.people.test_endpoints import authorize_url
-from tests.people.test_endpoints import code_for
-from tests.people.test_endpoints import exchange
 
 from bastion.ops.audit import AuditLog
 from bastion.protocol import jose
@@ -43,6 +32,19 @@ from bastion.services.users import create_role
 from bastion.services.users import create_user
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.open import open_stores
+from tests.people.flows import PASSWORD
+from tests.people.flows import query
+from tests.people.support import CHEAP_PASSWORDS
+from tests.people.support import KEK
+from tests.people.support import Clock
+from tests.people.support import web_client
+from tests.people.test_endpoints import ISSUER
+from tests.people.test_endpoints import Harness
+from tests.people.test_endpoints import _migrate
+from tests.people.test_endpoints import authorize_url
+from tests.people.test_endpoints import code_for
+from tests.people.test_endpoints import consent
+from tests.people.test_endpoints import exchange
 
 #: The redirect URI of the confidential client ``conf``.
 CONF_REDIRECT = "https://conf.example/cb"
@@ -108,6 +110,18 @@ def make_clocked_harness(
         )
         yield harness
     asyncio.run(stores.close())
+
+
+def obtain_code(harness: Harness, url: str | None = None) -> str:
+    """A code for ``url``, signing in and consenting only when the server asks for it."""
+    response = harness.client.get(url or authorize_url())
+    assert response.status_code == 302, response.text
+    location = response.headers["location"]
+    if location.startswith("/login"):
+        return code_for(harness, url)
+    if location.startswith("/consent"):
+        location = consent(harness, location).headers["location"]
+    return query(location)["code"]
 
 
 def claims_of(token: str) -> dict[str, Any]:
