@@ -18,7 +18,9 @@ Rules (RFC 3986 §3.3 ``path-abempty``, RFC 9112 §3.2 request-target):
   as §6.2.2.2 says is equivalent; every other escape is kept with upper-case hex (§6.2.2.1),
   except that escapes which would change the path's structure or are never legitimate are
   refused: ``%2F`` (``/``), ``%5C`` (``\\``), ``%3B`` (``;``), ``%00``-``%1F`` and ``%7F``
-  (controls), and ``%25`` followed by two hex digits (double encoding). Nothing is decoded twice.
+  (controls), and ``%25`` followed by two hex digits (double encoding), also when those digits
+  were themselves escaped (``%25%32%66``: triple encoding). Nothing is decoded twice, and the
+  canonical path is a fixed point: parsing it again changes nothing.
 * After decoding, dot segments (``.``, ``..``, including ``%2e`` forms) and empty segments
   (``//``) are refused; a single trailing ``/`` is kept, since it is meaningful to many servers.
 * The query is passed through byte for byte, but must not hold controls, space, ``#`` or bytes
@@ -41,6 +43,7 @@ _SIMPLE_PATH_RE: Final = re.compile(rb"^(?:/[" + _PCHAR_NO_PCT + rb"]+)*/?$")
 _PATH_CHARS_RE: Final = re.compile(rb"^[" + _PCHAR_NO_PCT + rb"%/]*$")
 _DOT_SEGMENT_RE: Final = re.compile(r"/\.\.?(?:/|$)")
 _BAD_QUERY_RE: Final = re.compile(rb"[\x00-\x20#\x7f-\xff]")
+_ESCAPED_ESCAPE_RE: Final = re.compile(r"%25[0-9A-Fa-f]{2}")
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 #: Escapes refused outright: structure-changing (``/ \\ ;``), the escape character itself when
@@ -145,6 +148,10 @@ def _canonical_path(raw: bytes) -> str:
             out += b"%%%02X" % value
         i += 3
     path = out.decode("ascii")
+    if "%25" in path and _ESCAPED_ESCAPE_RE.search(path):
+        # ``%25%32%66`` decodes (unreserved escapes only) to ``%252f``: the escape we refused
+        # above, assembled by our own decoding. An upstream that decodes twice would read ``/``.
+        raise PathError("double_encoding")
     if "//" in path:
         raise PathError("empty_segment")
     if _DOT_SEGMENT_RE.search(path):

@@ -1,0 +1,268 @@
+"""Path confusion attacks: the gateway authorizes one path and the upstream must see exactly it.
+
+Two levels. The pure rules (:func:`bastion.gateway.paths.parse_target`, the route table) are
+checked directly, with a property test over an alphabet of the escapes path fuzzers use. The
+whole gateway is checked over sockets against a recording upstream, with an oracle: for every
+attack target the gateway either refuses it (400, nothing forwarded) or forwards the canonical
+path byte for byte, and *no lenient reading* of what the upstream received (decoding once more,
+overlong UTF-8, Unicode NFKC, case folding, ``\\`` as ``/``, matrix parameters, dot segments)
+names a protected route that the request was not authorized for.
+
+Sources: Envoy CVE-2019-9901 (dot segments) and CVE-2021-29492 (``%2F``), Kong and APISIX
+``..;/`` and encoded-slash bypasses, Traefik and Spring path-prefix confusions, IIS overlong UTF-8
+(CVE-2000-0884), double decoding (CVE-2001-0333), Express's case-insensitive router.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+
+import pytest
+from hypothesis import example
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from bastion.gateway.paths import PathError
+from bastion.gateway.paths import parse_target
+from tests.conformance.gw_attack import Stack
+from tests.conformance.gw_attack import get
+from tests.conformance.gw_attack import stack
+
+__all__ = ["stack"]
+
+PROTECTED = ("/admin", "/catalog")
+
+# -- a lenient upstream's readings of a path -------------------------------------------------------
+
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def _unquote(raw: bytes) -> bytes:
+    return _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), raw)
+
+
+def _lenient_utf8(raw: bytes) -> str:
+    """Decode UTF-8 the way broken decoders did: overlong forms accepted, invalid bytes as-is."""
+    out = []
+    i = 0
+    while i < len(raw):
+        byte = raw[i]
+        if 0xC0 <= byte < 0xE0 and i + 1 < len(raw) and raw[i + 1] & 0xC0 == 0x80:
+            out.append(chr(((byte & 0x1F) << 6) | (raw[i + 1] & 0x3F)))
+            i += 2
+        elif 0xE0 <= byte < 0xF0 and i + 2 < len(raw) and raw[i + 1] & raw[i + 2] & 0xC0 == 0x80:
+            out.append(chr(((byte & 0x0F) << 12) | ((raw[i + 1] & 0x3F) << 6) | (raw[i + 2] & 0x3F)))
+            i += 3
+        else:
+            out.append(chr(byte))
+            i += 1
+    return "".join(out)
+
+
+def readings(target: bytes) -> set[str]:
+    """Paths a lenient upstream might act on when it receives ``target``."""
+    raw = target.split(b"?", 1)[0]
+    decoded = {raw}
+    for _ in range(3):  # double and triple decoding
+        decoded |= {_unquote(item) for item in decoded}
+    texts: set[str] = set()
+    for item in decoded:
+        text = _lenient_utf8(item)
+        for variant in (text, unicodedata.normalize("NFKC", text)):
+            variant = "".join(c for c in variant if unicodedata.category(c) not in ("Cf", "Mn"))
+            variant = variant.replace("\\", "/")
+            variant = re.split(r"[?#]", variant, maxsplit=1)[0]
+            variant = re.sub(r";[^/]*", "", variant)
+            variant = re.sub(r"(?<=[^/. ])[. ]+(?=/|$)", "", variant)  # Windows: "admin." is "admin"
+            texts |= {variant, variant.lower(), variant.upper().lower()}
+    out = set()
+    for text in texts:
+        normal = posixpath.normpath("/" + text.lstrip("/")) if text else "/"
+        out.add(re.sub(r"/+", "/", normal))
+    return out
+
+
+def under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def test_the_oracle_sees_through_the_classic_tricks() -> None:
+    for trick in (
+        b"/public/../admin",
+        b"/public%2f..%2fadmin",
+        b"/public%252f..%252fadmin",
+        b"/public/%c0%ae%c0%ae/admin",
+        b"/public%c0%af..%c0%afadmin",
+        b"/ADMIN",
+        b"/%ef%bd%81dmin",
+        b"/ad%e2%80%8bmin",
+        b"/public/..;/admin",
+        b"/public\\..\\admin",
+        b"/admin%3f",
+        b"/admin.",
+    ):
+        assert any(under(reading, "/admin") for reading in readings(trick)), trick
+
+
+# -- the pure rules ----------------------------------------------------------------------------------
+
+TRIPLE_ENCODINGS = [
+    # %25 followed by escaped hex digits: decoded once by the gateway, twice by the upstream.
+    b"/public%25%32%66..%25%32%66admin",
+    b"/public%25%32%46..%25%32%46admin",
+    b"/public/%25%32%65%25%32%65/admin",
+    b"/public/%25%32e%25%32e/admin",
+    b"/public/%252%65%252%65/admin",
+    b"/public%25%35%63..%25%35%63admin",
+    b"/admin%25%33%66",
+    b"/a%25%32%35%32%66b",
+    b"/a%25%36%31",
+]
+
+
+@pytest.mark.parametrize("target", TRIPLE_ENCODINGS)
+def test_escapes_that_spell_a_double_encoding_are_refused(target: bytes) -> None:
+    with pytest.raises(PathError) as info:
+        parse_target(target)
+    assert info.value.reason == "double_encoding"
+
+
+_PIECES = st.sampled_from(
+    [
+        "/",
+        ".",
+        "a",
+        "A",
+        "%",
+        "%25",
+        "%2",
+        "%32",
+        "%35",
+        "%36",
+        "%46",
+        "%66",
+        "%2e",
+        "%2E",
+        "%2f",
+        "%5c",
+        "%3b",
+        "%3f",
+        "%23",
+        "%41",
+        "%61",
+        "%7e",
+        "%c0",
+        "%af",
+        "%ae",
+        "%e2",
+        "%80",
+        "%8b",
+        "%ef",
+        "%bc",
+        "%8f",
+        "%20",
+        "%00",
+        "~",
+        "f",
+        "5",
+        "c",
+    ]
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, max_size=12))
+@example(["%25", "%32", "%66"])
+def test_canonical_paths_are_fixed_points_over_escape_soup(pieces: list[str]) -> None:
+    """Whatever is accepted canonicalises to a path that is itself accepted unchanged: the
+    upstream decoding it once more can never find an escape the gateway would have refused."""
+    try:
+        path = parse_target(("/" + "".join(pieces)).encode("ascii")).path
+    except PathError:
+        return
+    assert parse_target(path.encode("ascii")).path == path
+
+
+# -- end to end --------------------------------------------------------------------------------------
+
+E2E_TARGETS = [
+    # dot segments and their encodings
+    b"/public/../admin/users",
+    b"/public/%2e%2e/admin/users",
+    b"/public/%2E%2e/admin/users",
+    b"/public/.%2e/admin/users",
+    b"/public/%2e./admin/users",
+    b"/public/./../admin/users",
+    b"/public/.../admin/users",
+    # slash and backslash encodings
+    b"/public%2f..%2fadmin/users",
+    b"/public%2F..%2Fadmin/users",
+    b"/public%5c..%5cadmin/users",
+    b"/public\\..\\admin/users",
+    b"/api%2f..%2fadmin",
+    b"/api/../admin",
+    # double and triple encodings
+    b"/public%252f..%252fadmin/users",
+    b"/public/%252e%252e/admin/users",
+    *TRIPLE_ENCODINGS,
+    # matrix parameters
+    b"/public/..;/admin/users",
+    b"/public;/../admin/users",
+    b"/api;x=1/admin",
+    b"/admin;x=1",
+    b"/public/%3b/../admin",
+    # empty segments
+    b"//admin/users",
+    b"/public//../admin/users",
+    # query and fragment characters inside encoded forms
+    b"/public?/../admin",
+    b"/public?x=%2f..%2fadmin",
+    b"/admin#/public",
+    b"/public#/../admin",
+    # NUL, controls, spaces
+    b"/admin%00/users",
+    b"/public%00/../admin",
+    b"/admin%09",
+    b"/admin%0a",
+    # prefix boundaries
+    b"/adminX",
+    b"/admin-x",
+    b"/admin.json",
+    b"/publicX/../admin",
+    # origin-form only
+    b"*",
+    b"http://api.example/admin/users",
+    b"admin/users",
+]
+
+
+async def _oracle(stack: Stack, target: bytes) -> None:
+    reply = await stack.send(get(target))
+    received = stack.upstream.requests
+    if reply.status == 400:
+        assert received == [], (target, received)
+        return
+    # Not refused: the only protected routes are /admin and /catalog, so without a token
+    # anything under them is 401 and never forwarded.
+    if reply.status == 401:
+        assert received == []
+        return
+    assert reply.status in (200, 404), (target, reply.status)
+    if reply.status == 404:
+        assert received == []
+        return
+    [seen] = received
+    canonical = parse_target(target)
+    assert seen.target == canonical.with_path(canonical.path), (target, seen.target)
+    for reading in readings(seen.target):
+        for prefix in PROTECTED:
+            assert not under(reading, prefix), (target, seen.target, reading)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("target", E2E_TARGETS)
+async def test_path_attacks_end_to_end(stack: Stack, target: bytes) -> None:
+    await _oracle(stack, target)
