@@ -62,6 +62,9 @@ HERE = Path(__file__).parent
 DEFAULT_TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 _MAX_FORM_FIELD = 4096
+#: UserInfo answers carry personal data: RFC 6749 §5.1's ``no-store`` and, for HTTP/1.0 caches,
+#: ``Pragma: no-cache`` (RFC 6750 §5.3 asks the same of responses carrying tokens).
+_NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 
 def install_people(services: Services) -> None:
@@ -420,11 +423,9 @@ class PeopleApp:
             return JSONResponse(
                 exc.to_dict(),
                 status_code=status,
-                headers={"www-authenticate": challenge, "cache-control": "no-store"},
+                headers={"www-authenticate": challenge, **_NO_STORE},
             )
-        return JSONResponse(
-            claims, headers={"cache-control": "no-store", "x-content-type-options": "nosniff"}
-        )
+        return JSONResponse(claims, headers={**_NO_STORE, "x-content-type-options": "nosniff"})
 
     async def discovery(self, _: Request) -> Response:
         settings = self.services.settings
