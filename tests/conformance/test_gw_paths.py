@@ -130,6 +130,67 @@ def test_escapes_that_spell_a_double_encoding_are_refused(target: bytes) -> None
     assert info.value.reason == "double_encoding"
 
 
+UNICODE_REFUSED = [
+    # overlong UTF-8 for "/", ".", "\\" (IIS CVE-2000-0884) and other invalid UTF-8
+    (b"/public%c0%af..%c0%afadmin", "bad_utf8"),
+    (b"/public/%c0%ae%c0%ae/admin", "bad_utf8"),
+    (b"/public/%C0%AE%C0%AE/admin", "bad_utf8"),
+    (b"/public%e0%80%af..%e0%80%afadmin", "bad_utf8"),
+    (b"/public%f0%80%80%af..", "bad_utf8"),
+    (b"/public%c1%9c..%c1%9cadmin", "bad_utf8"),
+    (b"/admin%80", "bad_utf8"),
+    (b"/admin%ff", "bad_utf8"),
+    (b"/admin%c3", "bad_utf8"),
+    (b"/admin%ed%a0%80", "bad_utf8"),
+    (b"/admin%f4%90%80%80", "bad_utf8"),
+    # characters NFKC or case mapping turn into ASCII
+    (b"/public%ef%bc%8f..%ef%bc%8fadmin", "confusable"),
+    (b"/public/%ef%bc%8e%ef%bc%8e/admin", "confusable"),
+    (b"/public%ef%bc%bc..%ef%bc%bcadmin", "confusable"),
+    (b"/%ef%bd%81dmin", "confusable"),
+    (b"/%EF%BC%A1DMIN", "confusable"),
+    (b"/admin%e2%80%a4", "confusable"),
+    (b"/ca%E2%84%AAalog", "confusable"),
+    (b"/admin%C5%BF", "confusable"),
+    (b"/adm%c4%b1n", "confusable"),
+    (b"/admin%ef%bc%9f", "confusable"),
+    # slash look-alikes best-fit code pages map to "/" or "\\"
+    (b"/public%e2%88%95..%e2%88%95admin", "confusable"),
+    (b"/public%e2%81%84..%e2%81%84admin", "confusable"),
+    (b"/public%e2%88%96..%e2%88%96admin", "confusable"),
+    # invisible and space characters
+    (b"/adm%e2%80%8bin", "confusable"),
+    (b"/admin%e2%80%8b", "confusable"),
+    (b"/admin%ef%bb%bf", "confusable"),
+    (b"/admin%c2%ad", "confusable"),
+    (b"/admin%e2%80%ae", "confusable"),
+    (b"/admin%c2%a0", "confusable"),
+    (b"/admin%e3%80%80", "confusable"),
+    (b"/admin%c2%85", "confusable"),
+]
+
+
+@pytest.mark.parametrize(("target", "reason"), UNICODE_REFUSED)
+def test_non_utf8_and_confusable_escapes_are_refused(target: bytes, reason: str) -> None:
+    with pytest.raises(PathError) as info:
+        parse_target(target)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        (b"/caf%c3%a9", "/caf%C3%A9"),
+        (b"/%E6%97%A5%E6%9C%AC", "/%E6%97%A5%E6%9C%AC"),
+        (b"/emoji/%F0%9F%98%80", "/emoji/%F0%9F%98%80"),
+        (b"/%D0%BA%D0%B0%D1%82%D0%B0%D0%BB%D0%BE%D0%B3", "/%D0%BA%D0%B0%D1%82%D0%B0%D0%BB%D0%BE%D0%B3"),
+        (b"/stra%C3%9Fe", "/stra%C3%9Fe"),
+    ],
+)
+def test_real_unicode_text_passes(target: bytes, path: str) -> None:
+    assert parse_target(target).path == path
+
+
 _PIECES = st.sampled_from(
     [
         "/",
@@ -222,6 +283,10 @@ E2E_TARGETS = [
     b"/public?x=%2f..%2fadmin",
     b"/admin#/public",
     b"/public#/../admin",
+    # overlong UTF-8, Unicode normalisation and invisible characters
+    *(target for target, _ in UNICODE_REFUSED),
+    b"/public/%u002e%u002e/admin",
+    b"/public%u002fadmin",
     # NUL, controls, spaces
     b"/admin%00/users",
     b"/public%00/../admin",

@@ -21,6 +21,9 @@ Rules (RFC 3986 §3.3 ``path-abempty``, RFC 9112 §3.2 request-target):
   (controls), and ``%25`` followed by two hex digits (double encoding), also when those digits
   were themselves escaped (``%25%32%66``: triple encoding). Nothing is decoded twice, and the
   canonical path is a fixed point: parsing it again changes nothing.
+* Escaped non-ASCII bytes must be UTF-8 (overlong forms like ``%C0%AF`` are refused) and must
+  not spell characters a lenient upstream reads as ASCII (fullwidth ``／``, the Kelvin sign) or
+  drops (zero-width and format characters); see :func:`_check_unicode`.
 * After decoding, dot segments (``.``, ``..``, including ``%2e`` forms) and empty segments
   (``//``) are refused; a single trailing ``/`` is kept, since it is meaningful to many servers.
 * The query is passed through byte for byte, but must not hold controls, space, ``#`` or bytes
@@ -32,8 +35,10 @@ This module is pure: bytes in, a :class:`RequestTarget` or :class:`PathError` ou
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
 __all__ = ["PathError", "RequestTarget", "parse_target"]
 
@@ -49,6 +54,13 @@ _UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 #: Escapes refused outright: structure-changing (``/ \\ ;``), the escape character itself when
 #: it would start another escape (checked separately), and controls.
 _REFUSED_ESCAPES: Final = frozenset([0x2F, 0x5C, 0x3B, 0x7F, *range(0x20)])
+_NON_ASCII_ESCAPE_RE: Final = re.compile(r"%[89A-F][0-9A-F]")
+#: Unicode categories never legitimate in a path: controls, format characters (zero-width space,
+#: bidi overrides, soft hyphen), separators, private use, surrogates, unassigned.
+_REFUSED_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"})
+#: Look-alikes of ``/`` and ``\`` that NFKC keeps but "best fit" code-page conversions map to
+#: the ASCII character (the WorstFit attacks on Windows upstreams).
+_SLASH_LOOKALIKES: Final = frozenset("\u2215\u2044\u29f8\u2216\u29f9")
 
 
 class PathError(ValueError):
@@ -152,8 +164,47 @@ def _canonical_path(raw: bytes) -> str:
         # ``%25%32%66`` decodes (unreserved escapes only) to ``%252f``: the escape we refused
         # above, assembled by our own decoding. An upstream that decodes twice would read ``/``.
         raise PathError("double_encoding")
+    if _NON_ASCII_ESCAPE_RE.search(path):
+        _check_unicode(path)
     if "//" in path:
         raise PathError("empty_segment")
     if _DOT_SEGMENT_RE.search(path):
         raise PathError("dot_segment")
     return path
+
+
+def _check_unicode(path: str) -> None:
+    """Refuse escaped bytes that are not UTF-8, or that spell a character a lenient upstream
+    would read as ASCII.
+
+    * Invalid UTF-8 (``bad_utf8``): overlong forms such as ``%C0%AF`` for ``/`` and ``%C0%AE``
+      for ``.`` (IIS, CVE-2000-0884), surrogates, stray continuation bytes, latin-1 bytes.
+    * ``confusable``: characters whose NFKC form or case mapping contains ASCII (fullwidth
+      ``%EF%BC%8F`` is ``/``, ``%EF%BD%81`` is ``a``, the Kelvin sign lower-cases to ``k``), slash look-alikes,
+      and invisible or space characters (``%E2%80%8B`` zero-width space), which upstreams
+      normalising Unicode or stripping them would turn into a different, routable path.
+    """
+    try:
+        text = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        raise PathError("bad_utf8") from None
+    for char in text:
+        if char < "\x80":
+            continue
+        if (
+            unicodedata.category(char) in _REFUSED_CATEGORIES
+            or char in _SLASH_LOOKALIKES
+            or not _non_ascii(unicodedata.normalize("NFKC", char))
+            or _ascii_case_of(char)
+        ):
+            raise PathError("confusable")
+
+
+def _ascii_case_of(char: str) -> bool:
+    # Simple (one-to-one) case mappings only, which case-insensitive routers use: the dotless
+    # ``ı`` upper-cases to ``I``; ``ß`` to ``SS`` is a full mapping and stays allowed.
+    return any(len(mapped) == 1 and mapped < "\x80" for mapped in (char.lower(), char.upper()))
+
+
+def _non_ascii(text: str) -> bool:
+    return all(c >= "\x80" for c in text)
