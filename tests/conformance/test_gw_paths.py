@@ -18,6 +18,7 @@ from __future__ import annotations
 import posixpath
 import re
 import unicodedata
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import example
@@ -27,6 +28,9 @@ from hypothesis import strategies as st
 
 from bastion.gateway.paths import PathError
 from bastion.gateway.paths import parse_target
+from bastion.gateway.routing import Route
+from bastion.gateway.routing import RouteTable
+from bastion.gateway.settings import RouteSettings
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import get
 from tests.conformance.gw_attack import stack
@@ -247,6 +251,54 @@ def test_canonical_paths_are_fixed_points_over_escape_soup(pieces: list[str]) ->
     assert parse_target(path.encode("ascii")).path == path
 
 
+def _table(*prefixes: str) -> RouteTable:
+    def route(prefix: str) -> Route:
+        settings = RouteSettings(prefix=prefix, upstream="u", auth="none")
+        return Route(settings=settings, upstream=_Group("u"), policies=())
+
+    return RouteTable(route(prefix) for prefix in prefixes)
+
+
+@dataclass
+class _Group:
+    name: str
+
+
+@pytest.mark.parametrize(
+    ("path", "confusable"),
+    [
+        ("/admin/users", False),
+        ("/public/x", False),
+        ("/other/Thing", False),
+        ("/adminx", False),
+        ("/ADMIN/users", True),
+        ("/Admin", True),
+        ("/aDmIn/x", True),
+        ("/admin./users", True),
+        ("/admin..", True),
+        ("/admin%20/users", True),
+        ("/admin.%20./x", True),
+        ("/Public/x", True),
+        ("/public/X.", False),
+        ("/public/Admin", False),
+        ("/Publicity", False),
+    ],
+)
+def test_paths_a_lenient_upstream_routes_elsewhere_are_confusable(path: str, confusable: bool) -> None:
+    table = _table("/", "/admin", "/public")
+    route = table.match(path)
+    assert route is not None
+    assert table.confusable(path, route) is confusable
+
+
+def test_routes_differing_only_in_case_are_not_confused_with_each_other() -> None:
+    table = _table("/api", "/API", "/Mixed")
+    for path in ("/api/x", "/API/x", "/Mixed/y"):
+        route = table.match(path)
+        assert route is not None
+        assert not table.confusable(path, route)
+
+
 # -- end to end --------------------------------------------------------------------------------------
 
 E2E_TARGETS = [
@@ -287,6 +339,18 @@ E2E_TARGETS = [
     *(target for target, _ in UNICODE_REFUSED),
     b"/public/%u002e%u002e/admin",
     b"/public%u002fadmin",
+    # case variants and trailing dots or spaces against case-sensitive prefixes
+    b"/ADMIN/users",
+    b"/Admin/users",
+    b"/aDmIn",
+    b"/CATALOG/items",
+    b"/admin./users",
+    b"/admin../users",
+    b"/admin%20/users",
+    b"/admin%2e/users",
+    b"/%41dmin/users",
+    b"/Public/x",
+    b"/Other/Path",
     # NUL, controls, spaces
     b"/admin%00/users",
     b"/public%00/../admin",

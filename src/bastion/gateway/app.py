@@ -8,7 +8,8 @@ Per request, :class:`GatewayHandler` (a :data:`~bastion.gateway.contract.Handler
 
 1. canonicalises the target (:mod:`~bastion.gateway.paths`; refused → 400) — before anything
    else looks at the path;
-2. finds the route (:mod:`~bastion.gateway.routing`; none → 404);
+2. finds the route (:mod:`~bastion.gateway.routing`; none → 404; a path that a case-insensitive
+   upstream ignoring trailing dots would place under another route → 400);
 3. scans the headers once and resolves client address and request id
    (:mod:`~bastion.gateway.headers`);
 4. runs the route's policy chain (:mod:`~bastion.gateway.policies`), synchronously while it can;
@@ -177,6 +178,12 @@ class GatewayHandler:
         route = self._table.match(target.path)
         if route is None:
             return self._reply(problem(404, "Not Found"), None, head, exchange)
+        if self._table.confusable(target.path, route):
+            # ``/ADMIN`` routed by the public ``/`` route, but ``/admin`` to a case-insensitive
+            # upstream: refused like any other ambiguous target.
+            self._metrics.refused_path("route_confusion")
+            reply = problem(400, "Bad Request", "The request target is not acceptable")
+            return self._reply(reply, None, head, exchange, error="route_confusion")
         try:
             result = run_chain(route.policies, exchange)
         except Exception:  # a policy bug must not take the connection down unanswered

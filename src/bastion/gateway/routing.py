@@ -9,6 +9,7 @@ grow with the number of routes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +21,24 @@ if TYPE_CHECKING:
     from bastion.gateway.contract import UpstreamGroup
     from bastion.gateway.policies import Policy
 
-__all__ = ["Route", "RouteTable", "rewrite_path"]
+__all__ = ["Route", "RouteTable", "loose_path", "rewrite_path"]
+
+#: Segment endings Windows file systems and IIS ignore: trailing dots and spaces.
+_LOOSE_END_RE = re.compile(r"(?:\.|%20)+(?=/|$)")
+#: What makes a canonical path's loose form differ from it.
+_LOOSE_NEEDED_RE = re.compile(r"[A-Z]|(?:\.|%20)(?:/|$)")
+
+
+def loose_path(path: str) -> str:
+    """``path`` as an upstream that ignores case and trailing dots or spaces reads it.
+
+    Express's router, IIS, ASP.NET and Windows file servers match paths case-insensitively, and
+    Windows drops trailing ``.`` and `` `` from names: for them ``/ADMIN.`` is ``/admin``.
+
+    >>> loose_path("/Admin./x%20")
+    '/admin/x'
+    """
+    return _LOOSE_END_RE.sub("", path.lower())
 
 
 def rewrite_path(path: str, prefix: str, replacement: str) -> str:
@@ -70,9 +88,14 @@ class Route:
 
 
 class RouteTable:
-    """Longest-prefix matching on segment boundaries."""
+    """Longest-prefix matching on segment boundaries.
 
-    __slots__ = ("_routes",)
+    Matching is exact (case-sensitive). :meth:`confusable` then tells whether a lenient upstream
+    (case-insensitive, ignoring trailing dots) would place the same path under another route:
+    ``/ADMIN/users`` matches a public ``/`` route exactly but is ``/admin/users`` to Express.
+    """
+
+    __slots__ = ("_exact_is_loose", "_loose", "_routes")
 
     def __init__(self, routes: Iterable[Route]) -> None:
         """Index ``routes`` by prefix.
@@ -85,6 +108,10 @@ class RouteTable:
             if route.name in self._routes:
                 raise ValueError(f"duplicate route prefix {route.name!r}")
             self._routes[route.name] = route
+        self._loose: dict[str, list[Route]] = {}
+        for prefix, found in self._routes.items():
+            self._loose.setdefault(loose_path(prefix), []).append(found)
+        self._exact_is_loose = all(loose_path(prefix) == prefix for prefix in self._routes)
 
     def __len__(self) -> int:
         return len(self._routes)
@@ -104,4 +131,23 @@ class RouteTable:
             cut = candidate.rfind("/")
             if cut <= 0:
                 return routes.get("/") if candidate != "/" else None
+            candidate = candidate[:cut]
+
+    def confusable(self, path: str, route: Route) -> bool:
+        """Whether :func:`loose_path` of canonical ``path`` falls under a route other than
+        ``route`` (the exact match): a request the gateway would authorize under one route and a
+        lenient upstream serve as another's. The gateway refuses those (400).
+        """
+        if self._exact_is_loose and not _LOOSE_NEEDED_RE.search(path):
+            return False  # the loose form is the path itself
+        loose = self._loose
+        candidate = loose_path(path)
+        while True:
+            found = loose.get(candidate)
+            if found is not None:
+                return route not in found
+            cut = candidate.rfind("/")
+            if cut <= 0:
+                found = loose.get("/") if candidate != "/" else None
+                return found is not None and route not in found
             candidate = candidate[:cut]
