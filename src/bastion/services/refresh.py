@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from bastion.protocol.errors import InvalidGrant
+from bastion.protocol.errors import UnauthorizedClient
 from bastion.protocol.models import Client
 from bastion.protocol.rfc6749.authorize import grant_scope
 from bastion.protocol.rfc6749.grants.refresh_token import Presented
@@ -164,16 +165,33 @@ async def refresh(
 async def revoke_refresh_token(services: Services, token: str, client: Client, now: float) -> bool:
     """RFC 7009 for refresh tokens: revoke the family and its access tokens (§2.1: "If the token
     passed to the request is a refresh token ... the authorization server SHOULD also invalidate
-    all access tokens based on the same authorization grant"). ``False`` if not a refresh token."""
+    all access tokens based on the same authorization grant"). ``False`` if not a refresh token.
+
+    Raises:
+        UnauthorizedClient: a live refresh token of another client, as for access tokens (§2.1:
+            "If this validation fails, the request is refused and the client is informed of
+            the error"); a dead one is a no-op like any invalid token (§2.2).
+    """
     found = await people(services).refresh.find(services.sealer.hash_secret(token))
     if found is None:
         return False
-    if found.family.client_id == client.client_id:
-        await revoke_family(services, found.family.family_id, now)
-        services.audit.emit(
-            "refresh_token.revoked", client_id=client.client_id, family_id=found.family.family_id
-        )
+    if found.family.client_id != client.client_id:
+        if _live(found, now):
+            raise UnauthorizedClient("this token was not issued to the requesting client")
+        return True
+    await revoke_family(services, found.family.family_id, now)
+    services.audit.emit("refresh_token.revoked", client_id=client.client_id, family_id=found.family.family_id)
     return True
+
+
+def _live(found: StoredRefresh, now: float) -> bool:
+    """Whether a refresh token could still be redeemed (not rotated, revoked or expired)."""
+    family = found.family
+    return (
+        family.revoked_at is None
+        and found.token.rotated_at is None
+        and now < min(found.token.expires_at, family.absolute_expires_at)
+    )
 
 
 async def introspect_refresh_token(
@@ -184,12 +202,7 @@ async def introspect_refresh_token(
     if found is None:
         return None
     family = found.family
-    live = (
-        family.revoked_at is None
-        and found.token.rotated_at is None
-        and now < min(found.token.expires_at, family.absolute_expires_at)
-    )
-    if not live or client is None or client.client_id != family.client_id:
+    if not _live(found, now) or client is None or client.client_id != family.client_id:
         return {"active": False}
     return {
         "active": True,
