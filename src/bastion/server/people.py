@@ -375,7 +375,11 @@ class PeopleApp:
         except OAuthError as exc:
             return self.error_page(request, exc)
         session = await self.session(request)
-        if session is not None and session.signed_in and request.method != "POST":
+        # RP-Initiated Logout §2: "OPs MUST support the use of the HTTP GET and POST methods".
+        # A relying party's POST is a request like a GET; only our own confirmation form, which
+        # carries the session's CSRF token, ends a signed-in session.
+        confirmed = request.method == "POST" and "csrf_token" in params
+        if session is not None and session.signed_in and not confirmed:
             # RP-Initiated Logout §2: the OP SHOULD ask the End-User whether to log out.
             context = {
                 "done": False,
@@ -386,7 +390,7 @@ class PeopleApp:
             return self.page(
                 request, "logout.html", context, form_targets=(_origin(target),) if target else ()
             )
-        if request.method == "POST" and not flow.csrf_matches(session, params.get("csrf_token")):
+        if confirmed and not flow.csrf_matches(session, params.get("csrf_token")):
             return self.error_page(request, InvalidRequest("the form expired; sign out again"))
         # Only this browser's own session ends: an ID token alone (which the client holds) must
         # not be enough to sign the user out elsewhere.
