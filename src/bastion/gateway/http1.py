@@ -21,7 +21,8 @@ Rules (RFC 9112 unless stated), all enforced here and nowhere else:
    folding, are refused with 400 (llhttp strict mode). Bare LF is refused by llhttp as well.
 3. ``Host`` (§3.2): "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
    request message that lacks a Host header field and to any request message that contains
-   more than one Host header field line".
+   more than one Host header field line or a Host header field with an invalid field value"
+   (``uri-host [ ":" port ]``, RFC 3986 §3.2.2: no userinfo, path or whitespace).
 4. Only HTTP/1.0 and HTTP/1.1 are spoken (505 otherwise). ``CONNECT`` and ``Upgrade`` are not
    implemented (501): the gateway does not tunnel.
 5. Persistence (§9.3): HTTP/1.1 is persistent unless ``close`` is in ``Connection``;
@@ -37,6 +38,7 @@ request's :class:`EndOfMessage`, ``next_event`` answers :data:`PAUSED` until
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from http import HTTPStatus
 from types import SimpleNamespace
@@ -99,6 +101,14 @@ _ENGINE_OWNED: Final = HOP_BY_HOP | {b"content-length", b"host", b"expect"}
 _NO_CONTENT_STATUS: Final = frozenset({204, 304})
 _CRLF: Final = b"\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+#: RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 3986 §3.2.2: uri-host = IP-literal /
+#: IPv4address / reg-name, reg-name = *( unreserved / pct-encoded / sub-delims ). No userinfo
+#: (``@``), no path, no whitespace; empty is allowed (a target URI without authority).
+_HOST_RE: Final = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9\-._~]+)?\]"
+    rb"|(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})*)"
+    rb"(?::[0-9]*)?"
+)
 
 
 class UpstreamProtocolError(Exception):
@@ -510,6 +520,10 @@ class ServerConnection:
             self._fail(400, "Both Transfer-Encoding and Content-Length.")
         if host is None and http_version == b"1.1":
             self._fail(400, "Missing Host header field.")
+        if host is not None and not _HOST_RE.fullmatch(host):
+            # RFC 9112 §3.2: a server MUST respond with 400 to a request "that contains ... a
+            # Host header field with an invalid field value" (``a@internal``, ``a b``, ``a/b``).
+            self._fail(400, "Invalid Host header field.")
         if b"upgrade" in connection:
             self._fail(501, "Protocol upgrades are not supported.")
         if content_length is not None and content_length > self._limits.max_body:
