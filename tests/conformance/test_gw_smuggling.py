@@ -103,6 +103,12 @@ REFUSED: list[tuple[str, bytes, int]] = [
     ("te-space-before-colon", post(b"Transfer-Encoding : chunked", body=b"0\r\n\r\n"), 400),
     ("te-vertical-tab", post(b"Transfer-Encoding:\x0bchunked", body=b"0\r\n\r\n"), 400),
     ("te-obs-fold", post(b"Transfer-Encoding:", b" chunked", body=b"0\r\n\r\n"), 400),
+    ("te-http-1.0", post(b"Transfer-Encoding: chunked", body=b"0\r\n\r\n" + HIDDEN, version=b"1.0"), 400),
+    (
+        "te-http-1.0-with-cl",
+        post(b"Transfer-Encoding: chunked", b"Content-Length: 5", body=b"0\r\n\r\n", version=b"1.0"),
+        400,
+    ),
     ("te-nul", post(b"Transfer-Encoding: chunked\x00", body=b"0\r\n\r\n"), 400),
     # Content-Length that is not one run of digits
     ("cl-plus", post(b"Content-Length: +5", body=b"hello"), 400),
@@ -307,3 +313,15 @@ async def test_the_upstream_gets_the_client_host_only_when_valid(stack: Stack) -
     assert reply.status == 200
     [received] = stack.upstream.requests
     assert received.header(b"host") == [b"api.example:8080"]
+
+
+@pytest.mark.anyio
+async def test_http10_chunked_never_reaches_the_upstream(stack: Stack) -> None:
+    data = (
+        b"POST /public/x HTTP/1.0\r\nHost: api.example\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        + HIDDEN
+    )
+    reply = await stack.send(data)
+    assert reply.status == 400
+    assert stack.upstream.requests == []
+    await _nothing_hidden_reached(stack)

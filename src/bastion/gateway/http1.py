@@ -16,7 +16,8 @@ Rules (RFC 9112 unless stated), all enforced here and nowhere else:
    refused (400; "ought to be handled as an error" — the request-smuggling vector). A request
    transfer coding other than exactly ``chunked`` is refused with 501 (§6.1: "A server that
    receives a request message with a transfer coding it does not understand SHOULD respond
-   with 501"). ``Content-Length`` must be a single run of digits (400 otherwise, §6.3 item 5).
+   with 501"), and any ``Transfer-Encoding`` in an HTTP/1.0 request is faulty framing (400,
+   §6.1). ``Content-Length`` must be a single run of digits (400 otherwise, §6.3 item 5).
 2. Field syntax (§5.1, §5.2): whitespace between a field name and the colon, and obs-fold line
    folding, are refused with 400 (llhttp strict mode). Bare LF is refused by llhttp as well.
 3. ``Host`` (§3.2): "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
@@ -518,6 +519,10 @@ class ServerConnection:
                 expect_continue = http_version == b"1.1"
         if chunked and content_length is not None:
             self._fail(400, "Both Transfer-Encoding and Content-Length.")
+        if chunked and http_version == b"1.0":
+            # RFC 9112 §6.1: "A server or client that receives an HTTP/1.0 message containing a
+            # Transfer-Encoding header field MUST treat the message as if the framing is faulty".
+            self._fail(400, "Transfer-Encoding in an HTTP/1.0 request.")
         if host is None and http_version == b"1.1":
             self._fail(400, "Missing Host header field.")
         if host is not None and not _HOST_RE.fullmatch(host):
