@@ -325,3 +325,75 @@ async def test_http10_chunked_never_reaches_the_upstream(stack: Stack) -> None:
     assert reply.status == 400
     assert stack.upstream.requests == []
     await _nothing_hidden_reached(stack)
+
+
+# -- chunked framing overhead ----------------------------------------------------------------------
+
+CHUNKED_HEAD = post(b"Transfer-Encoding: chunked")
+BLOCK = 64 * 1024
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        pytest.param([b"0\r\nX-Big: "] + [b"a" * BLOCK] * 64, id="one-huge-trailer-value"),
+        pytest.param([b"0\r\n"] + [b"X-T: 1\r\n" * 8192] * 64, id="endless-trailer-fields"),
+        pytest.param([b"1;"] + [b"e" * BLOCK] * 64, id="endless-chunk-extension"),
+        pytest.param([b"1;" + b"e=v;" * 16384 + b"\r\nx\r\n"] * 64, id="many-extensions"),
+        pytest.param([b"1\r\nx\r\n" * 10_000] * 64, id="one-byte-chunks"),
+        pytest.param([b"0" * BLOCK] * 64, id="endless-leading-zeros"),
+    ],
+)
+def test_chunk_metadata_and_trailers_are_bounded(pieces: list[bytes]) -> None:
+    """Bytes that are neither content nor bounded by the header limits end the request (400)
+    within a few blocks, instead of being skipped or accumulated for as long as they come."""
+    conn = ServerConnection(EngineLimits())
+    conn.receive_data(CHUNKED_HEAD)
+    fed = 0
+    for piece in pieces:
+        conn.receive_data(piece)
+        fed += len(piece)
+        out = []
+        while (event := conn.next_event()) not in (NEED_DATA, PAUSED):
+            out.append(event)
+            if isinstance(event, Rejected):
+                assert event.status == 400
+                assert fed <= 2 * BLOCK
+                return
+    raise AssertionError("never refused")
+
+
+def test_ordinary_chunking_with_extensions_and_trailers_passes() -> None:
+    chunks = b"".join(b"%x;name=value\r\n%s\r\n" % (size, b"d" * size) for size in (7, 16, 100, 1, 4096) * 50)
+    trailers = b"0\r\n" + b"".join(b"X-Trailer-%d: %s\r\n" % (i, b"v" * 100) for i in range(50)) + b"\r\n"
+    pieces = [chunks[i : i + 1000] for i in range(0, len(chunks), 1000)] + [trailers]
+    out = events([CHUNKED_HEAD, *pieces])
+    assert not any(isinstance(e, Rejected) for e in out)
+    assert any(isinstance(e, EndOfMessage) for e in out)
+    assert sum(len(e.data) for e in out if isinstance(e, Data)) == (7 + 16 + 100 + 1 + 4096) * 50
+
+
+@pytest.mark.anyio
+async def test_an_endless_trailer_is_cut_and_the_gateway_keeps_serving(stack: Stack) -> None:
+    client = await stack.client()
+    try:
+        await client.send(
+            b"POST /public/x HTTP/1.1\r\nHost: api.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        await client.send(b"5\r\nhello\r\n0\r\nX-Bastion-Subject: ")
+        answer = asyncio.ensure_future(client.read_response())
+        for _ in range(64):
+            if answer.done():
+                break
+            try:
+                await client.send(b"a" * BLOCK)
+            except ConnectionError:
+                break
+            await asyncio.sleep(0.01)
+        reply = await asyncio.wait_for(answer, 5)
+        assert reply.status == 400
+    finally:
+        await client.aclose()
+    assert (await stack.send(get(b"/public/y"))).status == 200
+    for received in stack.upstream.requests:
+        assert b"root" not in b"".join(value for _, value in received.headers)

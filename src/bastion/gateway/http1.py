@@ -29,8 +29,12 @@ Rules (RFC 9112 unless stated), all enforced here and nowhere else:
 5. Persistence (§9.3): HTTP/1.1 is persistent unless ``close`` is in ``Connection``;
    HTTP/1.0 only when ``keep-alive`` is. A response of unknown length ends by closing the
    connection for an HTTP/1.0 client and is chunked for an HTTP/1.1 client.
-6. Responses to ``HEAD``, and 1xx, 204 and 304 responses, carry no content (RFC 9110 §6.4.1).
-7. Hop-by-hop fields (RFC 9110 §7.6.1) never cross the gateway, in either direction.
+6. Chunked framing (§7.1): chunk sizes, chunk extensions and trailer fields together may take at
+   most ``max_header_bytes`` plus as many bytes as the content itself (400 beyond): llhttp skips
+   extensions and httptools accumulates a trailer field without bound. Trailer fields are
+   dropped, never forwarded (§6.5: they must not be merged into the header section).
+7. Responses to ``HEAD``, and 1xx, 204 and 304 responses, carry no content (RFC 9110 §6.4.1).
+8. Hop-by-hop fields (RFC 9110 §7.6.1) never cross the gateway, in either direction.
 
 Pipelined requests are parsed as they arrive but handed out one cycle at a time: after a
 request's :class:`EndOfMessage`, ``next_event`` answers :data:`PAUSED` until
@@ -368,6 +372,7 @@ class ServerConnection:
         self._headers: Headers = []
         self._header_bytes = 0
         self._body_seen = 0
+        self._body_wire = 0
         self._msg_has_body = False
         self._in_message = False
         # Per-cycle state: the request being answered and how its response is framed.
@@ -387,6 +392,7 @@ class ServerConnection:
             self._dead = True
             self._events.append(ConnectionClosed(clean=not self._in_message))
             return
+        in_body = self._in_message and not self._in_head
         try:
             self._parser.feed_data(data)
         except _Stop:  # pragma: no cover - httptools wraps callback errors
@@ -409,6 +415,14 @@ class ServerConnection:
                 self._reject(Rejected(431, "Request header fields too large."))
         else:
             self._head_pending = 0
+            if in_body and self._in_message:
+                # Still inside the same body: everything on the wire beyond its content is chunk
+                # sizes, extensions and trailer fields, which httptools skips or accumulates
+                # without bound (a 20 MB trailer value, endless extensions, 1-byte chunks).
+                self._body_wire += len(data)
+                overhead = self._body_wire - self._body_seen
+                if overhead > self._limits.max_header_bytes + self._body_seen:
+                    self._reject(Rejected(400, "Chunked framing overhead too large."))
 
     def _reject(self, failure: Rejected) -> None:
         self._dead = True
@@ -454,6 +468,7 @@ class ServerConnection:
         self._headers = []
         self._header_bytes = 0
         self._body_seen = 0
+        self._body_wire = 0
         self._msg_has_body = False
 
     def _on_url(self, part: bytes) -> None:
