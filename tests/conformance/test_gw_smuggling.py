@@ -397,3 +397,59 @@ async def test_an_endless_trailer_is_cut_and_the_gateway_keeps_serving(stack: St
     assert (await stack.send(get(b"/public/y"))).status == 200
     for received in stack.upstream.requests:
         assert b"root" not in b"".join(value for _, value in received.headers)
+
+
+# -- content where no content belongs (CL.0) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"TRACE"])
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param((b"Content-Length: %d" % len(HIDDEN),), id="content-length"),
+        pytest.param((b"Transfer-Encoding: chunked",), id="chunked"),
+    ],
+)
+def test_content_in_get_head_or_trace_is_refused(method: bytes, framing: tuple[bytes, ...]) -> None:
+    """RFC 9110 §9.3.1/§9.3.2: content in GET or HEAD "has no generally defined semantics" and
+    servers that ignore it read it as the next request (the CL.0 desync); §9.3.8: "A client MUST
+    NOT send content in a TRACE request". Refused before anything is forwarded."""
+    body = HIDDEN if framing[0].startswith(b"Content") else b"%x\r\n%s\r\n0\r\n\r\n" % (len(HIDDEN), HIDDEN)
+    assert verdict(post(*framing, body=body, method=method)) == 400
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"DELETE", b"OPTIONS"])
+def test_an_empty_content_length_is_fine_on_any_method(method: bytes) -> None:
+    out = events(post(b"Content-Length: 0", method=method) + HIDDEN)
+    assert [request.method for request in requests_of(out)] == [method, b"GET"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+async def test_content_on_get_never_reaches_the_upstream(stack: Stack, method: bytes) -> None:
+    data = (
+        method
+        + b" /public/x HTTP/1.1\r\nHost: api.example\r\nContent-Length: %d\r\n\r\n" % len(HIDDEN)
+        + HIDDEN
+    )
+    raw = await stack.exchange(data)
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert stack.upstream.requests == []
+    await _nothing_hidden_reached(stack)
+
+
+@pytest.mark.anyio
+async def test_a_post_body_is_one_request_to_the_upstream(stack: Stack) -> None:
+    """A body that looks like a request stays a body: the upstream parses one request, and the
+    request after it on the client connection is authorized on its own (401, not forwarded)."""
+    data = (
+        b"POST /public/x HTTP/1.1\r\nHost: api.example\r\nContent-Length: %d\r\n\r\n" % len(HIDDEN) + HIDDEN
+    )
+    raw = await stack.exchange(data + HIDDEN.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+    assert raw.count(b"HTTP/1.1 200 ") == 1
+    assert raw.count(b"HTTP/1.1 401 ") == 1
+    [received] = stack.upstream.requests
+    assert received.method == b"POST"
+    assert received.body == HIDDEN
+    assert stack.upstream.errors == []

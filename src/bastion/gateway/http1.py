@@ -18,6 +18,8 @@ Rules (RFC 9112 unless stated), all enforced here and nowhere else:
    receives a request message with a transfer coding it does not understand SHOULD respond
    with 501"), and any ``Transfer-Encoding`` in an HTTP/1.0 request is faulty framing (400,
    §6.1). ``Content-Length`` must be a single run of digits (400 otherwise, §6.3 item 5).
+   ``GET``, ``HEAD`` and ``TRACE`` requests with content are refused (400; RFC 9110 §9.3.1: an
+   upstream that ignores such content would read it as the next request).
 2. Field syntax (§5.1, §5.2): whitespace between a field name and the colon, and obs-fold line
    folding, are refused with 400 (llhttp strict mode). Bare LF is refused by llhttp as well.
 3. ``Host`` (§3.2): "A server MUST respond with a 400 (Bad Request) status code to any HTTP/1.1
@@ -104,6 +106,8 @@ HOP_BY_HOP: Final = frozenset(
 #: What the engine itself writes on a forwarded request or a response (contract.py).
 _ENGINE_OWNED: Final = HOP_BY_HOP | {b"content-length", b"host", b"expect"}
 _NO_CONTENT_STATUS: Final = frozenset({204, 304})
+#: Requests that must not carry content (RFC 9110 §9.3.1, §9.3.2, §9.3.8).
+_NO_CONTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"TRACE"})
 _CRLF: Final = b"\r\n"
 _LAST_CHUNK: Final = b"0\r\n\r\n"
 #: RFC 9110 §7.2: Host = uri-host [ ":" port ]; RFC 3986 §3.2.2: uri-host = IP-literal /
@@ -534,6 +538,11 @@ class ServerConnection:
                 expect_continue = http_version == b"1.1"
         if chunked and content_length is not None:
             self._fail(400, "Both Transfer-Encoding and Content-Length.")
+        if (chunked or content_length) and method in _NO_CONTENT_METHODS:
+            # RFC 9110 §9.3.1: content in GET "might lead some implementations to reject the
+            # request and close the connection because of its potential as a request smuggling
+            # attack"; upstreams that ignore it read it as the next request (the CL.0 desync).
+            self._fail(400, "Content is not allowed in a GET, HEAD or TRACE request.")
         if chunked and http_version == b"1.0":
             # RFC 9112 §6.1: "A server or client that receives an HTTP/1.0 message containing a
             # Transfer-Encoding header field MUST treat the message as if the framing is faulty".
