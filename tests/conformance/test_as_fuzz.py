@@ -230,3 +230,39 @@ def test_oversized_and_odd_bodies(harness: ClockedHarness) -> None:
         "/token", content=b"grant_type=%ff%fe", headers={"content-type": "application/x-www-form-urlencoded"}
     )
     assert bad_utf8.status_code == 400
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ClockedHarness]:
+    postgres = request.getfixturevalue("postgres_schema") if request.param == "postgres" else None
+    yield from make_clocked_harness(tmp_path, postgres=postgres)
+
+
+@pytest.mark.parametrize("value", ["web\x00", "\x00", "web\x01", "w\u00e9b", "web\x7f"])
+def test_identifiers_outside_vschar_are_unknown_not_storage_failures(
+    any_backend: ClockedHarness, value: str
+) -> None:
+    # RFC 6749 Appendix A.1: client-id = *VSCHAR (%x20-7E). PostgreSQL refuses NUL in text, so
+    # such an id must never reach the database as a query parameter (a 500 or 503 otherwise).
+    harness = any_backend
+    page = harness.client.get(authorize_url(client_id=value))
+    assert page.status_code in (400, 401)
+    assert "location" not in page.headers
+    for path in ("/token", "/introspect", "/revoke"):
+        response = harness.client.post(
+            path,
+            data={"grant_type": "client_credentials", "client_id": value, "token": "t", "client_secret": "s"},
+        )
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["error"] == "invalid_client"
+    response = harness.client.get(
+        "/logout", params={"client_id": value, "post_logout_redirect_uri": "https://x/"}
+    )
+    assert response.status_code == 400
+    login_page = harness.client.get(harness.client.get(authorize_url()).headers["location"])
+    csrf, tx = form_fields(login_page.text)
+    response = harness.client.post(
+        "/login",
+        data={"csrf_token": csrf, "tx": tx, "username": "alice" + value, "password": "whatever whatever"},
+    )
+    assert response.status_code == 401

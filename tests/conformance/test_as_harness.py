@@ -32,6 +32,7 @@ from bastion.services.users import create_role
 from bastion.services.users import create_user
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.open import open_stores
+from bastion.storage.sql.migrate import migrate
 from tests.people.flows import PASSWORD
 from tests.people.flows import query
 from tests.people.support import CHEAP_PASSWORDS
@@ -77,14 +78,39 @@ class ClockedHarness(Harness):
         return created, secret
 
 
+def _migrate_schema(url: str, schema: str) -> None:
+    async def run() -> None:
+        stores = open_stores(url, "memory://", schema=schema)
+        await migrate(stores.db)
+        await stores.close()
+
+    asyncio.run(run())
+
+
 def make_clocked_harness(
-    tmp_path: Path, *, issuer: str = ISSUER, **settings: Any
+    tmp_path: Path,
+    *,
+    issuer: str = ISSUER,
+    postgres: tuple[str, str] | None = None,
+    **settings: Any,
 ) -> Iterator[ClockedHarness]:
     """The authorization server with sign-in routes, the public client ``web``, the role
-    ``reader`` and the user ``alice``, every service on one settable clock."""
-    url = f"sqlite:///{tmp_path / 'bastion.db'}"
-    _migrate(url)
-    stores = open_stores(url, "memory://")
+    ``reader`` and the user ``alice``, every service on one settable clock.
+
+    Args:
+        tmp_path: where the SQLite database and the audit log go.
+        issuer: the issuer identifier.
+        postgres: ``(url, schema)`` of a PostgreSQL schema to use instead of SQLite (the
+            ``postgres_schema`` fixture).
+        settings: further :class:`AuthorizationServerSettings` fields.
+    """
+    if postgres is None:
+        url = f"sqlite:///{tmp_path / 'bastion.db'}"
+        _migrate(url)
+        stores = open_stores(url, "memory://")
+    else:
+        _migrate_schema(*postgres)
+        stores = open_stores(postgres[0], "memory://", schema=postgres[1])
     clock = Clock()
     audit = AuditLog(tmp_path / "audit.log", clock=clock)
     events: list[dict[str, Any]] = []

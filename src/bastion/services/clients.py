@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +22,14 @@ from bastion.storage.protocols import ClientStore
 from bastion.storage.protocols import NotFound
 
 _DUMMY_HASH = "0" * 64
+# RFC 6749 Appendix A.1: client-id = *VSCHAR, VSCHAR = %x20-7E. Anything else names no client
+# and must not reach storage (PostgreSQL refuses NUL in text: a lookup would fail, not miss).
+_CLIENT_ID_RE = re.compile(r"[\x20-\x7e]{1,255}")
+
+
+def is_client_id(value: str) -> bool:
+    """Whether ``value`` could be a client identifier (RFC 6749 Appendix A.1, at most 255)."""
+    return _CLIENT_ID_RE.fullmatch(value) is not None
 
 
 class ClientError(ValueError):
@@ -45,7 +54,10 @@ class ClientService:
         self._cache: dict[str, tuple[Client | None, float]] = {}
 
     async def get(self, client_id: str) -> Client | None:
-        """The client record (possibly up to ``cache_ttl`` seconds old)."""
+        """The client record (possibly up to ``cache_ttl`` seconds old); ``None`` for an id that
+        is not one (:func:`is_client_id`)."""
+        if not is_client_id(client_id):
+            return None
         now = self._clock()
         hit = self._cache.get(client_id)
         if hit is not None and hit[1] > now:
@@ -121,6 +133,8 @@ class ClientService:
             )
         if public and GrantType.CLIENT_CREDENTIALS in grants:
             raise ClientError("a public client cannot use client_credentials (it has no secret)")
+        if client_id is not None and not is_client_id(client_id):
+            raise ClientError("a client id is 1-255 printable ASCII characters (RFC 6749 Appendix A.1)")
         uris = tuple(redirect_uris)
         if GrantType.AUTHORIZATION_CODE in grants and not uris:
             raise ClientError("authorization_code clients need at least one --redirect-uri")

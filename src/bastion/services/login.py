@@ -25,6 +25,7 @@ from bastion.protocol.errors import SlowDown
 from bastion.protocol.models import User
 from bastion.services.container import Services
 from bastion.services.users import Passwords
+from bastion.services.users import is_username
 from bastion.services.users import people
 from bastion.storage.protocols import FastState
 
@@ -129,7 +130,8 @@ async def authenticate(
     """
     await throttle.before_attempt(username, ip)
     users = people(services).users
-    user = await users.get_user_by_username(username) if username else None
+    # A name no user can have is not looked up (a NUL would make PostgreSQL fail, not miss).
+    user = await users.get_user_by_username(username) if is_username(username) else None
     if user is None:
         await passwords.dummy_verify(password)
         ok, detail = False, "unknown user"

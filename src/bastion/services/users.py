@@ -70,6 +70,11 @@ class Passwords:
         await self.verify(self._dummy, password)
 
 
+def is_username(value: str) -> bool:
+    """Whether ``value`` could name a user (the rule :func:`create_user` enforces)."""
+    return _USERNAME_RE.fullmatch(value) is not None
+
+
 def check_password(password: str) -> str:
     """Raises :class:`UserError` unless ``password`` is acceptable (length only, per NIST
     SP 800-63B §5.1.1.2: no composition rules)."""
