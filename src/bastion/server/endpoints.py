@@ -64,14 +64,19 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    found = None
+def _headers(scope: Scope) -> tuple[str | None, str | None]:
+    """``Content-Type`` and ``Authorization``, in one pass; either repeated is refused."""
+    content_type = authorization = None
     for key, value in scope["headers"]:
-        if key == name:
-            if found is not None:
-                raise InvalidRequest(f"header {name.decode()} is repeated")
-            found = value.decode("latin-1")
-    return found
+        if key == b"content-type":
+            if content_type is not None:
+                raise InvalidRequest("header content-type is repeated")
+            content_type = value.decode("latin-1")
+        elif key == b"authorization":
+            if authorization is not None:
+                raise InvalidRequest("header authorization is repeated")
+            authorization = value.decode("latin-1")
+    return content_type, authorization
 
 
 async def token(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
@@ -156,11 +161,12 @@ class FormEndpoint:
                 # RFC 6749 §2.3.1: credentials "MUST NOT be included in the request URI"; the
                 # same holds for tokens (RFC 6750 §5.3: URLs end up in logs and histories).
                 raise InvalidRequest("send parameters in the request body, not in the URL")
-            if not is_form_content_type(_header(scope, b"content-type")):
+            content_type, authorization = _headers(scope)
+            if not is_form_content_type(content_type):
                 raise InvalidRequest("the body must be application/x-www-form-urlencoded")
             body = await read_body(receive, services.settings.max_body_bytes)
             params = parse_form(body)
-            result = await self.handler(services, params, _header(scope, b"authorization"))
+            result = await self.handler(services, params, authorization)
         except OAuthError as error:
             status, body_json, headers = error_response(error, self._realm)
             if self.name == "token":

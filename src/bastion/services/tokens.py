@@ -8,6 +8,7 @@ store read it; a message on :data:`REVOCATION_CHANNEL` lets validators flush the
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
 import time
 from collections.abc import Awaitable
@@ -54,6 +55,29 @@ Introspector = Callable[[str, Client | None, float], Awaitable[dict[str, Any] | 
 Revoker = Callable[[str, Client, float], Awaitable[bool]]
 
 
+class TokenIds:
+    """Unique token ids (128 random bits each), drawn from the OS generator in batches: one
+    system call serves 256 ids instead of one."""
+
+    __slots__ = ("_buffer", "_offset")
+
+    _SIZE = 16
+    _BATCH = 256
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._offset = 0
+
+    def next(self) -> str:
+        """A fresh id, URL-safe base64 without padding (22 characters)."""
+        if self._offset >= len(self._buffer):
+            self._buffer = os.urandom(self._SIZE * self._BATCH)
+            self._offset = 0
+        start = self._offset
+        self._offset = start + self._SIZE
+        return jose.b64url_encode(self._buffer[start : start + self._SIZE])
+
+
 def revoked_key(jti: str) -> str:
     """The fast-state key that marks access token ``jti`` revoked (read by gateways too)."""
     return _REVOKED_PREFIX + jti
@@ -84,6 +108,7 @@ class TokenService:
         self._audit = audit
         self._clock = clock
         self._verified: dict[str, dict[str, Any]] = {}
+        self._ids = TokenIds()
         self.introspectors: list[Introspector] = []
         self.revokers: list[Revoker] = []
 
@@ -111,7 +136,7 @@ class TokenService:
             scope=scope,
             issued_at=int(now),
             expires_at=int(now) + ttl,
-            jti=secrets.token_urlsafe(16),
+            jti=self._ids.next(),
             extra=dict(extra_claims or {}),
         )
         if client.token_format is TokenFormat.OPAQUE:

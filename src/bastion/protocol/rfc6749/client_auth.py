@@ -53,7 +53,12 @@ def parse_basic(header: str) -> tuple[str, str]:
     client_id, sep, secret = decoded.partition(":")
     if not sep or not client_id:
         raise InvalidClient("malformed Basic credentials", used_basic=True)
-    return unquote_plus(client_id), unquote_plus(secret)
+    return _form_decode(client_id), _form_decode(secret)
+
+
+def _form_decode(value: str) -> str:
+    # Most ids and secrets are plain URL-safe text: skip the decoder when nothing is encoded.
+    return unquote_plus(value) if "%" in value or "+" in value else value
 
 
 def extract_credentials(params: Mapping[str, str], authorization: str | None) -> ClientCredentials:
