@@ -191,6 +191,21 @@ class RecordingUpstream:
         elif how == b"interim-flood":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 20_000)
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        elif how == b"interim-forever":
+            with contextlib.suppress(ConnectionError):
+                for _ in range(2000):
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.005)
+            return False
+        elif how == b"header-forever":
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            with contextlib.suppress(ConnectionError):
+                for _ in range(2000):
+                    writer.write(b"x-h: " + b"a" * 1000 + b"\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+            return False
         elif how == b"cut-body":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n" + b"x" * 10)
         elif how == b"huge-header":
@@ -232,15 +247,15 @@ def settings(upstream: RecordingUpstream, issuer: Issuer, **overrides: Any) -> G
         "issuers": [{"issuer": issuer.issuer, "jwks_uri": issuer.jwks_uri, "audience": AUD}],
         "upstreams": {"app": {"targets": [upstream.address]}},
         "routes": [
-            {"prefix": "/admin", "upstream": "app", "scopes": {"*": ["admin"]}, "read_timeout": 2.0},
+            {"prefix": "/admin", "upstream": "app", "scopes": {"*": ["admin"]}, "read_timeout": 1.0},
             {
                 "prefix": "/catalog",
                 "upstream": "app",
                 "scopes": {"GET": ["catalog:read"], "HEAD": ["catalog:read"], "*": ["catalog:write"]},
-                "read_timeout": 2.0,
+                "read_timeout": 1.0,
             },
-            {"prefix": "/public", "upstream": "app", "auth": "none", "read_timeout": 2.0},
-            {"prefix": "/", "upstream": "app", "auth": "none", "read_timeout": 2.0},
+            {"prefix": "/public", "upstream": "app", "auth": "none", "read_timeout": 1.0},
+            {"prefix": "/", "upstream": "app", "auth": "none", "read_timeout": 1.0},
         ],
     }
     data.update(overrides)

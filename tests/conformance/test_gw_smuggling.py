@@ -453,3 +453,14 @@ async def test_a_post_body_is_one_request_to_the_upstream(stack: Stack) -> None:
     assert received.method == b"POST"
     assert received.body == HIDDEN
     assert stack.upstream.errors == []
+
+
+def test_pipelined_chunked_bodies_in_shared_reads_are_not_overhead() -> None:
+    """The tail of one body and the head of the next request arriving in one read are not
+    counted as chunk metadata of the next."""
+    body = b"c350\r\n" + b"d" * 50_000 + b"\r\n0\r\n\r\n"
+    stream = (CHUNKED_HEAD + body) * 4
+    out = events([stream[i : i + 65536] for i in range(0, len(stream), 65536)])
+    assert not any(isinstance(e, Rejected) for e in out)
+    assert len(requests_of(out)) == 4
+    assert sum(len(e.data) for e in out if isinstance(e, Data)) == 200_000

@@ -377,6 +377,9 @@ class ServerConnection:
         self._header_bytes = 0
         self._body_seen = 0
         self._body_wire = 0
+        #: Messages begun so far: a feed in which one begins is not counted as body overhead
+        #: (part of it belonged to the previous message).
+        self._begun = 0
         self._msg_has_body = False
         self._in_message = False
         # Per-cycle state: the request being answered and how its response is framed.
@@ -397,6 +400,7 @@ class ServerConnection:
             self._events.append(ConnectionClosed(clean=not self._in_message))
             return
         in_body = self._in_message and not self._in_head
+        begun = self._begun
         try:
             self._parser.feed_data(data)
         except _Stop:  # pragma: no cover - httptools wraps callback errors
@@ -419,7 +423,7 @@ class ServerConnection:
                 self._reject(Rejected(431, "Request header fields too large."))
         else:
             self._head_pending = 0
-            if in_body and self._in_message:
+            if in_body and self._in_message and self._begun == begun:
                 # Still inside the same body: everything on the wire beyond its content is chunk
                 # sizes, extensions and trailer fields, which httptools skips or accumulates
                 # without bound (a 20 MB trailer value, endless extensions, 1-byte chunks).
@@ -466,6 +470,7 @@ class ServerConnection:
     # -- parser callbacks --------------------------------------------------------------------
 
     def _on_message_begin(self) -> None:
+        self._begun += 1
         self._in_message = True
         self._in_head = True
         self._url = b""
@@ -699,9 +704,20 @@ class ServerConnection:
 
 
 class ResponseReader:
-    """Parses the responses an upstream sends on one connection, one per request."""
+    """Parses the responses an upstream sends on one connection, one per request.
 
-    def __init__(self) -> None:
+    Args:
+        max_overhead: most bytes of one response that are not content: the head, chunk sizes and
+            extensions, trailer fields (larger: :class:`UpstreamProtocolError`, the client gets
+            502). httptools would otherwise accumulate an endless header field in memory for as
+            long as the read timeout lets the upstream send it.
+    """
+
+    def __init__(self, max_overhead: int = 64 * 1024) -> None:
+        self._max_overhead = max_overhead
+        self._wire = 0
+        self._content = 0
+        self._begun = 0
         self._events: deque[Response | Data | EndOfMessage] = deque()
         self._parser = self._new_parser()
         self._head_request = False
@@ -755,12 +771,17 @@ class ResponseReader:
         if self._complete:
             raise UpstreamProtocolError("data outside of a response")
         self._started = True
+        begun = self._begun
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if self._error is None and self._complete and self._reset_parser:
                 return  # the deliberate stop after a HEAD response's head
             raise UpstreamProtocolError(self._error or "malformed response") from exc
+        if not self._complete and self._begun == begun:
+            self._wire += len(data)
+            if self._wire - self._content > self._max_overhead:
+                raise UpstreamProtocolError("response head or chunk metadata too large")
 
     def receive_eof(self) -> None:
         """The upstream closed its side.
@@ -783,6 +804,9 @@ class ResponseReader:
     def _on_message_begin(self) -> None:
         self._headers = []
         self._in_head = True
+        self._begun += 1
+        self._wire = 0
+        self._content = 0
 
     def _on_header(self, name: bytes, value: bytes) -> None:
         if self._in_head:
@@ -835,6 +859,7 @@ class ResponseReader:
             raise _Stop
 
     def _on_body(self, data: bytes) -> None:
+        self._content += len(data)
         self._events.append(Data(data))
 
     def _on_message_complete(self) -> None:
