@@ -316,3 +316,15 @@ def test_logout_confirmation_with_a_wrong_csrf_token_keeps_the_session(harness: 
     response = harness.client.post("/logout", data=fields)
     assert response.status_code == 400
     assert "code" in _prompt_none(harness)
+
+
+def test_an_access_token_is_not_an_id_token_hint_even_with_one_algorithm(tmp_path: Path) -> None:
+    # RFC 8725 §3.11 (explicit typing): with access and ID tokens signed by the same algorithm,
+    # an RFC 9068 access token ("typ": "at+jwt") must not pass for an ID token.
+    for harness in make_clocked_harness(tmp_path, access_token_algorithm="RS256", id_token_algorithm="RS256"):
+        tokens = _signed_in_tokens(harness)
+        assert jose.parse_compact(tokens["access_token"]).header["alg"] == "RS256"
+        response = harness.client.get("/logout?" + urlencode({"id_token_hint": tokens["access_token"]}))
+        assert response.status_code == 400
+        response = harness.client.get("/logout?" + urlencode({"id_token_hint": tokens["id_token"]}))
+        assert response.status_code == 200

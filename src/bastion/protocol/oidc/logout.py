@@ -63,6 +63,11 @@ def verify_id_token_hint(
     except JOSEError as exc:
         raise InvalidRequest("id_token_hint is malformed") from exc
     alg = jws.header["alg"]
+    # RFC 8725 §3.11: explicit typing keeps one kind of JWT from passing for another. An RFC 9068
+    # access token (typ "at+jwt") signed with the same algorithm is not an ID token.
+    typ = str(jws.header.get("typ", "JWT")).lower()
+    if typ not in ("jwt", "application/jwt"):
+        raise InvalidRequest("id_token_hint is not an ID token")
     key = keys.get(jws.header.get("kid", ""))
     if alg not in algorithms or key is None or not key_fits_alg(key, alg):
         raise InvalidRequest("id_token_hint was not signed by this issuer")
