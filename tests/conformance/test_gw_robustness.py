@@ -11,6 +11,10 @@ Envoy CVE-2019-18801 and CVE-2022-29225 (unbounded headers and bodies), nginx's
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 import pytest
 
 from bastion.gateway.http1 import Data
@@ -21,6 +25,8 @@ from bastion.gateway.http1 import UpstreamProtocolError
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import get
 from tests.conformance.gw_attack import stack
+from tests.conformance.gw_attack import start_stack
+from tests.conformance.gw_attack import stop_stack
 
 __all__ = ["stack"]
 
@@ -155,3 +161,141 @@ async def test_an_unreachable_upstream_is_a_502_without_its_address(stack: Stack
     raw = await stack.exchange(get(b"/public/x"))
     assert raw.startswith((b"HTTP/1.1 502 ", b"HTTP/1.1 503 "))
     _clean(raw, stack)
+
+
+# -- greedy and slow clients ---------------------------------------------------------------------------
+
+FAST_LIMITS = {"header_timeout": 0.3, "body_timeout": 0.3, "keepalive_timeout": 0.5}
+
+
+@pytest.fixture
+async def quick() -> AsyncIterator[Stack]:
+    """The stack with short client timeouts."""
+    running = await start_stack(limits=FAST_LIMITS)
+    try:
+        yield running
+    finally:
+        await stop_stack(running)
+
+
+async def _read_all(client: object, timeout: float = 3.0) -> bytes:
+    reader = client.reader  # type: ignore[attr-defined]
+    with contextlib.suppress(ConnectionError):
+        return await asyncio.wait_for(reader.read(), timeout)
+    return b""
+
+
+@pytest.mark.anyio
+async def test_slowloris_on_the_header_is_cut_with_408(quick: Stack) -> None:
+    client = await quick.client()
+    try:
+        await client.send(b"GET /public/x HTTP/1.1\r\nHost: api.example\r\n")
+        for _ in range(3):  # one field at a time, each well inside any per-read timeout
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(ConnectionError):
+                await client.send(b"X-Slow: 1\r\n")
+        raw = await _read_all(client)
+    finally:
+        await client.aclose()
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert quick.upstream.requests == []
+    await _still_serving(quick)
+
+
+@pytest.mark.anyio
+async def test_a_stalled_body_is_cut(quick: Stack) -> None:
+    client = await quick.client()
+    try:
+        await client.send(b"POST /public/x HTTP/1.1\r\nHost: api.example\r\nContent-Length: 100\r\n\r\nabc")
+        raw = await _read_all(client)
+    finally:
+        await client.aclose()
+    assert raw == b"" or raw.startswith(b"HTTP/1.1 408 ")
+    await _still_serving(quick)
+
+
+@pytest.mark.anyio
+async def test_many_idle_connections_do_not_stop_others_and_are_closed(quick: Stack) -> None:
+    idle = [await quick.client() for _ in range(150)]
+    half = idle[:75]
+    for client in half:  # half of them start a request head and stop
+        await client.send(b"GET /public/x HTTP/1.1\r\n")
+    try:
+        await _still_serving(quick)
+        results = await asyncio.gather(*(_read_all(client) for client in idle))
+    finally:
+        for client in idle:
+            await client.aclose()
+    assert all(raw == b"" or raw.startswith(b"HTTP/1.1 408 ") for raw in results)
+    assert quick.gateway.server is not None
+    await _still_serving(quick)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        pytest.param(
+            b"GET /public/x HTTP/1.1\r\nHost: api.example\r\n" + b"X-H: 1\r\n" * 10_000 + b"\r\n",
+            431,
+            id="10k-fields",
+        ),
+        pytest.param(
+            b"GET /public/x HTTP/1.1\r\nHost: api.example\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+            431,
+            id="200k-field",
+        ),
+        pytest.param(
+            b"GET /public/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: api.example\r\n\r\n", 414, id="100k-path"
+        ),
+        pytest.param(
+            b"GET /public/x?" + b"q" * 100_000 + b" HTTP/1.1\r\nHost: api.example\r\n\r\n",
+            414,
+            id="100k-query",
+        ),
+        pytest.param(
+            b"GET /public/" + b"a/" * 3000 + b" HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n",
+            200,
+            id="3000-segments",
+        ),
+        pytest.param(
+            b"POST /public/x HTTP/1.1\r\nHost: api.example\r\nContent-Length: 99999999999\r\n\r\n",
+            413,
+            id="huge-declared-body",
+        ),
+    ],
+)
+async def test_oversized_requests_are_refused_in_bounded_time(stack: Stack, data: bytes, status: int) -> None:
+    client = await stack.client()
+    try:
+        with contextlib.suppress(ConnectionError):
+            await client.send(data)
+        raw = await _read_all(client)
+    finally:
+        await client.aclose()
+    assert raw.startswith(b"HTTP/1.1 %d " % status), raw[:100]
+    _clean(raw, stack)
+    await _still_serving(stack)
+
+
+@pytest.mark.anyio
+async def test_a_streamed_body_over_the_limit_is_cut(stack: Stack) -> None:
+    client = await stack.client()
+    try:
+        await client.send(
+            b"POST /public/x HTTP/1.1\r\nHost: api.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        answer = asyncio.ensure_future(client.read_response())
+        block = b"%x\r\n%s\r\n" % (65536, b"b" * 65536)
+        for _ in range(200):  # 13 MB against the 10 MiB default
+            if answer.done():
+                break
+            try:
+                await client.send(block)
+            except ConnectionError:
+                break
+        reply = await asyncio.wait_for(answer, 5)
+        assert reply.status == 413
+    finally:
+        await client.aclose()
+    await _still_serving(stack)
