@@ -261,3 +261,40 @@ def test_discovery_endpoints_answer(harness: ClockedHarness) -> None:
     for name in ("authorization_endpoint", "end_session_endpoint"):
         path = doc[name].removeprefix(ISSUER)
         assert harness.client.get(path).status_code in (200, 400), name
+
+
+# -- the access token of a sign-in (RFC 9068) ------------------------------------------------------
+
+
+def test_access_token_is_an_rfc9068_jwt_signed_with_a_published_key(harness: ClockedHarness) -> None:
+    now = int(harness.clock.now)
+    tokens = exchange(harness, obtain_code(harness))
+    jwks = KeySet.import_key_set(harness.client.get("/jwks.json").json())
+    decoded = jwt.decode(tokens["access_token"], jwks, algorithms=["ES256"])
+    # RFC 9068 §2.1: "typ" MUST be "at+jwt" (or "application/at+jwt").
+    assert decoded.header["typ"] in ("at+jwt", "application/at+jwt")
+    claims = decoded.claims
+    assert claims["iss"] == ISSUER
+    assert claims["sub"] == alice_id(harness)
+    assert claims["client_id"] == "web"
+    assert claims["aud"]
+    assert claims["iat"] == now
+    assert claims["exp"] == now + harness.services.settings.access_token_ttl
+    assert claims["jti"]
+    assert claims["auth_time"] == now
+    assert set(claims["scope"].split()) == set(tokens["scope"].split())
+
+
+def test_tokens_of_a_disabled_client_stop_working(harness: ClockedHarness) -> None:
+    from tests.conformance.test_as_token import introspect
+    from tests.conformance.test_as_token import resource_server
+
+    api = resource_server(harness)
+    tokens = exchange(harness, obtain_code(harness))
+    assert introspect(harness, tokens["access_token"], api)["active"] is True
+    harness.run(harness.services.clients.set_disabled, "web")
+    assert introspect(harness, tokens["access_token"], api) == {"active": False}
+    response = harness.client.get("/userinfo", headers={"authorization": f"Bearer {tokens['access_token']}"})
+    assert response.status_code == 401
+    harness.run(harness.services.clients.set_disabled, "web", False)
+    assert introspect(harness, tokens["access_token"], api)["active"] is True

@@ -110,6 +110,18 @@ async def token(services: Services, params: dict[str, str], authorization: str |
     return response
 
 
+async def introspect_token(services: Services, token: str, client: Client | None = None) -> dict[str, Any]:
+    """The RFC 7662 answer for ``token``, inactive once the client it was issued to is disabled
+    or deleted: a disabled client's refresh tokens are refused, and so are its access tokens
+    wherever this server is asked (introspection, UserInfo)."""
+    result = await services.tokens.introspect(token, client)
+    if result.get("active"):
+        owner = await services.clients.get(str(result.get("client_id", "")))
+        if owner is None or owner.disabled:
+            return {"active": False}
+    return result
+
+
 async def _confidential(services: Services, params: dict[str, str], authorization: str | None) -> Client:
     return await services.clients.authenticate(params, authorization)
 
@@ -121,7 +133,7 @@ async def introspect(services: Services, params: dict[str, str], authorization: 
     value = params.get("token")
     if value is None:
         raise InvalidRequest("token is required")
-    return await services.tokens.introspect(value, client)
+    return await introspect_token(services, value, client)
 
 
 async def revoke(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from bastion.protocol.oidc.userinfo import userinfo_claims
 from bastion.protocol.rfc6749.authorize import Interaction
 from bastion.protocol.rfc6749.scope import parse_scope
 from bastion.server.app import metadata_document
+from bastion.server.endpoints import introspect_token
 from bastion.services import authorize as flow
 from bastion.services.authorization_code import exchange_code
 from bastion.services.container import Services
@@ -412,7 +413,7 @@ class PeopleApp:
     async def userinfo(self, request: Request) -> Response:
         try:
             token = _bearer(request.headers.get("authorization"))
-            result = await self.services.tokens.introspect(token)
+            result = await introspect_token(self.services, token)
             if not result.get("active") or result.get("token_type") == "refresh_token":
                 raise InvalidToken("the access token is invalid or expired")
             user = await people(self.services).users.get_user(str(result.get("sub")))
