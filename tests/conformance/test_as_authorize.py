@@ -233,6 +233,7 @@ def _loopback_client(harness: ClockedHarness, *uris: str) -> None:
         ("http://127.0.0.1:49152/other", False),
         ("http://127.0.0.1:49152/cb?x=1", False),
         ("http://127.0.0.1:49152/cb#x", False),
+        ("http://127.0.0.1:49152/cb#", False),
         ("https://127.0.0.1:49152/cb", False),
         ("http://127.0.0.2:49152/cb", False),
         ("http://localhost:49152/cb", False),  # §8.3: localhost names get no port freedom
@@ -432,3 +433,15 @@ def test_post_to_authorize_follows_the_same_rules(harness: ClockedHarness) -> No
         },
     )
     assert query(response.headers["location"])["error"] == "login_required"
+
+
+def test_loopback_registered_with_a_port_accepts_the_default_port(harness: ClockedHarness) -> None:
+    # RFC 8252 §7.3: "MUST allow any port to be specified at the time of the request for
+    # loopback IP redirect URIs": port 80 written implicitly is a port too.
+    _loopback_client(harness, "http://127.0.0.1:8080/cb")
+    for requested in ("http://127.0.0.1/cb", "http://127.0.0.1:80/cb", "http://127.0.0.1:9090/cb"):
+        response = harness.client.get(
+            authorize_url(client_id="native", redirect_uri=requested, scope="openid")
+        )
+        assert response.status_code == 302, requested
+        assert response.headers["location"].startswith("/login?tx="), requested

@@ -179,12 +179,13 @@ def match_redirect_uri(registered: Iterable[str], requested: str) -> str | None:
         return None
     try:
         asked = urlsplit(requested)
-        asked_port = asked.port
+        asked.port  # noqa: B018 - raises ValueError on a malformed or out-of-range port
     except ValueError:
         return None
-    if asked.scheme != "http" or asked.hostname not in _LOOPBACK_HOSTS or asked.fragment:
+    if asked.scheme != "http" or asked.hostname not in _LOOPBACK_HOSTS or "#" in requested:
         return None
-    if asked.username is not None or asked.password is not None or asked_port is None:
+    # Any port goes, none (port 80) included: a registration with a port does not pin it.
+    if asked.username is not None or asked.password is not None:
         return None
     for uri in candidates:
         known = urlsplit(uri)
