@@ -10,6 +10,7 @@ compact JWS, strict b64     RFC 7515 §7.1, via ``protocol.jose``         Malfor
 ``crit`` refused            RFC 7515 §4.1.11                             UnsupportedHeader
 ``alg`` allowlisted         RFC 8725 §3.1, RFC 9068 §4 (no ``none``)     DisallowedAlgorithm
 ``typ`` is at+jwt           RFC 9068 §4, RFC 8725 §3.11                  WrongType
+no duplicate member names  RFC 7515 §5.2 step 4, RFC 7519 §7.2 step 10  MalformedToken
 claims are a JSON object    RFC 7519 §7.2 step 10                        MalformedToken
 claim types, required set   RFC 7519 §4.1, RFC 9068 §2.2                 InvalidClaims
 ``iss`` exact               RFC 9068 §4 step 4                           WrongIssuer
@@ -22,6 +23,7 @@ Signature checks (key selection and ``verify``) live with the key material in ``
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,28 @@ class Rules:
     required_claims: tuple[str, ...] = ("exp",)
 
 
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate member name")
+    return dict(pairs)
+
+
+def _refuse_duplicates(document: bytes, what: str) -> None:
+    """Refuse a JSON text in which any object repeats a member name.
+
+    RFC 7515 §5.2 and RFC 7519 §7.2 let a parser either reject duplicates or keep the last one;
+    orjson keeps the last one, but a service that parses the same token again (with the
+    ``Authorization`` header forwarded) may keep the first, and then two parties act on two
+    different subjects, audiences or expiries carried by one signature. Rejecting leaves one
+    reading.
+    """
+    try:
+        json.loads(document, object_pairs_hook=_unique_members)
+    except (ValueError, RecursionError) as exc:
+        raise MalformedToken(f"{what}: {exc}"[:100]) from None
+
+
 def allowed_algorithms(algorithms: Collection[str]) -> frozenset[str]:
     """Validate an issuer's algorithm allowlist.
 
@@ -96,6 +120,7 @@ def parse_token(token: str, rules: Rules) -> jose.CompactJWS:
     except jose.JOSEError as exc:
         raise MalformedToken(str(exc)) from exc
     header = parsed.header
+    _refuse_duplicates(jose.b64url_decode(parsed.signing_input.split(b".", 1)[0]), "header")
     alg = header["alg"]
     if alg not in rules.algorithms:
         # ``none`` in any spelling and every HS* can never be in the allowlist (see above).
@@ -135,6 +160,7 @@ def check_claims(payload: bytes, rules: Rules, audience: str, now: float) -> dic
     if not isinstance(claims, dict):
         # RFC 7519 §7.2 step 10: the JWT Claims Set must be a JSON object.
         raise MalformedToken("claims are not a JSON object")
+    _refuse_duplicates(payload, "claims")
     for name in rules.required_claims:
         if name not in claims:
             raise InvalidClaims(f"claim {name} is required", reason="missing_claim")
