@@ -445,3 +445,28 @@ def test_loopback_registered_with_a_port_accepts_the_default_port(harness: Clock
         )
         assert response.status_code == 302, requested
         assert response.headers["location"].startswith("/login?tx="), requested
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "javascript:alert(document.domain)",
+        "JavaScript://app.example/%0aalert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "vbscript:msgbox(1)",
+        "file:///etc/passwd",
+    ],
+)
+def test_script_and_local_schemes_cannot_be_registered(harness: ClockedHarness, uri: str) -> None:
+    from bastion.services.clients import ClientError
+
+    for field in ("redirect_uris", "post_logout_redirect_uris"):
+        with pytest.raises(ClientError):
+            harness.run(
+                harness.services.clients.create,
+                name="Bad",
+                public=True,
+                grant_types=["authorization_code"],
+                scopes=["openid"],
+                **{"redirect_uris": ["https://bad.example/cb"], field: [uri]},
+            )

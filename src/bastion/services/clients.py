@@ -27,6 +27,10 @@ _DUMMY_HASH = "0" * 64
 _CLIENT_ID_RE = re.compile(r"[\x20-\x7e]{1,255}")
 
 
+#: Schemes a redirect URI may never have.
+_FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "vbscript", "file", "blob", "about"})
+
+
 def is_client_id(value: str) -> bool:
     """Whether ``value`` could be a client identifier (RFC 6749 Appendix A.1, at most 255)."""
     return _CLIENT_ID_RE.fullmatch(value) is not None
@@ -141,6 +145,10 @@ class ClientService:
         for uri in (*uris, *post_logout_redirect_uris):
             if "#" in uri or (not uri.startswith(("https://", "http://")) and ":" not in uri):
                 raise ClientError(f"invalid redirect URI {uri!r}: absolute URI without fragment required")
+            # Private-use schemes serve native apps (RFC 8252 §7.1); these never name an app but
+            # run script or read local files where a browser follows them.
+            if uri.split(":", 1)[0].strip().lower() in _FORBIDDEN_SCHEMES:
+                raise ClientError(f"invalid redirect URI {uri!r}: scheme not allowed")
         now = self._clock()
         secret = None if public else new_secret(32)
         client = Client(
