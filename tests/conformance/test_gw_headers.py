@@ -15,6 +15,7 @@ import pytest
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import bearer
 from tests.conformance.gw_attack import get
+from tests.conformance.gw_attack import request
 from tests.conformance.gw_attack import stack
 
 __all__ = ["stack"]
@@ -140,3 +141,113 @@ async def test_unrelated_underscore_headers_pass(stack: Stack) -> None:
     [received] = stack.upstream.requests
     assert received.header(b"x_custom_thing") == [b"1"]
     assert received.header(b"accept_language") == [b"en"]
+
+
+# -- where a bearer token may be, and how it may be written -----------------------------------------
+
+
+def _token_line(stack: Stack, template: bytes) -> bytes:
+    return template.replace(b"TOKEN", stack.token(scope="admin"))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"Authorization: Bearer TOKEN",
+        b"Authorization: bearer TOKEN",
+        b"Authorization: BEARER TOKEN",
+        b"Authorization: Bearer  TOKEN",
+        b"Authorization:Bearer TOKEN",
+        b"Authorization: Bearer TOKEN ",
+        b"Authorization:\tBearer TOKEN\t",
+    ],
+)
+async def test_accepted_spellings_of_the_bearer_credential(stack: Stack, line: bytes) -> None:
+    """RFC 6750 §2.1 ``"Bearer" 1*SP b64token``; RFC 9110 §11.1 schemes are case-insensitive and
+    §5.5 field values lose leading and trailing whitespace."""
+    reply = await stack.send(get(b"/admin/x", _token_line(stack, line)))
+    assert reply.status == 200
+    assert _one(stack, b"x-bastion-subject") == b"alice"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("lines", "status"),
+    [
+        ((b"Authorization: Bearer TOKEN", b"Authorization: Bearer TOKEN"), 400),
+        ((b"Authorization: Basic YWRtaW46YWRtaW4=", b"Authorization: Bearer TOKEN"), 400),
+        ((b"Authorization: Bearer TOKEN", b"authorization: Bearer x"), 400),
+        ((b"Authorization: Bearer TOKEN TOKEN",), 400),
+        ((b"Authorization: Bearer TOKEN, Bearer TOKEN",), 400),
+        ((b"Authorization: Bearer TOKEN,Basic eA==",), 400),
+        ((b"Authorization: Bearer TOKEN;",), 400),
+        ((b'Authorization: Bearer "TOKEN"',), 400),
+        ((b"Authorization: Bearer",), 400),
+        ((b"Authorization: Bearer ",), 400),
+        ((b"Authorization: Bearer\tTOKEN",), 401),
+        ((b"Authorization: BearerTOKEN",), 401),
+        ((b"Authorization: Bearer=TOKEN",), 401),
+        ((b"Authorization: Basic YWRtaW46YWRtaW4=",), 401),
+        ((b"Authorization: DPoP TOKEN",), 401),
+        ((b"Authorization: TOKEN",), 401),
+        ((b"Authorization:",), 401),
+        ((b"Proxy-Authorization: Bearer TOKEN",), 401),
+        ((b"X-Access-Token: TOKEN",), 401),
+        ((b"Cookie: access_token=TOKEN",), 401),
+        ((b"Cookie: Authorization=Bearer%20TOKEN",), 401),
+        ((b"X-Forwarded-Authorization: Bearer TOKEN",), 401),
+        ((b"Authorization_: Bearer TOKEN",), 401),
+        ((b"Authorization: Bearer TOKEN\x0b",), 400),
+    ],
+)
+async def test_refused_placements_and_spellings(stack: Stack, lines: tuple[bytes, ...], status: int) -> None:
+    reply = await stack.send(get(b"/admin/x", *(_token_line(stack, line) for line in lines)))
+    assert reply.status == status
+    if status == 401:
+        assert (reply.header(b"www-authenticate") or b"").startswith(b'Bearer realm="shop"')
+    assert stack.upstream.requests == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "query",
+    [
+        b"access_token=TOKEN",
+        b"x=1&access_token=TOKEN",
+        b"%61ccess_token=TOKEN",
+        b"access%5Ftoken=TOKEN",
+        b"access_token=TOKEN&access_token=TOKEN",
+    ],
+)
+async def test_a_token_in_the_query_is_refused_even_with_a_valid_header(stack: Stack, query: bytes) -> None:
+    token = stack.token(scope="admin")
+    target = b"/admin/x?" + query.replace(b"TOKEN", token)
+    reply = await stack.send(get(target, bearer(token)))
+    assert reply.status == 400
+    assert b'error="invalid_request"' in (reply.header(b"www-authenticate") or b"")
+    assert stack.upstream.requests == []
+
+
+@pytest.mark.anyio
+async def test_a_token_in_a_form_body_is_never_read(stack: Stack) -> None:
+    body = b"access_token=" + stack.token(scope="admin")
+    data = request(
+        b"POST",
+        b"/admin/x",
+        b"Content-Type: application/x-www-form-urlencoded",
+        b"Content-Length: %d" % len(body),
+        body=body,
+    )
+    reply = await stack.send(data)
+    assert reply.status == 401
+    assert stack.upstream.requests == []
+
+
+@pytest.mark.anyio
+async def test_the_token_is_not_forwarded_and_never_logged(stack: Stack) -> None:
+    token = stack.token(scope="admin")
+    assert (await stack.send(get(b"/admin/x", bearer(token)))).status == 200
+    assert stack.upstream.requests[0].header(b"authorization") == []
+    assert token not in stack.upstream.all_bytes
+    assert token.decode() not in stack.log_text()

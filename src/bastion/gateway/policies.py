@@ -237,7 +237,8 @@ class BearerAuthPolicy:
             return self._missing(exchange)
         if len(values) > 1:
             return self._invalid_request(exchange, "Send exactly one Authorization header")
-        scheme, _, credentials = values[0].partition(b" ")
+        # RFC 9110 §5.5: a field value excludes leading and trailing whitespace (SP and HTAB).
+        scheme, _, credentials = values[0].strip(b" \t").partition(b" ")
         if scheme.lower() != b"bearer":
             return self._missing(exchange)
         credentials = credentials.strip(b" ")
