@@ -17,6 +17,8 @@ from tests.conformance.gw_attack import bearer
 from tests.conformance.gw_attack import get
 from tests.conformance.gw_attack import request
 from tests.conformance.gw_attack import stack
+from tests.conformance.gw_attack import start_stack
+from tests.conformance.gw_attack import stop_stack
 
 __all__ = ["stack"]
 
@@ -251,3 +253,78 @@ async def test_the_token_is_not_forwarded_and_never_logged(stack: Stack) -> None
     assert stack.upstream.requests[0].header(b"authorization") == []
     assert token not in stack.upstream.all_bytes
     assert token.decode() not in stack.log_text()
+
+
+# -- X-Forwarded-For ------------------------------------------------------------------------------------
+
+XFF_VALUES = [
+    b"6.6.6.6",
+    b"6.6.6.6, 10.0.0.1",
+    b"6.6.6.6 ,\t10.0.0.1",
+    b"2001:db8::1",
+    b"[2001:db8::1]:443",
+    b"1.2.3.4:80",
+    b"garbage",
+    b"unknown, 127.0.0.1",
+    b"127.0.0.1",
+    b"6.6.6.6,,,",
+    b"",
+    b"0x7f.0.0.1",
+    b"' OR 1=1 --",
+    b"9" * 2000,
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", XFF_VALUES)
+async def test_forwarded_for_from_an_untrusted_peer_is_replaced(stack: Stack, value: bytes) -> None:
+    reply = await stack.send(
+        get(
+            b"/public/x",
+            b"X-Forwarded-For: " + value,
+            b"X-Forwarded-For: 5.5.5.5",
+            b"X-Real-IP: 6.6.6.6",
+            b"Forwarded: for=6.6.6.6",
+            b"X-Forwarded-Proto: https",
+            b"X-Forwarded-Host: evil.example",
+        )
+    )
+    assert reply.status == 200
+    assert _one(stack, b"x-forwarded-for") == b"127.0.0.1"
+    assert _one(stack, b"x-real-ip") == b"127.0.0.1"
+    assert _one(stack, b"x-forwarded-proto") == b"http"
+    assert _one(stack, b"x-forwarded-host") == b"api.example"
+    assert stack.upstream.requests[0].header(b"forwarded") == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("value", "client"),
+    [
+        (b"6.6.6.6", b"6.6.6.6"),
+        (b"6.6.6.6, 10.0.0.1", b"10.0.0.1"),
+        (b"6.6.6.6 ,\t10.0.0.1", b"10.0.0.1"),
+        (b"2001:db8::1", b"2001:db8::1"),
+        (b"[2001:db8::1]:443", b"127.0.0.1"),
+        (b"1.2.3.4:80", b"127.0.0.1"),
+        (b"garbage", b"127.0.0.1"),
+        (b"unknown, 5.5.5.5", b"5.5.5.5"),
+        (b"5.5.5.5, garbage", b"127.0.0.1"),
+        (b"0x7f.0.0.1", b"127.0.0.1"),
+        (b"' OR 1=1 --", b"127.0.0.1"),
+        (b"9" * 2000, b"127.0.0.1"),
+    ],
+)
+async def test_forwarded_for_through_a_trusted_proxy_is_walked_from_the_right(
+    value: bytes, client: bytes
+) -> None:
+    """Only a well-formed address is ever the client (``X-Real-IP``, logs, rate limits); the
+    rightmost untrusted hop wins, a malformed hop ends the walk at the last good one."""
+    running = await start_stack(trusted_proxies=["127.0.0.0/8"])
+    try:
+        reply = await running.send(get(b"/public/x", b"X-Forwarded-For: " + value))
+        assert reply.status == 200
+        assert _one(running, b"x-real-ip") == client
+        assert _one(running, b"x-forwarded-for").endswith(b", 127.0.0.1")
+    finally:
+        await stop_stack(running)
