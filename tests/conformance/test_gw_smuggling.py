@@ -16,6 +16,7 @@ llhttp CVE-2022-32213/32214/32215, Envoy CVE-2019-18801.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -29,6 +30,7 @@ from bastion.gateway.http1 import Request
 from bastion.gateway.http1 import ServerConnection
 from bastion.gateway.limits import EngineLimits
 from tests.conformance.gw_attack import Stack
+from tests.conformance.gw_attack import bearer
 from tests.conformance.gw_attack import get
 from tests.conformance.gw_attack import stack
 
@@ -464,3 +466,49 @@ def test_pipelined_chunked_bodies_in_shared_reads_are_not_overhead() -> None:
     assert not any(isinstance(e, Rejected) for e in out)
     assert len(requests_of(out)) == 4
     assert sum(len(e.data) for e in out if isinstance(e, Data)) == 200_000
+
+
+@pytest.mark.anyio
+async def test_every_refused_payload_is_refused_on_the_wire_too(stack: Stack) -> None:
+    """The whole matrix over real sockets: the status the core decided reaches the client, the
+    connection closes, and the upstream never sees a hidden request or an unparseable byte."""
+    for name, data, status in REFUSED:
+        raw = await stack.exchange(data + HIDDEN)
+        assert raw.startswith(b"HTTP/1.1 %d " % status), (name, raw[:80])
+        assert raw.count(b"HTTP/1.1 ") == 1, name
+        assert b"connection: close" in raw.partition(b"\r\n\r\n")[0], name
+    await _nothing_hidden_reached(stack)
+
+
+@pytest.mark.anyio
+async def test_pipelined_requests_are_each_authorized(stack: Stack) -> None:
+    token = stack.token(scope="catalog:read")
+    pipeline = (
+        get(b"/public/1", close=False)
+        + HIDDEN
+        + get(b"/catalog/items", bearer(token), close=False)
+        + get(b"/admin/users", bearer(token), close=False)
+        + get(b"/public/2")
+    )
+    raw = await stack.exchange(pipeline)
+    statuses = [int(status) for status in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    assert statuses == [200, 401, 200, 403, 200]
+    assert [r.target for r in stack.upstream.requests] == [b"/public/1", b"/catalog/items", b"/public/2"]
+    assert all(r.header(b"x-bastion-subject") in ([], [b"alice"]) for r in stack.upstream.requests)
+    await _nothing_hidden_reached(stack)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"OPTIONS * HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n", 400),
+        (b"CONNECT api.example:443 HTTP/1.1\r\nHost: api.example:443\r\n\r\n", 501),
+        (b"TRACE /public/x HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n", 405),
+        (b"GET api.example:443 HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n", 400),
+    ],
+)
+async def test_special_targets_and_methods(stack: Stack, data: bytes, status: int) -> None:
+    reply = await stack.send(data)
+    assert reply.status == status
+    assert stack.upstream.requests == []
