@@ -328,3 +328,12 @@ def test_an_access_token_is_not_an_id_token_hint_even_with_one_algorithm(tmp_pat
         assert response.status_code == 400
         response = harness.client.get("/logout?" + urlencode({"id_token_hint": tokens["id_token"]}))
         assert response.status_code == 200
+
+
+def test_error_pages_are_not_401_without_a_challenge(harness: ClockedHarness) -> None:
+    # RFC 9110 §15.5.2: "The server generating a 401 response MUST send a WWW-Authenticate
+    # header field". An HTML page has no scheme to offer: an unknown client is a 400.
+    for url in (authorize_url(client_id="ghost"), authorize_url(client_id="")):
+        response = harness.client.get(url)
+        assert response.status_code == 400 or "www-authenticate" in response.headers
+        assert "location" not in response.headers

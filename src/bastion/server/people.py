@@ -170,6 +170,10 @@ class PeopleApp:
     def error_page(self, request: Request, error: OAuthError, status: int | None = None) -> Response:
         headers = {"retry-after": str(error.retry_after)} if isinstance(error, SlowDown) else None
         code = status or (error.status_hint if error.status_hint < 500 else 400)
+        if code == 401:
+            # RFC 9110 §15.5.2: a 401 "MUST send a WWW-Authenticate header field", and a page has
+            # no scheme to offer (an unknown client at /authorize is a bad request here).
+            code = 400
         return self.page(
             request,
             "error.html",
