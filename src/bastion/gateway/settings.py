@@ -140,8 +140,10 @@ class PoolSettings(_Frozen):
 
     max_connections: int = Field(default=100, ge=1, le=100_000)
     """Most open connections per target."""
-    max_idle: int = Field(default=32, ge=0, le=100_000)
-    """Most idle keep-alive connections kept per target."""
+    max_idle: int = Field(default=100, ge=0, le=100_000)
+    """Most idle keep-alive connections kept per target. Below the number of requests in flight
+    at peak, connections are closed and reopened under load (each costs a TCP handshake and leaves
+    a TIME_WAIT socket), so keep it near ``max_connections``."""
     idle_timeout: Seconds = 30.0
     """Idle keep-alive connections are closed after this many seconds."""
 
