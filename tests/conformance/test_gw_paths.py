@@ -332,6 +332,10 @@ E2E_TARGETS = [
     b"/public//../admin/users",
     # query and fragment characters inside encoded forms
     b"/public?/../admin",
+    # oauth2-proxy skip-auth regexes matched the query too: "?/public" must not make /admin public
+    b"/admin/users?/public",
+    b"/admin/users?x=/public/",
+    b"/admin/users?%2fpublic",
     b"/public?x=%2f..%2fadmin",
     b"/admin#/public",
     b"/public#/../admin",
