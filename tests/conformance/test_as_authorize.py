@@ -276,6 +276,8 @@ def test_state_and_iss_on_success(harness: ClockedHarness) -> None:
         from tests.people.test_endpoints import consent
 
         response = consent(harness, response.headers["location"])
+    # A redirect carrying a code is never stored by a cache (RFC 6749 §10.5 short-lived, one use).
+    assert response.headers["cache-control"] == "no-store"
     params = query(response.headers["location"])
     assert params["state"] == "a b&c=d/é"
     assert params["iss"] == ISSUER
