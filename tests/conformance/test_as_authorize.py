@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
+import httpx2 as httpx
 import pytest
 
 from bastion.protocol.rfc7636 import s256
@@ -18,6 +19,7 @@ from tests.people.test_endpoints import assert_page_headers
 from tests.people.test_endpoints import authorize_url
 from tests.people.test_endpoints import code_for
 from tests.people.test_endpoints import exchange
+from tests.people.test_endpoints import form_fields
 from tests.people.test_endpoints import login
 
 
@@ -472,3 +474,62 @@ def test_script_and_local_schemes_cannot_be_registered(harness: ClockedHarness, 
                 scopes=["openid"],
                 **{"redirect_uris": ["https://bad.example/cb"], field: [uri]},
             )
+
+
+# -- id_token_hint (OIDC Core §3.1.2.1) -----------------------------------------------------------
+
+
+def _bob(harness: ClockedHarness) -> None:
+    from bastion.services.users import create_user
+    from tests.people.support import CHEAP_PASSWORDS
+
+    harness.run(create_user, harness.services, "bob", "bob's long password", passwords=CHEAP_PASSWORDS)
+
+
+def test_id_token_hint_of_the_signed_in_user_is_honoured(harness: ClockedHarness) -> None:
+    tokens = exchange(harness, code_for(harness))
+    response = harness.client.get(authorize_url(prompt="none", id_token_hint=tokens["id_token"]))
+    assert set(query(response.headers["location"])) == {"code", "state", "iss"}
+
+
+def test_id_token_hint_of_another_user_is_not_answered_with_the_session_user(harness: ClockedHarness) -> None:
+    # OIDC Core §3.1.2.1: "If the End-User identified by the ID Token is logged in or is logged
+    # in by the request, then the Authorization Server returns a positive response; otherwise, it
+    # SHOULD return an error, such as login_required."
+    alice_tokens = exchange(harness, code_for(harness))
+    _bob(harness)
+    harness.client.cookies.clear()
+    response = login_as(harness, "bob", "bob's long password")
+    assert response.status_code == 303
+    # Bob's browser, Alice's hint: no silent code for Bob.
+    hinted = harness.client.get(authorize_url(prompt="none", id_token_hint=alice_tokens["id_token"]))
+    assert query(hinted.headers["location"])["error"] == "login_required"
+    # Without prompt=none the user is asked to sign in.
+    hinted = harness.client.get(authorize_url(id_token_hint=alice_tokens["id_token"]))
+    assert hinted.headers["location"].startswith("/login?tx=")
+
+
+def test_a_forged_or_foreign_id_token_hint_is_refused(harness: ClockedHarness) -> None:
+    from bastion.protocol import jose
+
+    tokens = exchange(harness, code_for(harness))
+    forged = jose.encode_jwt(
+        "RS256",
+        jose.generate_private_key("RS256"),
+        {"typ": "JWT", "kid": "x"},
+        {"iss": ISSUER, "aud": "web", "sub": "someone", "exp": 9_999_999_999, "iat": 1},
+    )
+    for hint in (forged, "garbage", tokens["access_token"]):
+        response = harness.client.get(authorize_url(prompt="none", id_token_hint=hint))
+        assert query(response.headers["location"])["error"] in ("invalid_request", "login_required"), hint
+        assert "code" not in query(response.headers["location"])
+
+
+def login_as(harness: ClockedHarness, username: str, password: str) -> httpx.Response:
+    """Start an authorization request and sign in as ``username`` on its login page."""
+    response = harness.client.get(authorize_url())
+    page = harness.client.get(response.headers["location"])
+    csrf, tx = form_fields(page.text)
+    return harness.client.post(
+        "/login", data={"csrf_token": csrf, "tx": tx, "username": username, "password": password}
+    )

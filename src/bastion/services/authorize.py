@@ -31,6 +31,7 @@ from bastion.protocol.errors import InvalidRequest
 from bastion.protocol.errors import OAuthError
 from bastion.protocol.models import Client
 from bastion.protocol.models import User
+from bastion.protocol.oidc.logout import verify_id_token_hint
 from bastion.protocol.rfc6749.authorize import AuthorizationPageError
 from bastion.protocol.rfc6749.authorize import AuthorizationRequest
 from bastion.protocol.rfc6749.authorize import Interaction
@@ -248,10 +249,33 @@ async def authorize(services: Services, items: Iterable[tuple[str, str]], sessio
         return ShowError(InvalidRequest("unknown client"))
     try:
         request = validate_authorization_request(params, repeated, client, target)
+        if "id_token_hint" in params:
+            request = replace(request, hint_subject=verify_hint(services, params["id_token_hint"], client))
     except OAuthError as exc:
         return Redirect(error_response_uri(target, exc, services.settings.issuer))
     pending = Pending(pending_id=secrets.token_urlsafe(16), request=request, session_hash=session.key_hash)
     return await decide(services, client, pending, session)
+
+
+def verify_hint(services: Services, token: str, client: Client) -> str:
+    """The ``sub`` of an ``id_token_hint`` this issuer signed for ``client`` (expired or not).
+
+    Raises:
+        InvalidRequest: not an ID token of this issuer, or one issued to another client.
+    """
+    keys = {}
+    for key in services.keys.published():
+        if (found := services.keys.public_key(key.kid)) is not None:
+            keys[key.kid] = found[1]
+    claims = verify_id_token_hint(
+        token,
+        issuer=services.settings.issuer,
+        keys=keys,
+        algorithms=(services.settings.id_token_algorithm,),
+    )
+    if claims["aud"] != client.client_id or not isinstance(claims.get("sub"), str):
+        raise InvalidRequest("id_token_hint was issued to another client")
+    return str(claims["sub"])
 
 
 async def resume(services: Services, pending: Pending, session: LoginSession) -> Outcome:
@@ -283,6 +307,7 @@ async def decide(services: Services, client: Client, pending: Pending, session: 
             consented_for_request=pending.consented,
             first_party=client.first_party,
             now=now,
+            user_id=user.user_id if user is not None else None,
         )
     except OAuthError as exc:
         await services.stores.state.delete(PENDING_PREFIX + pending.pending_id)

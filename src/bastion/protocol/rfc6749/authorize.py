@@ -109,6 +109,8 @@ class AuthorizationRequest:
     prompt: frozenset[str] = frozenset()
     max_age: int | None = None
     login_hint: str | None = None
+    #: ``sub`` of a verified ``id_token_hint``: the user the client expects (OIDC Core §3.1.2.1).
+    hint_subject: str | None = None
 
     @property
     def target(self) -> RedirectTarget:
@@ -127,6 +129,7 @@ class AuthorizationRequest:
             "prompt": sorted(self.prompt),
             "max_age": self.max_age,
             "login_hint": self.login_hint,
+            "hint_subject": self.hint_subject,
         }
 
     @classmethod
@@ -142,6 +145,7 @@ class AuthorizationRequest:
             prompt=frozenset(data.get("prompt", ())),
             max_age=data.get("max_age"),
             login_hint=data.get("login_hint"),
+            hint_subject=data.get("hint_subject"),
         )
 
 
@@ -333,6 +337,7 @@ def required_interaction(
     consented_for_request: bool,
     first_party: bool,
     now: float,
+    user_id: str | None = None,
 ) -> Interaction:
     """What must happen before a code is issued.
 
@@ -345,6 +350,7 @@ def required_interaction(
         consented_for_request: the user consented during this very request.
         first_party: the client is first-party (no consent screen).
         now: the current time.
+        user_id: the signed-in user, compared with the request's ``hint_subject``.
 
     Raises:
         LoginRequired: ``prompt=none`` and the user must sign in (OIDC Core §3.1.2.6).
@@ -362,6 +368,10 @@ def required_interaction(
             or "login" in request.prompt
             or request.max_age == 0
             or (request.max_age is not None and now - auth_time > request.max_age)
+            # id_token_hint: "If the End-User identified by the ID Token is logged in or is
+            # logged in by the request, then the Authorization Server returns a positive
+            # response; otherwise, it SHOULD return an error, such as login_required."
+            or (request.hint_subject is not None and request.hint_subject != user_id)
         )
     if need_login:
         if "none" in request.prompt:
