@@ -148,9 +148,9 @@ def test_machine_endpoints_never_fail(
     authorization: str | None,
     content_type: str,
 ) -> None:
-    headers = {"content-type": content_type.encode()}
+    headers = {b"content-type": content_type.encode()}
     if authorization is not None:
-        headers["authorization"] = authorization.encode("latin-1")
+        headers[b"authorization"] = authorization.encode("latin-1")
     response = harness.client.post(path, content=_encode(pairs), headers=headers)
     _ok(response.status_code)
     assert response.headers["content-type"] == "application/json"
@@ -201,9 +201,9 @@ def test_login_and_consent_with_a_live_session_never_fail(
 @FUZZ
 @given(authorization=HEADER_VALUES, cookie=st.text(max_size=80))
 def test_userinfo_never_fails_on_headers(harness: ClockedHarness, authorization: str, cookie: str) -> None:
-    headers = {"authorization": authorization.encode("latin-1")}
+    headers = {b"authorization": authorization.encode("latin-1")}
     with contextlib.suppress(UnicodeEncodeError):
-        headers["cookie"] = cookie.encode("latin-1")
+        headers[b"cookie"] = cookie.encode("latin-1")
     response = harness.client.get("/userinfo", headers=headers)
     _ok(response.status_code)
     if response.status_code == 401:

@@ -137,12 +137,13 @@ def test_access_token_introspection_shape(harness: ClockedHarness) -> None:
 
 def test_introspection_needs_an_authenticated_client(harness: ClockedHarness) -> None:
     tokens = exchange(harness, obtain_code(harness))
-    for attempt in (
-        {"data": {"token": tokens["access_token"]}},
-        {"data": {"token": tokens["access_token"], "client_id": "web"}},  # public: no credentials
-        {"data": {"token": tokens["access_token"]}, "headers": basic("api", "wrong")},
-    ):
-        response = harness.client.post("/introspect", **attempt)
+    attempts: list[tuple[dict[str, str], dict[str, str]]] = [
+        ({"token": tokens["access_token"]}, {}),
+        ({"token": tokens["access_token"], "client_id": "web"}, {}),  # public: no credentials
+        ({"token": tokens["access_token"]}, basic("api", "wrong")),
+    ]
+    for data, headers in attempts:
+        response = harness.client.post("/introspect", data=data, headers=headers)
         assert response.status_code == 401
         assert response.json()["error"] == "invalid_client"
         assert response.headers["www-authenticate"].startswith("Basic")
