@@ -17,7 +17,9 @@ Rules (RFC 3986 §3.3 ``path-abempty``, RFC 9112 §3.2 request-target):
 * Percent-escapes of unreserved characters (RFC 3986 §2.3: ``ALPHA DIGIT - . _ ~``) are decoded,
   as §6.2.2.2 says is equivalent; every other escape is kept with upper-case hex (§6.2.2.1),
   except that escapes which would change the path's structure or are never legitimate are
-  refused: ``%2F`` (``/``), ``%5C`` (``\\``), ``%3B`` (``;``), ``%00``-``%1F`` and ``%7F``
+  refused: ``%2F`` (``/``), ``%5C`` (``\\``), ``%3B`` (``;``), ``%23`` (``#``) and ``%3F``
+  (``?``: an upstream that decodes before splitting would see a query or fragment in the
+  path), ``%00``-``%1F`` and ``%7F``
   (controls), and ``%25`` followed by two hex digits (double encoding), also when those digits
   were themselves escaped (``%25%32%66``: triple encoding). Nothing is decoded twice, and the
   canonical path is a fixed point: parsing it again changes nothing.
@@ -51,9 +53,9 @@ _BAD_QUERY_RE: Final = re.compile(rb"[\x00-\x20#\x7f-\xff]")
 _ESCAPED_ESCAPE_RE: Final = re.compile(r"%25[0-9A-Fa-f]{2}")
 _HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 _UNRESERVED: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-#: Escapes refused outright: structure-changing (``/ \\ ;``), the escape character itself when
+#: Escapes refused outright: structure-changing (``/ \\ ; # ?``), the escape character itself when
 #: it would start another escape (checked separately), and controls.
-_REFUSED_ESCAPES: Final = frozenset([0x2F, 0x5C, 0x3B, 0x7F, *range(0x20)])
+_REFUSED_ESCAPES: Final = frozenset([0x2F, 0x5C, 0x3B, 0x23, 0x3F, 0x7F, *range(0x20)])
 _NON_ASCII_ESCAPE_RE: Final = re.compile(r"%[89A-F][0-9A-F]")
 #: Unicode categories never legitimate in a path: controls, format characters (zero-width space,
 #: bidi overrides, soft hyphen), separators, private use, surrogates, unassigned.
