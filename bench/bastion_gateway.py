@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import secrets
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,36 @@ from token_pool import ISSUER
 from token_pool import SCOPE
 
 BASTION = str(Path(sys.executable).parent / "bastion")
+
+
+_CACHE_METRIC = re.compile(r'^bastion_gateway_token_cache_total\{result="(hit|miss)"\} (\S+)$', re.MULTILINE)
+
+
+class GatewayService(Service):
+    """``bastion serve`` running a gateway, with its admin listener (one port per worker)."""
+
+    def __init__(self, *args: Any, admin_port: int, workers: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.admin_port = admin_port
+        self.workers = workers
+
+    def cache_counts(self) -> tuple[int, int]:
+        """Verified-token cache (hits, misses) summed over the workers' ``/metrics``.
+
+        Raises:
+            OSError: a worker's admin listener did not answer.
+        """
+        hits = misses = 0
+        for worker in range(self.workers):
+            url = f"http://127.0.0.1:{self.admin_port + worker}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            for result, value in _CACHE_METRIC.findall(text):
+                if result == "hit":
+                    hits += int(float(value))
+                else:
+                    misses += int(float(value))
+        return hits, misses
 
 
 class Unsupported(RuntimeError):
@@ -116,8 +148,8 @@ def service(
     tls: Any,
     workers: int,
     cores: str,
-) -> Service:
-    """A :class:`Service` running ``bastion serve --config <file> --workers N`` for the gateway.
+) -> GatewayService:
+    """A :class:`GatewayService` running ``bastion serve --config <file> --workers N`` for the gateway.
 
     Raises:
         Unsupported: the variant needs an option this tree does not have.
@@ -125,12 +157,13 @@ def service(
     directory = work / name
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    admin_port = free_port()
     config = directory / "bastion.toml"
     config.write_text(
         gateway_config(
             data_dir=directory / ".bastion",
             port=port,
-            admin_port=free_port(),
+            admin_port=admin_port,
             alg=alg,
             jwks_uri=jwks_uri,
             upstream_port=upstream_port,
@@ -147,7 +180,7 @@ def service(
     )
     if check.returncode != 0:
         raise Unsupported(f"config check failed: {(check.stderr or check.stdout).strip()[-500:]}")
-    return Service(
+    return GatewayService(
         name,
         [BASTION, "--config", str(config), "serve", "--workers", str(workers)],
         cores=cores,
@@ -155,6 +188,8 @@ def service(
         log_dir=work / "logs",
         env=_env(),
         timeout=60,
+        admin_port=admin_port,
+        workers=workers,
     )
 
 

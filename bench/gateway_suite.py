@@ -10,6 +10,7 @@ target must pass a preflight: a valid token is forwarded (200) and every token o
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,7 +268,21 @@ def _bastion_targets(
                     (str(pools[alg].tokens_file),),
                     baseline=baseline,
                     service=service,
+                    check=functools.partial(_cache_check, f"{name} {alg}", service, cache),
                     server_core=SERVER_CORE if options.workers == 1 else None,
                 )
             )
     return targets
+
+
+def _cache_check(label: str, service: bastion_gateway.GatewayService, cache: bool) -> str:
+    """A note with the row's cache hit ratio, flagged when it contradicts the configuration."""
+    try:
+        hits, misses = service.cache_counts()
+    except OSError as exc:
+        return f"{label}: cache counters unavailable ({exc})"
+    lookups = hits + misses
+    ratio = hits / lookups if lookups else 0.0
+    wrong = (cache and ratio < 0.9) or (not cache and hits > 0)
+    flag = "UNEXPECTED: " if wrong else ""
+    return f"{flag}{label}: {ratio:.1%} verified-token cache hits over {lookups:,} lookups."

@@ -57,6 +57,8 @@ class Target:
     before: Callable[[], None] | None = None
     #: Called after each round.
     after: Callable[[], None] | None = None
+    #: Called once after all rounds; a returned string becomes a note under the table.
+    check: Callable[[], str | None] | None = None
     results: list[WrkResult] = field(default_factory=list)
     #: Per round: share of the server core's time used by anything but the server under test.
     foreign_load: list[float] = field(default_factory=list)

@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                         server_cpu=target.server_cpu,
                     )
                 )
+            for target in targets:
+                note = target.check() if target.check is not None else None
+                if note:
+                    table.notes.append(note)
             tables[table.suite] = table
         profiles = {}
         if args.profile:
