@@ -61,11 +61,24 @@ class TrustedProxies:
         hops = [hop.strip() for value in forwarded_for for hop in value.split(b",")]
         current = peer
         for raw in reversed(hops):
-            try:
-                hop = str(ipaddress.ip_address(raw.decode("ascii")))
-            except (ValueError, UnicodeDecodeError):
+            hop = _address(raw)
+            if hop is None:
                 return current
             current = hop
             if not self.is_trusted(hop):
                 return hop
         return current
+
+
+def _address(raw: bytes) -> str | None:
+    """A forwarded hop as a normalised address: no IPv6 scope ids (free text an attacker could
+    fill), IPv4-mapped IPv6 as plain IPv4; ``None`` when it is not an address."""
+    if b"%" in raw:
+        return None
+    try:
+        ip = ipaddress.ip_address(raw.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)

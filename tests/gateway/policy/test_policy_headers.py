@@ -225,3 +225,10 @@ def test_response_hides_the_upstream() -> None:
     ]
     assert response_filter("rid", None)(200, [(b"server", b"nginx")]) == [(b"x-request-id", b"rid")]
     assert reply_headers("rid", None) == [(b"x-request-id", b"rid")]
+
+
+def test_forwarded_hops_are_normalised_addresses() -> None:
+    # A scope id is free text; a mapped IPv6 address is the IPv4 client it wraps.
+    assert PROXIES.client_ip("10.0.0.1", [b"203.0.113.9, fe80::1%a b"]) == "10.0.0.1"
+    assert PROXIES.client_ip("10.0.0.1", [b"::ffff:203.0.113.9"]) == "203.0.113.9"
+    assert PROXIES.client_ip("10.0.0.1", [b"203.0.113.9, ::ffff:10.0.0.7"]) == "203.0.113.9"
