@@ -181,7 +181,7 @@ def test_unknown_user_wrong_password_and_disabled_account_look_the_same(harness:
     wrong = post_login(harness, unknown, username="alice", password="whatever whatever")
     harness.run(set_disabled, harness.services, "alice")
     disabled = post_login(harness, wrong, username="alice", password=PASSWORD)
-    assert unknown.status_code == wrong.status_code == disabled.status_code == 401
+    assert unknown.status_code == wrong.status_code == disabled.status_code == 400
     assert _error_text(unknown) == _error_text(wrong) == _error_text(disabled)
     assert "set-cookie" not in disabled.headers
 

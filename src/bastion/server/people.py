@@ -307,8 +307,10 @@ class PeopleApp:
                 headers={"retry-after": str(exc.retry_after)},
             )
         except LoginFailed as exc:
+            # 400, not 401: a 401 must carry a WWW-Authenticate challenge (RFC 9110 §15.5.2),
+            # and a form is not an HTTP authentication scheme.
             return await self._render_login(
-                request, session, pending, error=str(exc), username=username, status=401
+                request, session, pending, error=str(exc), username=username, status=400
             )
         cookie, signed_in = await flow.sign_in(self.services, session, user, self.services.clock())
         await flow.signed_in_for(self.services, pending, signed_in)
