@@ -14,6 +14,7 @@ from typing import Any
 
 from procs import Service
 from procs import free_port
+from procs import free_port_block
 from token_pool import AUDIENCE
 from token_pool import ISSUER
 from token_pool import SCOPE
@@ -157,7 +158,7 @@ def service(
     directory = work / name
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    admin_port = free_port()
+    admin_port = free_port_block(workers)  # worker n serves its metrics on admin_port + n
     config = directory / "bastion.toml"
     config.write_text(
         gateway_config(

@@ -25,6 +25,15 @@ SERVER_CORE = "0"
 CLIENT_CORE = "1"
 
 
+def worker_cores(workers: int) -> str:
+    """``taskset`` cores for ``workers`` processes: core 0 alone for one, else the first
+    ``workers`` cores (all of them on a machine with fewer), shared with the load generator."""
+    if workers <= 1:
+        return SERVER_CORE
+    available = sorted(os.sched_getaffinity(0))
+    return ",".join(str(core) for core in available[:workers])
+
+
 class ServiceError(RuntimeError):
     """A service did not come up; the message ends with the tail of its log."""
 
@@ -34,6 +43,31 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_block(count: int, attempts: int = 50) -> int:
+    """The first of ``count`` consecutive TCP ports on 127.0.0.1 that are all free right now.
+
+    Raises:
+        ServiceError: no such block was found.
+    """
+    for _ in range(attempts):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise ServiceError(f"no {count} consecutive free ports")
 
 
 def _tail(path: Path, size: int = 3000) -> str:

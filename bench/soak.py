@@ -20,8 +20,8 @@ import bastion_gateway
 import peers
 from install import WORK_DIR
 from procs import CLIENT_CORE
-from procs import SERVER_CORE
 from procs import free_port
+from procs import worker_cores
 from rounds import expect_status
 from token_pool import make_pools
 from wrk import parse_output
@@ -50,7 +50,7 @@ def run(run_dir: Path, seconds: float, *, workers: int, tokens: int, log: Callab
     pools, jwks = make_pools(work / "tokens", ("RS256",), tokens)
     jwks.chmod(0o644)
     upstream_port = free_port()
-    cores = SERVER_CORE if workers == 1 else ",".join(str(i) for i in range(workers))
+    cores = worker_cores(workers)
     with (
         peers.nginx_upstream(upstream_port, work, jwks, CLIENT_CORE),
         bastion_gateway.service(

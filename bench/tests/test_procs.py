@@ -12,7 +12,9 @@ from procs import Service
 from procs import ServiceError
 from procs import core_ticks
 from procs import free_port
+from procs import free_port_block
 from procs import wait_port_closed
+from procs import worker_cores
 
 
 def test_service_serves_accounts_and_stops(tmp_path) -> None:
@@ -62,3 +64,25 @@ def test_core_ticks_grow() -> None:
     assert core_ticks("0")[1] >= total
     with pytest.raises(ValueError, match="no cpu99"):
         core_ticks("99")
+
+
+def test_worker_cores_never_names_a_missing_core() -> None:
+    assert worker_cores(1) == "0"
+    cores = worker_cores(64).split(",")
+    assert len(cores) == len(os.sched_getaffinity(0))
+    assert worker_cores(2).split(",") == cores[:2]
+
+
+def test_free_port_block_is_bindable() -> None:
+    import socket
+
+    base = free_port_block(3)
+    sockets = []
+    try:
+        for port in range(base, base + 3):
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", port))
+    finally:
+        for sock in sockets:
+            sock.close()
