@@ -25,7 +25,9 @@ def free_port() -> int:
 class Bastion:
     """A data dir, a config file, and a ``bastion serve`` process on free ports."""
 
-    def __init__(self, tmp: Path, extra_config: str = "", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, tmp: Path, extra_config: str = "", env: dict[str, str] | None = None, gateway_config: str = ""
+    ) -> None:
         self.tmp = tmp
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
@@ -37,6 +39,7 @@ data_dir = "{tmp / "data"}"
 listen = "127.0.0.1:{self.port}"
 issuer = "{self.issuer}"
 {extra_config}
+{gateway_config}
 """
         )
         self.env = {**os.environ, "BASTION_KEK": "e2e-" + "k" * 40, **(env or {})}
@@ -58,7 +61,8 @@ issuer = "{self.issuer}"
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cli(*args, "--json"))
 
-    def start(self, *args: str) -> None:
+    def start_process(self, *args: str) -> None:
+        """Start ``bastion serve`` without waiting for it to be healthy."""
         self.log = (self.tmp / "serve.log").open("wb")
         self.process = subprocess.Popen(
             [*BASTION, "--config", str(self.config), "serve", *args],
@@ -66,6 +70,13 @@ issuer = "{self.issuer}"
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+
+    def log_text(self) -> str:
+        return (self.tmp / "serve.log").read_text(errors="replace")
+
+    def start(self, *args: str) -> None:
+        self.start_process(*args)
+        assert self.process is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

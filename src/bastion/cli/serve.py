@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,25 @@ async def _prepare_keys(settings: Settings, kek: bytes) -> None:
         await stores.close()
 
 
+def supervise(procs: list[Any], stopping: Callable[[], bool], signal_all: Callable[[int, Any], None]) -> bool:
+    """Wait for the workers; if one dies while the others serve, say so and stop them all (a
+    half-running server that looks healthy is worse than one that stops). Returns whether a
+    worker failed."""
+    failed = False
+    while any(proc.is_alive() for proc in procs):
+        for n, proc in enumerate(procs):
+            proc.join(timeout=0.2)
+            if proc.exitcode is not None and not stopping() and not failed:
+                failed = True
+                click.secho(
+                    f"error: worker {n} exited with code {proc.exitcode} (see its log above); stopping the others",
+                    fg="red",
+                    err=True,
+                )
+                signal_all(signal.SIGTERM, None)
+    return failed
+
+
 def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path | None = None) -> None:
     """Run the configured components until SIGTERM/SIGINT; SIGHUP reloads gateway routes."""
     if config_path is not None:
@@ -216,11 +236,17 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
             worker_main(settings, kek)
             return
         ctx = multiprocessing.get_context("spawn")
-        procs = [ctx.Process(target=worker_main, args=(settings, kek, n), daemon=False) for n in range(workers)]
+        procs = [
+            ctx.Process(target=worker_main, args=(settings, kek, n), daemon=False) for n in range(workers)
+        ]
         for proc in procs:
             proc.start()
 
+        stopping = False
+
         def forward(sig: int, _frame: Any) -> None:
+            nonlocal stopping
+            stopping = stopping or sig != signal.SIGHUP
             for proc in procs:
                 if proc.pid is not None and proc.is_alive():
                     os.kill(proc.pid, sig)
@@ -228,9 +254,8 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
         signal.signal(signal.SIGHUP, forward)
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
-        for proc in procs:
-            proc.join()
-        if any(proc.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT) for proc in procs):
+        failed = supervise(procs, lambda: stopping, forward)
+        if failed or any(proc.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT) for proc in procs):
             sys.exit(1)
     finally:
         with contextlib.suppress(OSError):
