@@ -8,7 +8,6 @@ background task), and at close, so the token endpoint's hot path pays for a list
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -17,6 +16,8 @@ from typing import IO
 from typing import Any
 
 import orjson
+
+from bastion.ops.background import Background
 
 
 class AuditLog:
@@ -36,7 +37,7 @@ class AuditLog:
         self._flush_every = flush_every
         self._flush_interval = flush_interval
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._flusher = Background(self.run)
         #: Every event also goes to these callbacks (tests, metrics, alert rules).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
@@ -75,16 +76,11 @@ class AuditLog:
 
     def start(self) -> None:
         """Start the periodic flush on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run())
+        self._flusher.start()
 
     async def close(self) -> None:
         """Stop the flusher, write what is left, close the file."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._flusher.stop()
         self.flush()
         if self._stream is not None and self._stream is not sys.stdout.buffer:
             self._stream.close()

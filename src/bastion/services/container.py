@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable
@@ -14,6 +13,7 @@ from dataclasses import field
 from typing import Any
 
 from bastion.ops.audit import AuditLog
+from bastion.ops.background import Background
 from bastion.protocol.models import Client
 from bastion.services.clients import ClientService
 from bastion.services.crypto import Sealer
@@ -52,7 +52,6 @@ class Services:
     #: Periodic clean-ups of expired records: ``async (now) -> rows removed``.
     purgers: list[Callable[[float], Awaitable[int]]] = field(default_factory=list)
     purge_interval: float = 600.0
-    _maintenance: asyncio.Task[None] | None = None
 
     @classmethod
     def create(
@@ -86,6 +85,9 @@ class Services:
         services.purgers.append(stores.tokens.purge_expired)
         return services
 
+    def __post_init__(self) -> None:
+        self._maintenance = Background(self._maintain)
+
     async def purge(self) -> int:
         """Run every purger once; returns the rows removed."""
         now = self.clock()
@@ -108,14 +110,10 @@ class Services:
         await self.keys.ensure()
         self.keys.start()
         self.audit.start()
-        self._maintenance = asyncio.get_running_loop().create_task(self._maintain())
+        self._maintenance.start()
 
     async def close(self) -> None:
         """Stop background work and flush the audit log (stores are closed by their owner)."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
-            self._maintenance = None
+        await self._maintenance.stop()
         await self.keys.close()
         await self.audit.close()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from bastion.ops.background import Background
 from bastion.protocol import jose
 from bastion.protocol.models import SigningKey
 from bastion.services.crypto import Sealer
@@ -96,7 +97,7 @@ class KeyService:
         self._keys: list[SigningKey] = []
         self._private: dict[str, jose.PrivateKey] = {}
         self._public: dict[str, jose.PublicKey] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._refresher = Background(self.run)
         #: alg → (key, valid from, valid until): the signing key without a scan per token.
         self._signing: dict[str, tuple[ActiveKey, float, float]] = {}
 
@@ -206,16 +207,11 @@ class KeyService:
 
     def start(self) -> None:
         """Start the periodic refresh on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run())
+        self._refresher.start()
 
     async def close(self) -> None:
         """Stop the periodic refresh."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._refresher.stop()
 
     # -- questions ---------------------------------------------------------------------------
 
