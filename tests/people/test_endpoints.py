@@ -263,7 +263,9 @@ def test_throttle_counts_the_client_behind_a_trusted_proxy(tmp_path: Path) -> No
         page = login(harness, password="not the password")
         statuses = []
         for i in range(22):
-            forwarded_for, username = ("198.51.100.9", "someone") if i == 21 else ("203.0.113.7", f"nobody{i}")
+            forwarded_for, username = (
+                ("198.51.100.9", "someone") if i == 21 else ("203.0.113.7", f"nobody{i}")
+            )
             csrf, tx = form_fields(page.text)
             page = harness.client.post(
                 "/login",

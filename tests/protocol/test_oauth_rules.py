@@ -60,7 +60,9 @@ def test_basic_credentials_are_form_urlencoded() -> None:
     assert parse_basic(basic("my%20client", "s%3Acret+x")) == ("my client", "s:cret x")
 
 
-@pytest.mark.parametrize("header", ["Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode(), "Bearer x"])
+@pytest.mark.parametrize(
+    "header", ["Basic !!!", "Basic " + base64.b64encode(b"nocolon").decode(), "Bearer x"]
+)
 def test_malformed_basic_is_invalid_client(header: str) -> None:
     with pytest.raises(InvalidClient):
         parse_basic(header)
@@ -106,7 +108,9 @@ def test_client_credentials_decision() -> None:
     decision = decide(CLIENT, {"scope": "read"}, "https://issuer")
     assert decision.scopes == ["read"]
     assert decision.audience == ("https://api.example",)
-    assert decide(CLIENT, {"resource": "https://api.example"}, "https://issuer").audience == ("https://api.example",)
+    assert decide(CLIENT, {"resource": "https://api.example"}, "https://issuer").audience == (
+        "https://api.example",
+    )
 
 
 @pytest.mark.parametrize("resource", ["https://other.example", "relative/path", "https://api.example#frag"])

@@ -42,7 +42,11 @@ async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
 
 def service(stores: Stores, clock: Clock) -> KeyService:
     policy = KeyPolicy(
-        algorithms=("ES256", "RS256"), rotation_period=30 * 86400, publish_delay=600, retention=960, jwks_max_age=600
+        algorithms=("ES256", "RS256"),
+        rotation_period=30 * 86400,
+        publish_delay=600,
+        retention=960,
+        jwks_max_age=600,
     )
     return KeyService(stores.keys, Sealer(KEK), policy, clock=clock)
 

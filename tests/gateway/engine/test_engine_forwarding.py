@@ -285,7 +285,9 @@ async def test_outcome_of_a_forward(upstream: Upstream, gateway_for) -> None:
 
 
 @pytest.mark.anyio
-async def test_body_queued_during_an_async_decision_is_forwarded(upstream: Upstream, groups, gateways) -> None:
+async def test_body_queued_during_an_async_decision_is_forwarded(
+    upstream: Upstream, groups, gateways
+) -> None:
     # An awaited decision (a token not yet in the cache) on a pooled connection: the body that
     # arrived meanwhile must be forwarded without waiting for more client bytes.
     group = UpstreamGroup("g", [upstream.address])
