@@ -265,4 +265,5 @@ def test_identifiers_outside_vschar_are_unknown_not_storage_failures(
         "/login",
         data={"csrf_token": csrf, "tx": tx, "username": "alice" + value, "password": "whatever whatever"},
     )
-    assert response.status_code == 401
+    assert response.status_code == 400  # the same answer as a wrong password
+    assert "Incorrect username or password." in response.text
