@@ -27,6 +27,8 @@ hidden, ``Server: bastion`` (configurable) and ``X-Request-Id`` added.
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import os
 import re
 import secrets
 from collections.abc import Callable
@@ -87,9 +89,39 @@ _HOST_RE: Final = re.compile(rb"^[A-Za-z0-9.\-_~!$&'()*+,;=:\[\]%]{1,255}$")
 _SAFE_VALUE_RE: Final = re.compile(r"^[\x21-\x7e]*$")
 
 
+class _RequestIds:
+    """Request ids: a per-process random prefix (64 bits) and a counter (64 bits), in hex.
+
+    Unique within the process by the counter and across processes by the prefix, at the cost of
+    one string format instead of a ``getrandom`` system call per request (measured at ~5% of the
+    gateway's time under load). Ids are correlation handles, not secrets: nothing may rely on
+    them being unguessable.
+    """
+
+    __slots__ = ("counter", "prefix")
+
+    def __init__(self) -> None:
+        self.prefix = ""
+        self.counter = itertools.count()
+        self.reseed()
+
+    def reseed(self) -> None:
+        """A new prefix and counter (at start-up and in a forked child)."""
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+_REQUEST_IDS: Final = _RequestIds()
+if hasattr(os, "register_at_fork"):  # a forked worker must not repeat its parent's ids
+    os.register_at_fork(after_in_child=_REQUEST_IDS.reseed)
+
+
 def new_request_id() -> str:
-    """A fresh random request id (128 bits, hex)."""
-    return secrets.token_hex(16)
+    """A fresh request id: 32 hex digits, unique per process run (see :class:`_RequestIds`)."""
+    return _REQUEST_IDS.next()
 
 
 def identity_value(value: str) -> bytes:

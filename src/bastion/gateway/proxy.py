@@ -434,9 +434,12 @@ class Exchange:
         response = self._response
         self._upstream = None
         if conn is not None:
-            conn.release(reusable=response is not None and response.keep_alive and self._request_sent)
+            now = front.loop.time()
+            conn.release(
+                reusable=response is not None and response.keep_alive and self._request_sent, now=now
+            )
             if self._target is not None:
-                self._target.breaker.record_success(front.loop.time())
+                self._target.breaker.record_success(now)
         self._finish()
 
     def upstream_failed(self, reason: str) -> None:

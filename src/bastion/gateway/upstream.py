@@ -117,11 +117,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
-    def release(self, *, reusable: bool) -> None:
-        """Detach from the exchange and go back to the pool (or close)."""
+    def release(self, *, reusable: bool, now: float | None = None) -> None:
+        """Detach from the exchange and go back to the pool (or close).
+
+        Args:
+            reusable: Whether the exchange left the connection fit for another request.
+            now: The loop time, when the caller has it (saves a ``get_running_loop``).
+        """
         self.listener = None
         self.resume_reading()
-        self.target.release(self, reusable=reusable and self.reader.complete)
+        self.target.release(self, reusable=reusable and self.reader.complete, now=now)
 
     def close(self) -> None:
         """Detach and close the connection."""
@@ -293,8 +298,8 @@ class Target:
             self.down_until = now + self.group.cool_off
             _log.warning("upstream target %s marked down for %.1fs", self.address, self.group.cool_off)
 
-    def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
-        """Take back a connection after an exchange."""
+    def release(self, conn: UpstreamConnection, *, reusable: bool, now: float | None = None) -> None:
+        """Take back a connection after an exchange (``now``: the loop time, if known)."""
         if reusable and not conn.closed and not self.group.closed:
             waiters = self.waiters
             while waiters:
@@ -303,8 +308,9 @@ class Target:
                     waiter.set_result(conn)
                     return
             if len(self.idle) < self.group.max_idle_per_target:
-                loop = asyncio.get_running_loop()
-                conn.idle_since = loop.time()
+                # On Python 3.11 ``get_running_loop`` costs a ``getpid`` system call: the hot
+                # path passes the time it already has.
+                conn.idle_since = now if now is not None else asyncio.get_running_loop().time()
                 self.idle.append(conn)
                 return
         conn.close()
