@@ -101,6 +101,12 @@ class AccessLog:
         self._buffer: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def enabled(self) -> bool:
+        """Whether records are kept (``False``: :meth:`write` discards them, so callers on the
+        hot path may skip building them)."""
+        return self._sink is not None
+
     def write(self, record: Mapping[str, Any]) -> None:
         """Buffer one record (a ``time`` field is added)."""
         if self._sink is None:
