@@ -11,9 +11,15 @@ import asyncio
 import concurrent.futures
 import os
 import secrets
+from collections.abc import AsyncIterator
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from bastion.storage.open import Stores
+from bastion.storage.open import open_stores
+from bastion.storage.sql.migrate import migrate
 
 REQUIRE_SERVICES = os.environ.get("BASTION_REQUIRE_SERVICES") == "1"
 
@@ -72,3 +78,16 @@ def postgres_schema() -> Iterator[tuple[str, str]]:
 def redis_url() -> str:
     """The Redis URL for tests (keys are namespaced per test by the callers)."""
     return service_url("redis")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    """Migrated durable stores on SQLite and on PostgreSQL (a fresh schema per test)."""
+    if request.param == "sqlite":
+        opened = open_stores(f"sqlite:///{tmp_path / 'bastion.db'}", "memory://")
+    else:
+        url, schema = request.getfixturevalue("postgres_schema")
+        opened = open_stores(url, "memory://", schema=schema)
+    await migrate(opened.db)
+    yield opened
+    await opened.close()

@@ -269,7 +269,11 @@ class PeopleApp:
         targets = (_origin(pending.request.redirect_uri),)
         return self.page(request, "login.html", context, status=status, form_targets=targets, headers=headers)
 
-    async def login(self, request: Request) -> Response:
+    async def _submitted(
+        self, request: Request
+    ) -> tuple[dict[str, str], flow.LoginSession, flow.Pending] | Response:
+        """A login or consent form post: its fields, the browser session whose CSRF token it
+        carries, and the authorization request it continues — or the error page to answer."""
         try:
             fields = await self.form(request)
         except InvalidRequest as exc:
@@ -282,6 +286,13 @@ class PeopleApp:
         pending = await flow.load_pending(self.services, fields.get("tx"), session)
         if pending is None:
             return self.error_page(request, _expired())
+        return fields, session, pending
+
+    async def login(self, request: Request) -> Response:
+        submitted = await self._submitted(request)
+        if isinstance(submitted, Response):
+            return submitted
+        fields, session, pending = submitted
         username = fields.get("username", "").strip()
         peer = request.client.host if request.client else "unknown"
         ip = self.proxies.client_ip(
@@ -334,18 +345,12 @@ class PeopleApp:
         )
 
     async def consent(self, request: Request) -> Response:
-        try:
-            fields = await self.form(request)
-        except InvalidRequest as exc:
-            return self.error_page(request, exc)
-        session = await self.session(request)
-        if session is None or not flow.csrf_matches(session, fields.get("csrf_token")):
-            return self.error_page(
-                request, InvalidRequest("the form expired; start again from the application")
-            )
-        pending = await flow.load_pending(self.services, fields.get("tx"), session)
+        submitted = await self._submitted(request)
+        if isinstance(submitted, Response):
+            return submitted
+        fields, session, pending = submitted
         decision = fields.get("decision")
-        if pending is None or decision not in ("allow", "deny"):
+        if decision not in ("allow", "deny"):
             return self.error_page(request, _expired())
         outcome = await flow.answer_consent(self.services, pending, session, allow=decision == "allow")
         return await self.outcome(request, outcome, status=303)
