@@ -11,41 +11,24 @@ tests work on it unchanged.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from starlette.testclient import TestClient
 
-from bastion.ops.audit import AuditLog
 from bastion.protocol import jose
 from bastion.protocol.models import Client
-from bastion.server.app import create_app
-from bastion.server.people import people_routes
-from bastion.services.container import Services
-from bastion.services.crypto import Sealer
-from bastion.services.login import ThrottlePolicy
-from bastion.services.users import create_role
-from bastion.services.users import create_user
-from bastion.settings import AuthorizationServerSettings
-from bastion.storage.open import open_stores
-from bastion.storage.sql.migrate import migrate
-from tests.people.flows import PASSWORD
 from tests.people.flows import query
-from tests.people.support import CHEAP_PASSWORDS
-from tests.people.support import KEK
 from tests.people.support import Clock
-from tests.people.support import web_client
 from tests.people.test_endpoints import ISSUER
 from tests.people.test_endpoints import Harness
-from tests.people.test_endpoints import _migrate
 from tests.people.test_endpoints import authorize_url
 from tests.people.test_endpoints import code_for
 from tests.people.test_endpoints import consent
 from tests.people.test_endpoints import exchange
+from tests.people.test_endpoints import make_harness
 
 #: The redirect URI of the confidential client ``conf``.
 CONF_REDIRECT = "https://conf.example/cb"
@@ -78,15 +61,6 @@ class ClockedHarness(Harness):
         return created, secret
 
 
-def _migrate_schema(url: str, schema: str) -> None:
-    async def run() -> None:
-        stores = open_stores(url, "memory://", schema=schema)
-        await migrate(stores.db)
-        await stores.close()
-
-    asyncio.run(run())
-
-
 def make_clocked_harness(
     tmp_path: Path,
     *,
@@ -104,38 +78,17 @@ def make_clocked_harness(
             ``postgres_schema`` fixture).
         settings: further :class:`AuthorizationServerSettings` fields.
     """
-    if postgres is None:
-        url = f"sqlite:///{tmp_path / 'bastion.db'}"
-        _migrate(url)
-        stores = open_stores(url, "memory://")
-    else:
-        _migrate_schema(*postgres)
-        stores = open_stores(postgres[0], "memory://", schema=postgres[1])
     clock = Clock()
-    audit = AuditLog(tmp_path / "audit.log", clock=clock)
-    events: list[dict[str, Any]] = []
-    audit.listeners.append(events.append)
-    config = AuthorizationServerSettings(issuer=issuer, **settings)
-    services = Services.create(config, stores, Sealer(KEK), audit, clock=clock)
-    policy = ThrottlePolicy(free_attempts=2, base_delay=0.01, max_delay=0.02, lockout_after=4, window=60)
-    routes = people_routes(services, passwords=CHEAP_PASSWORDS, throttle=policy)
-    app = create_app(services, extra_routes=routes)
-    with TestClient(app, base_url=issuer, follow_redirects=False, client=("testclient", 50000)) as client:
-        harness = ClockedHarness(client, services, events, clock)
-        harness.run(web_client, services)
-        harness.run(create_role, services, "reader", ["orders:read"])
-        harness.run(
-            create_user,
-            services,
-            "alice",
-            PASSWORD,
-            roles=["reader"],
-            email="alice@example.com",
-            name="Alice",
-            passwords=CHEAP_PASSWORDS,
-        )
+    for harness in make_harness(
+        tmp_path,
+        issuer,
+        postgres=postgres,
+        clock=clock,
+        wrap=lambda client, services, events: ClockedHarness(client, services, events, clock),
+        **settings,
+    ):
+        assert isinstance(harness, ClockedHarness)
         yield harness
-    asyncio.run(stores.close())
 
 
 def obtain_code(harness: Harness, url: str | None = None) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +54,9 @@ class Harness:
         return self.client.portal.call(call)  # type: ignore[union-attr]
 
 
-def _migrate(url: str) -> None:
+def _migrate(url: str, schema: str | None = None) -> None:
     async def run() -> None:
-        stores = open_stores(url, "memory://")
+        stores = open_stores(url, "memory://", schema=schema)
         await migrate(stores.db)
         await stores.close()
 
@@ -68,20 +70,30 @@ def make_harness(
     *,
     trusted_proxies: tuple[str, ...] = (),
     peer: str = "testclient",
+    postgres: tuple[str, str] | None = None,
+    clock: Callable[[], float] = time.time,
+    wrap: Callable[[TestClient, Services, list[dict[str, Any]]], Harness] = Harness,
+    **settings: Any,
 ) -> Iterator[Harness]:
-    url = f"sqlite:///{tmp_path / 'bastion.db'}"
-    _migrate(url)
-    stores = open_stores(url, "memory://")
-    audit = AuditLog(tmp_path / "audit.log")
+    """The authorization server with sign-in routes, the public client ``web``, the role
+    ``reader`` and the user ``alice``, on SQLite (or the ``postgres`` ``(url, schema)``)."""
+    if postgres is None:
+        url = f"sqlite:///{tmp_path / 'bastion.db'}"
+        _migrate(url)
+        stores = open_stores(url, "memory://")
+    else:
+        _migrate(*postgres)
+        stores = open_stores(postgres[0], "memory://", schema=postgres[1])
+    audit = AuditLog(tmp_path / "audit.log", clock=clock)
     events: list[dict[str, Any]] = []
     audit.listeners.append(events.append)
-    settings = AuthorizationServerSettings(issuer=issuer, trusted_proxies=trusted_proxies)
-    services = Services.create(settings, stores, Sealer(KEK), audit)
+    config = AuthorizationServerSettings(issuer=issuer, trusted_proxies=trusted_proxies, **settings)
+    services = Services.create(config, stores, Sealer(KEK), audit, clock=clock)
     policy = ThrottlePolicy(free_attempts=2, base_delay=0.01, max_delay=0.02, lockout_after=4, window=60)
     routes = people_routes(services, templates_dir, passwords=CHEAP_PASSWORDS, throttle=policy)
     app = create_app(services, extra_routes=routes)
     with TestClient(app, base_url=issuer, follow_redirects=False, client=(peer, 50000)) as client:
-        harness = Harness(client, services, events)
+        harness = wrap(client, services, events)
         harness.run(web_client, services)
         harness.run(create_role, services, "reader", ["orders:read"])
         harness.run(
