@@ -23,6 +23,10 @@ class EngineLimits:
             connection) until its header block is complete; slowloris protection (408, close).
         keepalive_timeout: Seconds an idle keep-alive connection waits for its next request.
         body_timeout: Seconds the front waits for the next request-body byte (408 or close).
+        min_body_rate: Bytes per second a request body must average once ``body_timeout`` has
+            passed (each byte buys ``1 / min_body_rate`` more seconds, as Apache's
+            mod_reqtimeout ``MinRate``); ``0`` turns it off. Time the front stops reading for
+            back-pressure does not count.
         write_buffer_high: Bytes buffered towards a client above which upstream reads pause.
         write_buffer_low: Bytes buffered towards a client below which upstream reads resume.
         drain_limit: Unread request-body bytes the front discards to keep a connection alive
@@ -36,6 +40,7 @@ class EngineLimits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 60.0
     body_timeout: float = 30.0
+    min_body_rate: int = 512
     write_buffer_high: int = 256 * 1024
     write_buffer_low: int = 64 * 1024
     drain_limit: int = 64 * 1024
@@ -44,7 +49,7 @@ class EngineLimits:
         for name in ("max_request_line", "max_header_bytes", "max_headers", "write_buffer_high"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"EngineLimits.{name} must be positive")
-        for name in ("max_body", "write_buffer_low", "drain_limit"):
+        for name in ("max_body", "write_buffer_low", "drain_limit", "min_body_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EngineLimits.{name} must not be negative")
         for name in ("header_timeout", "keepalive_timeout", "body_timeout"):

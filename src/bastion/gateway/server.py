@@ -15,7 +15,8 @@ Connection states, as the timer sees them:
   first request);
 * head — part of a request head arrived: 408 and close after ``header_timeout`` (slowloris);
 * body — the exchange reads the request body: 408 (or close) after ``body_timeout`` without a
-  byte;
+  byte, or when the body falls below ``min_body_rate`` on average after ``body_timeout`` (a
+  pause in reading for back-pressure restarts that count);
 * busy — the exchange waits for the handler or the upstream: the exchange's own timeouts run;
 * lingering — closing after an error: input is read and discarded for a short while so the
   answer is not destroyed by a TCP reset.
@@ -199,6 +200,10 @@ class FrontProtocol(asyncio.Protocol):
         self._idle_since = 0.0
         self._head_started = 0.0
         self._last_rx = 0.0
+        #: When the current body's rate window started (``None``: not reading a body) and the
+        #: bytes received since.
+        self._body_since: float | None = None
+        self._body_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
 
@@ -301,7 +306,9 @@ class FrontProtocol(asyncio.Protocol):
                 kind = type(event)
                 if kind is Data:
                     if exchange is not None:
-                        exchange.request_data(cast(Data, event).data)
+                        data = cast(Data, event).data
+                        self._body_bytes += len(data)
+                        exchange.request_data(data)
                 elif kind is Request:
                     self._start_exchange(cast(Request, event))
                 elif kind is EndOfMessage:
@@ -310,8 +317,12 @@ class FrontProtocol(asyncio.Protocol):
                 elif event is NEED_DATA:
                     self._resume_reading()
                     if exchange is not None:
-                        # Reading the body: the body timeout runs from the last byte.
-                        self._arm(self._last_rx + self.limits.body_timeout)
+                        # Reading the body: the body timeout runs from the last byte, and the
+                        # rate window from the body's start.
+                        if self._body_since is None:
+                            self._body_since = self.loop.time()
+                            self._body_bytes = 0
+                        self._arm(self._body_deadline())
                     return
                 elif event is PAUSED:
                     self._pause_reading()
@@ -331,6 +342,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         self.exchange = None
         self._served += 1
+        self._body_since = None
         conn = self.conn
         if self.closing or not conn.keep_alive or self.transport is None:
             self._close()
@@ -412,6 +424,18 @@ class FrontProtocol(asyncio.Protocol):
         if self._reading_paused and self.transport is not None:
             self._reading_paused = False
             self.transport.resume_reading()
+            if self._body_since is not None:
+                # The pause was ours (back-pressure): the client's rate counts afresh.
+                self._body_since = self.loop.time()
+                self._body_bytes = 0
+
+    def _body_deadline(self) -> float:
+        limits = self.limits
+        deadline = self._last_rx + limits.body_timeout
+        if limits.min_body_rate and self._body_since is not None:
+            earned = self._body_since + limits.body_timeout + self._body_bytes / limits.min_body_rate
+            deadline = min(deadline, earned)
+        return deadline
 
     def _arm(self, deadline: float) -> None:
         """Make sure the timer fires no later than ``deadline``."""
@@ -446,7 +470,7 @@ class FrontProtocol(asyncio.Protocol):
                     transport.close()
                     return
         elif exchange.accepting and not self._reading_paused:
-            deadline = self._last_rx + limits.body_timeout
+            deadline = self._body_deadline()
             if now >= deadline:
                 exchange.client_timeout()
                 return

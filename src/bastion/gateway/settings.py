@@ -199,6 +199,10 @@ class LimitsSettings(_Frozen):
     """Seconds an idle keep-alive connection waits for its next request."""
     body_timeout: Seconds = 30.0
     """Seconds to wait for the next request-body byte."""
+    min_body_rate: int = Field(default=512, ge=0, le=1_000_000_000)
+    """Bytes per second a request body must average after ``body_timeout`` (each byte buys
+    1/rate more seconds), so a client dribbling a byte at a time cannot hold a request open;
+    ``0`` turns it off."""
 
 
 class UpstreamSettings(_Frozen):

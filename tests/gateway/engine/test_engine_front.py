@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import ssl
@@ -346,3 +347,36 @@ async def test_https_upstream(gateways, groups, tmp_path) -> None:
         await client.aclose()
     finally:
         await secure.stop()
+
+
+async def _dribble(gateway_port: int, seconds: float) -> int | None:
+    """Send a body one byte every 0.1 s; the status the gateway answers, or None if it did not."""
+    client = await RawClient.connect(gateway_port)
+    await client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+    answer = asyncio.ensure_future(client.read_response())
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    try:
+        while loop.time() < deadline and not answer.done():
+            with contextlib.suppress(ConnectionError, OSError):
+                await client.send(b"x")
+            await asyncio.wait([answer], timeout=0.1)
+        if not answer.done():
+            return None
+        return answer.result().status
+    finally:
+        answer.cancel()
+        with contextlib.suppress(BaseException):
+            await answer
+        await client.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_body_below_the_minimum_rate_is_cut(upstream: Upstream, gateway_for) -> None:
+    # Each byte arrives well within body_timeout, so only the average rate can stop it:
+    # 10 bytes/s against a minimum of 100 bytes/s after a 0.3 s allowance.
+    slow, _ = await gateway_for([upstream.address], limits=EngineLimits(body_timeout=0.3, min_body_rate=100))
+    assert await _dribble(slow.port, 3.0) == 408
+    # With the rate check off the same client is still being read after 1.5 s.
+    patient, _ = await gateway_for([upstream.address], limits=EngineLimits(body_timeout=0.3, min_body_rate=0))
+    assert await _dribble(patient.port, 1.5) is None
