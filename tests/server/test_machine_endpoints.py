@@ -216,3 +216,12 @@ def test_secrets_in_the_url_are_refused(client: TestClient, server: Server) -> N
     assert response.json()["error"] == "invalid_request"
     response = client.post("/introspect?token=abc", data={"token": "abc"}, auth=(cid, secret or ""))
     assert response.status_code == 400
+
+
+def test_introspection_reports_a_token_inactive_at_its_expiry(client: TestClient, server: Server) -> None:
+    # RFC 7662 §2.2: active is false once the token has expired; the issuer needs no skew leeway.
+    cid, secret = register(client, server)
+    access = token_request(client, cid, secret).json()["access_token"]
+    later = server.services.clock() + server.services.settings.access_token_ttl + 1
+    result = client.portal.call(lambda: server.services.tokens.introspect(access, now=later))  # type: ignore[union-attr]
+    assert result == {"active": False}

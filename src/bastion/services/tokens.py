@@ -34,6 +34,8 @@ from bastion.storage.protocols import TokenStore
 REVOCATION_CHANNEL = "revocations"
 _REVOKED_PREFIX = "revoked:"
 _JWT_TYP = "at+jwt"
+#: Validators elsewhere accept a token up to this long after ``exp`` (clock skew), so a
+#: revocation is remembered that much longer. This server's own clock needs no leeway.
 _LEEWAY = 60
 _CACHE_MAX = 50_000
 
@@ -172,7 +174,7 @@ class TokenService:
         """Claims of a JWT access token this server signed and that is unexpired, else ``None``."""
         cached = self._verified.get(token)
         if cached is not None:
-            return cached if cached["exp"] > now - _LEEWAY else None
+            return cached if cached["exp"] > now else None
         try:
             parsed = jose.parse_compact(token)
         except (jose.JOSEError, UnicodeError):
@@ -196,7 +198,7 @@ class TokenService:
             not isinstance(claims, dict)
             or claims.get("iss") != self.settings.issuer
             or not isinstance(claims.get("exp"), int)
-            or claims["exp"] <= now - _LEEWAY
+            or claims["exp"] <= now
         ):
             return None
         if len(self._verified) >= _CACHE_MAX:
