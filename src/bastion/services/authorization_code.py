@@ -29,6 +29,7 @@ from bastion.protocol.rfc6749.grants.client_credentials import resolve_audience
 from bastion.protocol.rfc6749.grants.refresh_token import RefreshFamily
 from bastion.protocol.rfc6749.grants.refresh_token import RefreshToken
 from bastion.protocol.rfc6749.grants.refresh_token import issues_refresh_token
+from bastion.protocol.rfc6749.grants.refresh_token import token_expiry
 from bastion.services.container import Services
 from bastion.services.tokens import IssuedToken
 from bastion.services.users import people
@@ -230,7 +231,7 @@ async def exchange_code(
             token_hash=services.sealer.hash_secret(refresh_token),
             family_id=family_id,
             issued_at=now,
-            expires_at=min(now + settings.refresh_token_idle_ttl, family.absolute_expires_at),
+            expires_at=token_expiry(now, settings.refresh_token_idle_ttl, family),
         )
         await people(services).refresh.create_family(family, first)
     id_token = None
