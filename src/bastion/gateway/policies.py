@@ -17,7 +17,8 @@ Built-in policies, in chain order:
                        tokens go in the ``Authorization`` header only)
 ``BearerAuthPolicy``   exactly one ``Authorization: Bearer`` header; token validated
                        against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
-``ScopePolicy``        every scope the route requires for the method (RFC 6750 §3.1)
+``ScopePolicy``        every scope the route requires for the method (RFC 6750 §3.1);
+                       ``HEAD`` as ``GET``; a method the table does not cover → 405
 =====================  ==================================================================
 
 Rate limits, IP rules and body filters plug in as further factories; they see the resolved
@@ -302,22 +303,46 @@ def _peek_issuer(token: str) -> str | None:
 
 
 class ScopePolicy:
-    """Require the route's scopes for the request method (RFC 6750 §3.1 ``insufficient_scope``)."""
+    """Require the route's scopes for the request method (RFC 6750 §3.1 ``insufficient_scope``).
+
+    The table is read per method as :meth:`RouteSettings.scopes_for` says: ``HEAD`` without an
+    entry takes ``GET``'s scopes, other unlisted methods take ``"*"``'s, and a method the table
+    does not cover at all is refused, never forwarded (deny by default) — with 405 and an
+    ``Allow`` naming the covered methods (RFC 9110 §15.5.6: the origin "MUST generate an Allow
+    header field"), not 403 ``insufficient_scope``: no token could ever be granted a scope that
+    lets the request through, and an ``insufficient_scope`` challenge would send the client to
+    the authorization server for one. The policy runs after authentication, so a caller without
+    a valid token gets 401 and learns nothing of the table.
+    """
 
     name = "scopes"
 
     def __init__(self, route: RouteSettings, realm: str, metrics: GatewayMetrics) -> None:
-        """Check ``route.scopes`` (per method, ``"*"`` for the rest)."""
+        """Check ``route.scopes`` (per method, ``HEAD`` as ``GET``, ``"*"`` for the rest)."""
         self._route = route
-        self._required = {method: frozenset(scopes) for method, scopes in route.scopes.items()}
+        covered = [method for method in route.scopes if method != "*"]
+        if "GET" in covered and "HEAD" not in covered:
+            covered.insert(covered.index("GET") + 1, "HEAD")
+        self._required: dict[str, frozenset[str]] = {}
+        for method in covered:
+            scopes = route.scopes_for(method)
+            if scopes is not None:  # covered by construction
+                self._required[method] = frozenset(scopes)
+        star = route.scopes.get("*")
+        self._default = frozenset(star) if star is not None else None
+        self._allow = ", ".join(covered).encode("ascii")
         self._realm = realm
         self._metrics = metrics
 
     def check(self, exchange: Exchange) -> PolicyResult:
-        """Pass when the principal holds every required scope, else 403."""
-        required = self._required.get(exchange.method)
+        """Pass when the principal holds every required scope; else 403, or 405 for a method
+        the table does not cover."""
+        method = exchange.method
+        required = self._required.get(method, self._default)
         if required is None:
-            required = self._required.get("*")
+            return problem(
+                405, "Method Not Allowed", "The route does not allow this method", [(b"allow", self._allow)]
+            )
         if not required:
             return None
         principal = exchange.principal
@@ -325,7 +350,7 @@ class ScopePolicy:
             return None
         self._metrics.auth_failure("insufficient_scope")
         exchange.auth_failure = "insufficient_scope"
-        error = InsufficientScope(self._route.scopes_for(exchange.method))
+        error = InsufficientScope(self._route.scopes_for(method) or ())
         return _challenge_reply(403, "Forbidden", error.challenge(self._realm), error.description)
 
 

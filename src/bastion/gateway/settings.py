@@ -240,8 +240,11 @@ class RouteSettings(_Frozen):
     issuers: tuple[str, ...] | None = None
     """Issuers whose tokens this route accepts; ``None`` accepts every configured issuer."""
     scopes: dict[str, tuple[str, ...]] = Field(default_factory=dict)
-    """Scopes required per method, all of them needed (``{GET = ["catalog:read"]}``); the
-    ``"*"`` entry applies to methods not listed. Empty: any valid token is enough."""
+    """Scopes required per method, all of them needed (``{GET = ["catalog:read"]}``). ``HEAD``
+    without an entry of its own takes ``GET``'s scopes; the ``"*"`` entry applies to every other
+    method not listed. Deny by default: a method the table does not cover (no entry, no ``"*"``)
+    is refused with 405 and an ``Allow`` listing the covered methods, once the token is valid.
+    Empty: any valid token is enough, for every method."""
     audience: str | None = None
     """Expected ``aud``; ``None`` takes the issuer's ``audience``."""
     strip_prefix: bool = False
@@ -294,10 +297,20 @@ class RouteSettings(_Frozen):
             raise ValueError("set strip_prefix or rewrite_prefix, not both")
         return self
 
-    def scopes_for(self, method: str) -> tuple[str, ...]:
-        """The scopes a ``method`` request needs on this route."""
-        found = self.scopes.get(method)
-        return found if found is not None else self.scopes.get("*", ())
+    def scopes_for(self, method: str) -> tuple[str, ...] | None:
+        """The scopes a ``method`` request needs on this route; ``None``: the method is refused.
+
+        ``HEAD`` without an entry takes ``GET``'s (RFC 9110 §9.3.2: the same response without
+        content, so the same information); other methods without an entry take ``"*"``'s. With
+        a table but no entry and no ``"*"``, the method is not allowed at all (deny by default).
+        """
+        scopes = self.scopes
+        if not scopes:
+            return ()
+        found = scopes.get(method)
+        if found is None and method == "HEAD":
+            found = scopes.get("GET")
+        return found if found is not None else scopes.get("*")
 
 
 class GatewaySettings(_Frozen):

@@ -76,6 +76,8 @@ def settings(issuers: list[Issuer], **overrides: Any) -> GatewaySettings:
                 "read_timeout": 5,
             },
             {"prefix": "/public", "upstream": "public", "auth": "none"},
+            # Only GET (and so HEAD) is listed, and no "*": every other method is refused.
+            {"prefix": "/reports", "upstream": "orders", "scopes": {"GET": ["reports:read"]}},
         ],
     }
     data.update(overrides)
@@ -301,6 +303,75 @@ async def test_missing_scope_is_403_naming_the_scope(world: World) -> None:
     post = await world.call(b"/catalog/items", writer, method=b"POST")
     assert isinstance(post, Forward)
     assert post.retry is False
+
+
+READ_CHALLENGE = (
+    b'Bearer realm="shop", error="insufficient_scope", '
+    b'error_description="The access token lacks a required scope", scope="reports:read"'
+)
+
+
+@pytest.mark.anyio
+async def test_head_needs_the_scopes_of_get(world: World) -> None:
+    """RFC 9110 §9.3.2: HEAD is GET without content, so it reveals what GET does (status,
+    length, validators) and needs GET's scopes, not the "*" entry's, nor none."""
+    outsider = world.bearer(scope="catalog:read")
+    reply = await world.call(b"/reports/q3", outsider, method=b"HEAD")
+    assert isinstance(reply, Reply)
+    assert reply.status == 403
+    assert header(reply, b"www-authenticate") == READ_CHALLENGE
+    reader = world.bearer(scope="reports:read")
+    assert isinstance(await world.call(b"/reports/q3", reader, method=b"HEAD"), Forward)
+    # With a "*" entry too, HEAD still takes GET's scopes ("*" here is catalog:write).
+    assert isinstance(await world.call(b"/catalog/items", outsider, method=b"HEAD"), Forward)
+    writer = world.bearer(scope="catalog:write")
+    refused = await world.call(b"/catalog/items", writer, method=b"HEAD")
+    assert isinstance(refused, Reply)
+    assert refused.status == 403
+    assert b'scope="catalog:read"' in (header(refused, b"www-authenticate") or b"")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", [b"POST", b"OPTIONS", b"PROPFIND", b"PURGE", b"DELETE"])
+@pytest.mark.parametrize("scope", ["catalog:read", "reports:read"])
+async def test_methods_the_scope_table_does_not_cover_are_405(
+    world: World, method: bytes, scope: str
+) -> None:
+    """Deny by default: without an entry for the method and without "*", nothing is forwarded,
+    whatever the token holds; the 405 names what the route allows (RFC 9110 §15.5.6)."""
+    reply = await world.call(b"/reports/q3", world.bearer(scope=scope), method=method)
+    assert isinstance(reply, Reply)
+    assert reply.status == 405
+    assert header(reply, b"allow") == b"GET, HEAD"
+    assert header(reply, b"www-authenticate") is None
+    assert header(reply, b"content-type") == b"application/problem+json"
+    assert orjson.loads(reply.body) == {
+        "type": "about:blank",
+        "title": "Method Not Allowed",
+        "status": 405,
+        "detail": "The route does not allow this method",
+    }
+    complete(reply)
+    world.gateway.access_log.flush()
+    [line] = world.sink.lines()
+    assert (line["method"], line["status"], line["route"]) == (method.decode(), 405, "/reports")
+
+
+@pytest.mark.anyio
+async def test_an_uncovered_method_without_a_token_is_still_401(world: World) -> None:
+    """Authentication comes first: a caller without a valid token learns nothing of the table."""
+    reply = await world.call(b"/reports/q3", method=b"PROPFIND")
+    assert isinstance(reply, Reply)
+    assert reply.status == 401
+    assert header(reply, b"www-authenticate") == b'Bearer realm="shop"'
+    assert header(reply, b"allow") is None
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", [b"HEAD", b"POST", b"OPTIONS", b"PROPFIND", b"PURGE"])
+async def test_routes_without_a_scope_table_or_auth_forward_every_method(world: World, method: bytes) -> None:
+    assert isinstance(await world.call(b"/public/x", method=method), Forward)
+    assert isinstance(await world.call(b"/orders/1", world.bearer(scope=""), method=method), Forward)
 
 
 @pytest.mark.anyio

@@ -34,7 +34,8 @@ def test_defaults_and_a_full_example() -> None:
     assert route.auth == "required"
     assert route.forward_authorization is False
     assert route.scopes_for("GET") == ("catalog:read",)
-    assert route.scopes_for("POST") == ()
+    assert route.scopes_for("HEAD") == ("catalog:read",)
+    assert route.scopes_for("POST") is None  # not covered: refused (deny by default)
     assert settings.issuer("https://auth.example").algorithms == ("ES256", "RS256")
 
 
@@ -138,6 +139,21 @@ def test_scope_star_is_the_default_for_unlisted_methods() -> None:
     route = RouteSettings(prefix="/a", upstream="u", scopes={"GET": ("r",), "*": ("w",)})
     assert route.scopes_for("GET") == ("r",)
     assert route.scopes_for("DELETE") == ("w",)
+    # HEAD takes GET's scopes (RFC 9110 §9.3.2), not the "*" entry's.
+    assert route.scopes_for("HEAD") == ("r",)
+    own = RouteSettings(prefix="/a", upstream="u", scopes={"GET": ("r",), "HEAD": ("h",), "*": ("w",)})
+    assert own.scopes_for("HEAD") == ("h",)
+    only_star = RouteSettings(prefix="/a", upstream="u", scopes={"*": ("w",)})
+    assert only_star.scopes_for("HEAD") == ("w",)
+
+
+@pytest.mark.parametrize("method", ["HEAD", "POST", "OPTIONS", "PROPFIND", "PURGE"])
+def test_a_scope_table_denies_the_methods_it_does_not_cover(method: str) -> None:
+    listed = RouteSettings(prefix="/a", upstream="u", scopes={"PUT": ("w",)})
+    assert listed.scopes_for(method) is None
+    assert listed.scopes_for("PUT") == ("w",)
+    # No table at all: any valid token is enough, for every method.
+    assert RouteSettings(prefix="/a", upstream="u").scopes_for(method) == ()
 
 
 def _models() -> list[type[BaseModel]]:
