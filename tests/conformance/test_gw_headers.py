@@ -173,41 +173,57 @@ async def test_accepted_spellings_of_the_bearer_credential(stack: Stack, line: b
     assert _one(stack, b"x-bastion-subject") == b"alice"
 
 
+BARE = b'Bearer realm="shop"'
+MALFORMED = b'Bearer realm="shop", error="invalid_token", error_description="The access token is malformed"'
+TWO_HEADERS = (
+    b'Bearer realm="shop", error="invalid_request", error_description="Send exactly one Authorization header"'
+)
+ONE_CREDENTIAL = (
+    b'Bearer realm="shop", error="invalid_request", '
+    b'error_description="Send exactly one credential, in one Authorization header"'
+)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("lines", "status"),
+    ("lines", "status", "challenge"),
     [
-        ((b"Authorization: Bearer TOKEN", b"Authorization: Bearer TOKEN"), 400),
-        ((b"Authorization: Basic YWRtaW46YWRtaW4=", b"Authorization: Bearer TOKEN"), 400),
-        ((b"Authorization: Bearer TOKEN", b"authorization: Bearer x"), 400),
-        ((b"Authorization: Bearer TOKEN TOKEN",), 400),
-        ((b"Authorization: Bearer TOKEN, Bearer TOKEN",), 400),
-        ((b"Authorization: Bearer TOKEN,Basic eA==",), 400),
-        ((b"Authorization: Bearer TOKEN;",), 400),
-        ((b'Authorization: Bearer "TOKEN"',), 400),
-        ((b"Authorization: Bearer",), 400),
-        ((b"Authorization: Bearer ",), 400),
-        ((b"Authorization: Bearer\tTOKEN",), 401),
-        ((b"Authorization: BearerTOKEN",), 401),
-        ((b"Authorization: Bearer=TOKEN",), 401),
-        ((b"Authorization: Basic YWRtaW46YWRtaW4=",), 401),
-        ((b"Authorization: DPoP TOKEN",), 401),
-        ((b"Authorization: TOKEN",), 401),
-        ((b"Authorization:",), 401),
-        ((b"Proxy-Authorization: Bearer TOKEN",), 401),
-        ((b"X-Access-Token: TOKEN",), 401),
-        ((b"Cookie: access_token=TOKEN",), 401),
-        ((b"Cookie: Authorization=Bearer%20TOKEN",), 401),
-        ((b"X-Forwarded-Authorization: Bearer TOKEN",), 401),
-        ((b"Authorization_: Bearer TOKEN",), 401),
-        ((b"Authorization: Bearer TOKEN\x0b",), 400),
+        # Malformed as a request: two credentials (RFC 6750 §2) → 400 invalid_request.
+        ((b"Authorization: Bearer TOKEN", b"Authorization: Bearer TOKEN"), 400, TWO_HEADERS),
+        ((b"Authorization: Basic YWRtaW46YWRtaW4=", b"Authorization: Bearer TOKEN"), 400, TWO_HEADERS),
+        ((b"Authorization: Bearer TOKEN", b"authorization: Bearer x"), 400, TWO_HEADERS),
+        ((b"Authorization: Bearer TOKEN, Bearer TOKEN",), 400, ONE_CREDENTIAL),
+        ((b"Authorization: Bearer TOKEN,Basic eA==",), 400, ONE_CREDENTIAL),
+        # A malformed bearer token (not a b64token, RFC 6750 §2.1) → 401 invalid_token (§3.1).
+        ((b"Authorization: Bearer TOKEN TOKEN",), 401, MALFORMED),
+        ((b"Authorization: Bearer TOKEN;",), 401, MALFORMED),
+        ((b'Authorization: Bearer "TOKEN"',), 401, MALFORMED),
+        # No credentials at all → 401 without an error code (RFC 6750 §3.1).
+        ((b"Authorization: Bearer",), 401, BARE),
+        ((b"Authorization: Bearer ",), 401, BARE),
+        ((b"Authorization: Bearer\tTOKEN",), 401, BARE),
+        ((b"Authorization: BearerTOKEN",), 401, BARE),
+        ((b"Authorization: Bearer=TOKEN",), 401, BARE),
+        ((b"Authorization: Basic YWRtaW46YWRtaW4=",), 401, BARE),
+        ((b"Authorization: DPoP TOKEN",), 401, BARE),
+        ((b"Authorization: TOKEN",), 401, BARE),
+        ((b"Authorization:",), 401, BARE),
+        ((b"Proxy-Authorization: Bearer TOKEN",), 401, BARE),
+        ((b"X-Access-Token: TOKEN",), 401, BARE),
+        ((b"Cookie: access_token=TOKEN",), 401, BARE),
+        ((b"Cookie: Authorization=Bearer%20TOKEN",), 401, BARE),
+        ((b"X-Forwarded-Authorization: Bearer TOKEN",), 401, BARE),
+        ((b"Authorization_: Bearer TOKEN",), 401, BARE),
+        # Not a valid field value (RFC 9110 §5.5): the HTTP parser refuses it before any policy.
+        ((b"Authorization: Bearer TOKEN\x0b",), 400, None),
     ],
 )
-async def test_refused_placements_and_spellings(stack: Stack, lines: tuple[bytes, ...], status: int) -> None:
+async def test_refused_placements_and_spellings(
+    stack: Stack, lines: tuple[bytes, ...], status: int, challenge: bytes | None
+) -> None:
     reply = await stack.send(get(b"/admin/x", *(_token_line(stack, line) for line in lines)))
     assert reply.status == status
-    if status == 401:
-        assert (reply.header(b"www-authenticate") or b"").startswith(b'Bearer realm="shop"')
+    assert reply.header(b"www-authenticate") == challenge
     assert stack.upstream.requests == []
 
 
@@ -222,13 +238,29 @@ async def test_refused_placements_and_spellings(stack: Stack, lines: tuple[bytes
         b"access_token=TOKEN&access_token=TOKEN",
     ],
 )
-async def test_a_token_in_the_query_is_refused_even_with_a_valid_header(stack: Stack, query: bytes) -> None:
+async def test_a_token_in_the_query_with_one_in_the_header_is_invalid_request(
+    stack: Stack, query: bytes
+) -> None:
+    """RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token"."""
     token = stack.token(scope="admin")
     target = b"/admin/x?" + query.replace(b"TOKEN", token)
     reply = await stack.send(get(target, bearer(token)))
     assert reply.status == 400
-    assert b'error="invalid_request"' in (reply.header(b"www-authenticate") or b"")
+    assert reply.header(b"www-authenticate") == ONE_CREDENTIAL
     assert stack.upstream.requests == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("query", [b"access_token=TOKEN", b"x=1&%61ccess_token=TOKEN"])
+async def test_a_token_only_in_the_query_is_no_credential(stack: Stack, query: bytes) -> None:
+    """OAuth 2.1 §5.2 drops the query parameter: such a request carries no credential the
+    gateway accepts, so it is 401 without an error code (RFC 6750 §3.1), and never forwarded."""
+    token = stack.token(scope="admin")
+    reply = await stack.send(get(b"/admin/x?" + query.replace(b"TOKEN", token)))
+    assert reply.status == 401
+    assert reply.header(b"www-authenticate") == BARE
+    assert stack.upstream.requests == []
+    assert token.decode() not in stack.log_text()
 
 
 @pytest.mark.anyio

@@ -228,16 +228,16 @@ def test_bypass_probe_control(stack: GatewayStack, reader_token: str) -> None:
     ids=["plain", "second-parameter", "encoded-underscore", "encoded-letter"],
 )
 def test_token_in_the_query_is_refused(stack: GatewayStack, reader_token: str, query: bytes) -> None:
-    # OAuth 2.1 §5.2 drops the query parameter; the gateway answers 400 invalid_request
-    # (RFC 6750 §3.1) rather than 401, and forwards nothing.
+    # OAuth 2.1 §5.2 drops the query parameter: the request carries no credential the gateway
+    # accepts, so it is 401 without an error code (RFC 6750 §3.1), and nothing is forwarded.
     probe_id = probe()
     target = b"/api/orders?" + query.replace(b"TOKEN", reader_token.encode())
     request = (
         f"GET {target.decode()} HTTP/1.1\r\nHost: e2e\r\nX-Probe: {probe_id}\r\nConnection: close\r\n\r\n"
     )
     status, headers, _ = raw_request(stack.gateway_port, request.encode())
-    assert status == 400
-    assert 'error="invalid_request"' in headers["www-authenticate"]
+    assert status == 401
+    assert headers["www-authenticate"] == 'Bearer realm="e2e"'
     assert seen(stack, probe_id) == []
 
 

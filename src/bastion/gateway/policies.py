@@ -14,7 +14,8 @@ Built-in policies, in chain order:
 
 =====================  ==================================================================
 ``QueryTokenPolicy``   refuses ``access_token`` in the query (OAuth 2.1 §5.2: bearer
-                       tokens go in the ``Authorization`` header only)
+                       tokens go in the ``Authorization`` header only): 401, or 400
+                       beside an ``Authorization`` header (two credentials)
 ``BearerAuthPolicy``   exactly one ``Authorization: Bearer`` header; token validated
                        against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
 ``ScopePolicy``        every scope the route requires for the method (RFC 6750 §3.1);
@@ -49,8 +50,10 @@ from bastion.gateway.settings import RouteSettings
 from bastion.protocol.jose import JOSEError
 from bastion.protocol.jose import b64url_decode
 from bastion.tokens import InsufficientScope
+from bastion.tokens import MalformedToken
 from bastion.tokens import Principal
 from bastion.tokens import TokenError
+from bastion.tokens import TokenTooLarge
 from bastion.tokens import bearer_challenge
 
 __all__ = [
@@ -71,8 +74,10 @@ __all__ = [
 PolicyResult = Reply | None
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
-_B64TOKEN: Final = re.compile(rb"^[A-Za-z0-9\-._~+/]+=*$")
+_B64TOKEN: Final = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 _MAX_TOKEN: Final = 16 * 1024
+_ONE_CREDENTIAL: Final = "Send exactly one credential, in one Authorization header"
+_HEADER_ONLY: Final = "Send the access token in the Authorization header"
 
 
 class TokenVerifier(Protocol):
@@ -151,10 +156,18 @@ class QueryTokenPolicy:
     """Refuse a bearer token in the query string.
 
     OAuth 2.1 (draft-ietf-oauth-v2-1 §5.2) drops RFC 6750 §2.3's URI query parameter: tokens in
-    URLs end up in logs, history and ``Referer``. A request carrying ``access_token=`` is refused
-    with 400 ``invalid_request`` rather than silently forwarded with the token in it. Form-body
-    tokens (RFC 6750 §2.2) are never read either: the gateway sees only the head, so such a
-    request simply has no token and gets 401.
+    URLs end up in logs, history and ``Referer``. A request carrying ``access_token=`` is never
+    forwarded with the token in it:
+
+    * with an ``Authorization`` header as well, it sends two credentials — "Clients MUST NOT use
+      more than one method to transmit the token in each request" (RFC 6750 §2) — and is a
+      malformed request: 400 ``invalid_request``;
+    * otherwise the query token is no credential here, and the request carries none: 401 with a
+      bare challenge, "the resource server SHOULD NOT include an error code or other error
+      information" (RFC 6750 §3.1). The problem body says where the token belongs.
+
+    Form-body tokens (RFC 6750 §2.2) are never read either: the gateway sees only the head, so
+    such a request simply has no token and gets 401.
     """
 
     name = "query_token"
@@ -174,26 +187,27 @@ class QueryTokenPolicy:
             if unquote_to_bytes(name.replace("+", " ")) == b"access_token":
                 self._metrics.auth_failure("token_in_query")
                 exchange.auth_failure = "token_in_query"
-                return _challenge_reply(
-                    400,
-                    "Bad Request",
-                    bearer_challenge(
-                        self._realm,
-                        error="invalid_request",
-                        description="Send the access token in the Authorization header",
-                    ),
-                )
+                if exchange.scanned.authorization:
+                    challenge = bearer_challenge(
+                        self._realm, error="invalid_request", description=_ONE_CREDENTIAL
+                    )
+                    return _challenge_reply(400, "Bad Request", challenge, _ONE_CREDENTIAL)
+                return _challenge_reply(401, "Unauthorized", bearer_challenge(self._realm), _HEADER_ONLY)
         return None
 
 
 class BearerAuthPolicy:
     """Require a valid bearer token (RFC 6750 §2.1, §3.1).
 
-    * No ``Authorization`` header, or another scheme: 401 with a bare challenge — "If the request
-      lacks any authentication information …, the resource server SHOULD NOT include an error
-      code" (RFC 6750 §3.1).
-    * More than one ``Authorization`` header, or a malformed ``Bearer`` credential: 400
-      ``invalid_request``.
+    * No ``Authorization`` header, another scheme, or ``Bearer`` with nothing after it: 401 with
+      a bare challenge — "If the request lacks any authentication information …, the resource
+      server SHOULD NOT include an error code or other error information" (RFC 6750 §3.1).
+    * A request that is malformed as a request — more than one ``Authorization`` header, or
+      several credentials joined with commas in one (how a proxy merges two field lines, RFC 9110
+      §5.3; a ``b64token`` never contains a comma): 400 ``invalid_request``.
+    * A ``Bearer`` credential that is not a ``b64token`` (RFC 6750 §2.1) or is too large: the
+      token is malformed, "invalid_token … The resource SHOULD respond with the HTTP 401"
+      (RFC 6750 §3.1).
     * A refused token: 401 ``invalid_token`` (503 when the issuer cannot be reached).
 
     The token is never logged or forwarded (unless the route forwards ``Authorization``).
@@ -243,10 +257,14 @@ class BearerAuthPolicy:
         if scheme.lower() != b"bearer":
             return self._missing(exchange)
         credentials = credentials.strip(b" ")
-        if not credentials or len(credentials) > _MAX_TOKEN or not _B64TOKEN.match(credentials):
-            return self._invalid_request(
-                exchange, "The Authorization header is not a valid Bearer credential"
-            )
+        if not credentials:
+            return self._missing(exchange)
+        if b"," in credentials:
+            return self._invalid_request(exchange, _ONE_CREDENTIAL)
+        if len(credentials) > _MAX_TOKEN:
+            return self._refused(exchange, TokenTooLarge())
+        if not _B64TOKEN.fullmatch(credentials):
+            return self._refused(exchange, MalformedToken())
         return credentials.decode("ascii")
 
     def _pick(self, token: str) -> tuple[TokenVerifier, str]:

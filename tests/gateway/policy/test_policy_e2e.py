@@ -248,8 +248,15 @@ async def test_error_shapes_on_the_wire(stack: Stack) -> None:
     assert status == 404
     assert headers[b"content-type"] == b"application/problem+json"
 
-    status, _, _ = await raw(stack.port, get(b"/catalog/items?access_token=" + reader))
+    # A token only in the query is no credential (RFC 6750 §3.1: 401 without an error code);
+    # beside an Authorization header it is a second credential (400 invalid_request).
+    status, headers, _ = await raw(stack.port, get(b"/catalog/items?access_token=" + reader))
+    assert status == 401
+    assert headers[b"www-authenticate"] == b'Bearer realm="shop"'
+    both = get(b"/catalog/items?access_token=" + reader, b"Authorization: Bearer " + reader)
+    status, headers, _ = await raw(stack.port, both)
     assert status == 400
+    assert headers[b"www-authenticate"].startswith(b'Bearer realm="shop", error="invalid_request"')
     assert stack.catalog.seen == []
 
 

@@ -258,13 +258,45 @@ async def test_forged_signature_is_refused(world: World) -> None:
     assert b'error="invalid_token"' in (header(reply, b"www-authenticate") or b"")
 
 
+MALFORMED = b'Bearer realm="shop", error="invalid_token", error_description="The access token is malformed"'
+ONE_CREDENTIAL = (
+    b'Bearer realm="shop", error="invalid_request", '
+    b'error_description="Send exactly one credential, in one Authorization header"'
+)
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("value", [b"Bearer a b", b"Bearer", b"Bearer ", b"Bearer a\tb", b"Bearer =abc"])
-async def test_garbage_credentials_are_invalid_requests(world: World, value: bytes) -> None:
+@pytest.mark.parametrize(
+    "value", [b"Bearer a b", b"Bearer a\tb", b"Bearer =abc", b'Bearer "abc"', b"Bearer abc;", b"Bearer a=b"]
+)
+async def test_a_malformed_bearer_token_is_invalid_token(world: World, value: bytes) -> None:
+    """RFC 6750 §3.1: invalid_token covers a token that is "malformed", with 401."""
     reply = await world.call(b"/catalog/items", [(b"authorization", value)])
     assert isinstance(reply, Reply)
-    assert reply.status == 400
-    assert b'error="invalid_request"' in (header(reply, b"www-authenticate") or b"")
+    assert reply.status == 401
+    assert header(reply, b"www-authenticate") == MALFORMED
+    assert world.gateway.metrics.auth_failures == {"malformed": 1}
+
+
+@pytest.mark.anyio
+async def test_an_oversized_bearer_token_is_invalid_token(world: World) -> None:
+    reply = await world.call(b"/catalog/items", [(b"authorization", b"Bearer " + b"a" * (16 * 1024 + 1))])
+    assert isinstance(reply, Reply)
+    assert reply.status == 401
+    assert header(reply, b"www-authenticate") == (
+        b'Bearer realm="shop", error="invalid_token", error_description="The access token is too large"'
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("value", [b"Bearer", b"Bearer ", b"Bearer   ", b"bearer"])
+async def test_bearer_without_a_token_lacks_credentials(world: World, value: bytes) -> None:
+    """RFC 6750 §3.1: a request lacking authentication information gets no error code."""
+    reply = await world.call(b"/catalog/items", [(b"authorization", value)])
+    assert isinstance(reply, Reply)
+    assert reply.status == 401
+    assert header(reply, b"www-authenticate") == b'Bearer realm="shop"'
+    assert world.gateway.metrics.auth_failures == {"missing": 1}
 
 
 @pytest.mark.anyio
@@ -275,16 +307,45 @@ async def test_two_authorization_headers_are_refused(world: World) -> None:
     )
     assert isinstance(reply, Reply)
     assert reply.status == 400
-    assert b'error="invalid_request"' in (header(reply, b"www-authenticate") or b"")
+    assert header(reply, b"www-authenticate") == (
+        b'Bearer realm="shop", error="invalid_request", '
+        b'error_description="Send exactly one Authorization header"'
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("tail", [b", Bearer TOKEN", b",Basic eA==", b","])
+async def test_credentials_joined_in_one_header_are_invalid_requests(world: World, tail: bytes) -> None:
+    """Two field lines merged by a proxy (RFC 9110 §5.3): two credentials, a malformed request."""
+    token = world.issuer.token().encode()
+    value = b"Bearer " + token + tail.replace(b"TOKEN", token)
+    reply = await world.call(b"/catalog/items", [(b"authorization", value)])
+    assert isinstance(reply, Reply)
+    assert reply.status == 400
+    assert header(reply, b"www-authenticate") == ONE_CREDENTIAL
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("query", [b"access_token=abc", b"x=1&access_token=abc", b"access%5Ftoken=abc"])
-async def test_token_in_query_is_refused(world: World, query: bytes) -> None:
+async def test_token_in_query_and_in_the_header_is_invalid_request(world: World, query: bytes) -> None:
+    """RFC 6750 §2: "Clients MUST NOT use more than one method to transmit the token"."""
     reply = await world.call(b"/catalog/items?" + query, world.bearer())
     assert isinstance(reply, Reply)
     assert reply.status == 400
-    assert b'error="invalid_request"' in (header(reply, b"www-authenticate") or b"")
+    assert header(reply, b"www-authenticate") == ONE_CREDENTIAL
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("query", [b"access_token=abc", b"x=1&access_token=abc", b"access%5Ftoken=abc"])
+async def test_token_only_in_the_query_is_no_credential(world: World, query: bytes) -> None:
+    """The query parameter is not a credential here (OAuth 2.1 §5.2): 401 without an error code."""
+    token = world.issuer.token()
+    reply = await world.call(b"/catalog/items?" + query.replace(b"abc", token.encode()))
+    assert isinstance(reply, Reply)
+    assert reply.status == 401
+    assert header(reply, b"www-authenticate") == b'Bearer realm="shop"'
+    assert orjson.loads(reply.body)["detail"] == "Send the access token in the Authorization header"
+    assert world.gateway.metrics.auth_failures == {"token_in_query": 1}
 
 
 @pytest.mark.anyio
