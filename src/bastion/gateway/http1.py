@@ -36,6 +36,13 @@ Rules (RFC 9112 unless stated), all enforced here and nowhere else:
    extensions and httptools accumulates a trailer field without bound. Trailer fields are
    dropped, never forwarded (§6.5: they must not be merged into the header section).
 7. Responses to ``HEAD``, and 1xx, 204 and 304 responses, carry no content (RFC 9110 §6.4.1).
+   An upstream connection is reusable only when nothing but the one response arrived on it
+   (:attr:`ResponseReader.reusable`): bytes after the end of a response are an unrequested
+   message, and a response whose end the gateway knows only from the request method or the
+   status — any ``HEAD`` response, a 204 or 304 announcing content with ``Content-Length`` or
+   ``Transfer-Encoding`` — may be followed by the body a non-compliant upstream sends anyway,
+   possibly after the next request went out. Either would be read as the next request's
+   response (response-queue poisoning), so such connections are closed, never pooled.
 8. Hop-by-hop fields (RFC 9110 §7.6.1) never cross the gateway, in either direction.
 
 Pipelined requests are parsed as they arrive but handed out one cycle at a time: after a
@@ -727,6 +734,8 @@ class ResponseReader:
         self._close_delimited = False
         self._started = False
         self._complete = True
+        #: Nothing makes the connection unfit for another request (see :attr:`reusable`).
+        self._clean = True
         self._reset_parser = False
         self._error: str | None = None
 
@@ -749,6 +758,7 @@ class ResponseReader:
         self._head_request = head_request
         self._started = False
         self._complete = False
+        self._clean = True
         self._close_delimited = False
         self._events.clear()
 
@@ -761,6 +771,13 @@ class ResponseReader:
     def complete(self) -> bool:
         """Whether the current response has been read in full."""
         return self._complete
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the connection may carry another request: the response is complete, no byte
+        arrived after it, and its end did not rest on the request method or status alone while
+        its fields announced content (rule 7 of the module docstring)."""
+        return self._complete and self._clean
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the upstream.
@@ -776,7 +793,9 @@ class ResponseReader:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if self._error is None and self._complete and self._reset_parser:
-                return  # the deliberate stop after a HEAD response's head
+                # The deliberate stop after a HEAD response's head, or at bytes that follow a
+                # complete response (then ``reusable`` is false and the connection is closed).
+                return
             raise UpstreamProtocolError(self._error or "malformed response") from exc
         if not self._complete and self._begun == begun:
             self._wire += len(data)
@@ -802,6 +821,15 @@ class ResponseReader:
         return self._events.popleft() if self._events else None
 
     def _on_message_begin(self) -> None:
+        if self._complete:
+            # Another message after the response to the current request, in the same read: the
+            # upstream answers something nobody asked (or a body it announced on a HEAD, 204 or
+            # 304). Not parsed, never handed on, and the connection is not reused: otherwise it
+            # would be read as the next request's response.
+            self._clean = False
+            self._reset_parser = True
+            raise _Stop
+        self._complete = False
         self._headers = []
         self._in_head = True
         self._begun += 1
@@ -837,6 +865,10 @@ class ResponseReader:
         tokens = connection_tokens(headers)
         persistent = b"close" not in tokens if persistent else b"keep-alive" in tokens
         no_body = self._head_request or status in _NO_CONTENT_STATUS
+        if no_body and (self._head_request or chunked or content_length):
+            # The end is known only from the request or the status while the fields announce
+            # content: a non-compliant upstream may still send it, at any time (rule 7).
+            self._clean = False
         if not no_body and not chunked and content_length is None:
             self._close_delimited = True
             persistent = False

@@ -9,7 +9,12 @@ shared by every client connection of the process:
   be released (bounded by its connect timeout);
 * an idle connection the upstream closed is noticed (``connection_lost`` / EOF) and dropped
   before anyone picks it; the engine retries once on a fresh connection when the close races
-  with a request (see ``proxy.py``).
+  with a request (see ``proxy.py``);
+* a connection with unread or unexpected bytes is closed, never pooled: one whose response was
+  followed by more bytes, or whose end rested on the request method or status while its fields
+  announced content (any ``HEAD``; a 204 or 304 with a length — ``ResponseReader.reusable``),
+  and an idle one that becomes readable (bytes received while idle close it; a socket with
+  bytes not yet read is discarded when picked).
 
 Target selection is round-robin over targets that are healthy:
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import select
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -126,13 +132,35 @@ class UpstreamConnection(asyncio.Protocol):
         """
         self.listener = None
         self.resume_reading()
-        self.target.release(self, reusable=reusable and self.reader.complete, now=now)
+        self.target.release(self, reusable=reusable and self.reader.reusable, now=now)
 
     def close(self) -> None:
         """Detach and close the connection."""
         self.listener = None
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+    def readable(self) -> bool:
+        """Whether bytes (or the end of the stream) wait unread on the idle socket.
+
+        Nothing may arrive on a connection between two exchanges. Bytes that did are handed to
+        :meth:`data_received`, which closes the connection, but only when the loop next polls
+        its sockets: a request handled earlier in the same loop iteration would otherwise bind
+        to the connection first and read those bytes as its response. One ``poll`` with a zero
+        timeout closes that window (as httpcore checks a pooled connection before reuse).
+        """
+        transport = self.transport
+        if transport is None:
+            return True
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False  # not a socket transport (tests); nothing to poll
+        fd = sock.fileno()
+        if fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     @property
     def write_buffer_size(self) -> int:
@@ -243,7 +271,7 @@ class Target:
             conn = idle.pop()
             if conn.closed or conn.transport is None or conn.transport.is_closing():
                 continue
-            if conn.idle_since < limit:
+            if conn.idle_since < limit or conn.readable():
                 conn.close()
                 continue
             return conn
@@ -272,8 +300,10 @@ class Target:
             finally:
                 with contextlib.suppress(ValueError):
                     self.waiters.remove(waiter)
-            if handed is not None:
-                return handed
+            if handed is not None and not handed.closed:
+                if not handed.readable():
+                    return handed
+                handed.close()
         self.pending += 1
         try:
             async with asyncio.timeout_at(deadline):

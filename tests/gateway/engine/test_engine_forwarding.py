@@ -124,7 +124,7 @@ async def test_http10_keep_alive_only_when_asked(upstream: Upstream, gateway_for
     ("method", "path", "status"),
     [(b"HEAD", b"/bytes/1000", 200), (b"GET", b"/status/204", 204), (b"GET", b"/status/304", 304)],
 )
-async def test_no_body_responses_keep_the_connection(
+async def test_no_body_responses_keep_the_client_connection(
     upstream: Upstream, gateway_for, method: bytes, path: bytes, status: int
 ) -> None:
     gateway, _ = await gateway_for([upstream.address])
@@ -134,10 +134,12 @@ async def test_no_body_responses_keep_the_connection(
     if method == b"HEAD":
         assert reply.header(b"content-length") == b"1000"
     assert reply.header(b"transfer-encoding") is None
-    # Both the client connection and the pooled upstream connection go on working.
+    # The client connection goes on working. The upstream one does after a 204 or 304 that
+    # announces no content; after a HEAD it is closed, since a non-compliant upstream may still
+    # send the body its Content-Length announces (see test_engine_pool_poisoning.py).
     reply = await client.request(b"GET /bytes/3 HTTP/1.1\r\nHost: a\r\n\r\n")
     assert reply.body == b"bbb"
-    assert upstream.connections == 1
+    assert upstream.connections == (2 if method == b"HEAD" else 1)
     await client.aclose()
 
 

@@ -526,6 +526,88 @@ def test_upstream_no_content_statuses(status: int) -> None:
     assert isinstance(out[1], EndOfMessage)
 
 
+INJECTED = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\ninjected"
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b'HTTP/1.1 304 Not Modified\r\netag: "e"\r\n\r\n',
+    ],
+)
+# (Empty lines between messages are skipped by llhttp, as RFC 9112 §2.2 allows, here and before
+# the next response alike: they cannot shift one response onto another request.)
+@pytest.mark.parametrize("extra", [INJECTED, INJECTED[:20], b"H", b"\r\nX"])
+def test_a_message_beginning_after_the_response_is_not_handed_on(response: bytes, extra: bytes) -> None:
+    """Bytes after a complete response, in the same read: llhttp begins another message. That
+    beginning must not leave the reader "complete" and reusable with a parser halfway through an
+    unrequested response, which the next request on the connection would then read as its own."""
+    reader = ResponseReader()
+    reader.start(head_request=False)
+    out = read(reader, response + extra)
+    assert isinstance(out[0], Response)
+    assert isinstance(out[-1], EndOfMessage)
+    assert sum(isinstance(e, Response) for e in out) == 1
+    assert b"injected" not in body_of(out)
+    assert reader.complete
+    assert not reader.reusable
+    # Any later byte is refused outright.
+    with pytest.raises(UpstreamProtocolError):
+        reader.receive_data(INJECTED)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n",
+        b'HTTP/1.1 304 Not Modified\r\netag: "e"\r\n\r\n',
+    ],
+)
+def test_a_response_alone_leaves_the_connection_reusable(response: bytes) -> None:
+    reader = ResponseReader()
+    reader.start(head_request=False)
+    read(reader, response)
+    assert reader.reusable
+    # Every request starts clean again.
+    reader.start(head_request=False)
+    assert not reader.reusable
+    read(reader, response)
+    assert reader.reusable
+
+
+@pytest.mark.parametrize(
+    ("head_request", "response"),
+    [
+        (True, b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
+        (True, b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+        (True, b"HTTP/1.1 200 OK\r\n\r\n"),
+        (True, b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+        (False, b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"),
+        (False, b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n"),
+        (False, b"HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
+    ],
+)
+def test_a_response_whose_end_rests_on_the_method_or_status_is_not_reusable(
+    head_request: bool, response: bytes
+) -> None:
+    """A HEAD response, or a 204/304 announcing content: complete at its head (RFC 9110 §6.4.1),
+    but an upstream that sends the content anyway, now or after the next request went out, would
+    have it read as that request's response."""
+    reader = ResponseReader()
+    reader.start(head_request=head_request)
+    out = read(reader, response)
+    assert isinstance(out[0], Response)
+    assert out[0].no_body
+    assert isinstance(out[-1], EndOfMessage)
+    assert reader.complete
+    assert not reader.reusable
+
+
 def test_upstream_interim_responses_are_skipped() -> None:
     reader = ResponseReader()
     reader.start(head_request=False)
