@@ -64,10 +64,29 @@ async def test_access_log_flushes_after_the_interval() -> None:
     log.close()
 
 
-def test_access_log_can_be_off() -> None:
-    log = AccessLog(None, flush_lines=1)
-    log.write({"status": 200})
-    log.close()
+@pytest.mark.anyio
+async def test_access_log_can_be_off() -> None:
+    """With no sink the log is off: it says so (the hot path then skips building records), and a
+    record written anyway is dropped at once — not even timestamped, buffered or scheduled."""
+    reads: list[float] = []
+
+    def clock() -> float:
+        reads.append(1700000000.5)
+        return reads[-1]
+
+    off = AccessLog(None, flush_lines=1, clock=clock)
+    assert off.enabled is False
+    off.write({"status": 200})
+    off.close()
+    assert reads == []
+    # The same calls on a log that is on read the clock and write the line: the probe works.
+    sink = Sink()
+    on = AccessLog(sink, flush_lines=1, clock=clock)
+    assert on.enabled is True
+    on.write({"status": 200})
+    on.close()
+    assert reads == [1700000000.5]
+    assert sink.lines() == [{"time": 1700000000.5, "status": 200}]
 
 
 def test_access_log_refuses_nonsense_limits() -> None:
