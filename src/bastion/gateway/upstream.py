@@ -92,6 +92,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self._reading_paused = False
+        #: The socket's descriptor, for :meth:`readable` (-1: not a socket transport).
+        self._fd = -1
 
     # -- used by the exchange ----------------------------------------------------------------
 
@@ -149,15 +151,11 @@ class UpstreamConnection(asyncio.Protocol):
         to the connection first and read those bytes as its response. One ``poll`` with a zero
         timeout closes that window (as httpcore checks a pooled connection before reuse).
         """
-        transport = self.transport
-        if transport is None:
+        if self.transport is None or self.closed:
             return True
-        sock = transport.get_extra_info("socket")
-        if sock is None:
-            return False  # not a socket transport (tests); nothing to poll
-        fd = sock.fileno()
+        fd = self._fd
         if fd < 0:
-            return True
+            return False  # not a socket transport; nothing to poll
         poller = select.poll()
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
@@ -172,6 +170,8 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport by construction; uvloop's does not subclass asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1
         self.target.live.add(self)
 
     def data_received(self, data: bytes) -> None:
