@@ -211,6 +211,7 @@ async def test_revoking_the_active_key_withdraws_it_and_a_replacement_signs_at_o
     assert old.kid not in _kids(keys), "out of JWKS at once"
     assert keys.public_key(old.kid) is None, "its tokens no longer verify"
     assert keys.is_revoked(old.kid)
+    assert old.kid not in keys._private, "its private key is dropped from memory"
     assert done.replacement is not None
     assert done.replacement.alg == "ES256"
     assert done.replacement.activates_at == clock.now, "no publish delay: the revoked key must not sign"

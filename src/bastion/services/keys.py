@@ -149,9 +149,14 @@ class KeyService:
     # -- loading -----------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read every key from storage and decrypt the private keys not seen before."""
+        """Read every key from storage and decrypt the private keys not seen before (never a
+        revoked one)."""
         rows = await self._store.list_keys()
         for key, sealed in rows:
+            if key.revoked_at is not None:  # it never signs or verifies again: not even in memory
+                self._private.pop(key.kid, None)
+                self._public.pop(key.kid, None)
+                continue
             if key.kid not in self._private:
                 try:
                     pem = self._sealer.open(sealed, aad=key.kid.encode())
