@@ -35,7 +35,9 @@ def test_the_command_tree_is_what_the_docs_describe() -> None:
     assert {"create", "list", "show", "rotate-secret", "disable", "enable", "delete"} <= set(
         cli.commands["clients"].commands  # type: ignore[attr-defined]
     )
-    assert {"list", "rotate"} <= set(cli.commands["keys"].commands)  # type: ignore[attr-defined]
+    assert {"list", "rotate", "revoke", "import", "export"} <= set(
+        cli.commands["keys"].commands  # type: ignore[attr-defined]
+    )
     assert {"check", "keys"} <= set(cli.commands["config"].commands)  # type: ignore[attr-defined]
 
 

@@ -1,4 +1,4 @@
-"""``bastion keys``, ``bastion migrate``, the key-encryption key, and commands that need a server."""
+"""``bastion keys`` (list, rotate, revoke, import, export), ``bastion migrate``, the key-encryption key, and commands that need a server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from click.testing import Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc.jwk import ECKey
 
+from bastion.protocol import jose
 from tests.cli.conftest import Invoke
 from tests.cli.conftest import make_invoke
 
@@ -131,3 +136,187 @@ def test_serve_refuses_bad_worker_count(invoke: Invoke) -> None:
     result = invoke("serve", "--workers", "0")
     assert result.exit_code == 2
     assert "--workers" in result.stderr
+
+
+# -- revoke, import, export -------------------------------------------------------------------
+
+
+def _pem(key: Any) -> bytes:
+    data: bytes = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return data
+
+
+def _by_kid(invoke: Invoke) -> dict[str, dict[str, Any]]:
+    return {k["kid"]: k for k in ok_json(invoke("keys", "list", "--json"))}
+
+
+def _exported(invoke: Invoke) -> dict[str, dict[str, Any]]:
+    return {k["kid"]: k for k in ok_json(invoke("keys", "export", "--public"))["keys"]}
+
+
+def _active(invoke: Invoke, alg: str) -> str:
+    [kid] = [k for k, v in _by_kid(invoke).items() if v["alg"] == alg and v["state"] == "active"]
+    return kid
+
+
+def test_keys_revoke_withdraws_the_active_key_and_a_new_one_signs(invoke: Invoke, config_file: Path) -> None:
+    kid = _active(invoke, "ES256")
+    result = invoke("keys", "revoke", kid, "--yes")
+    assert result.exit_code == 0, result.output
+    first, second = result.output.splitlines()
+    assert first == f"revoked ES256 key {kid}: out of the JWKS; tokens it signed are now refused"
+    new = re.fullmatch(r"new ES256 key (\S+): published and signing now", second)
+    assert new is not None, result.output
+    keys = _by_kid(invoke)
+    assert keys[kid]["state"] == "revoked"
+    assert keys[kid]["revoked_at"] is not None
+    assert keys[new.group(1)]["state"] == "active"
+    assert keys[new.group(1)]["generation"] == 2
+    assert kid not in _exported(invoke)
+    events = [
+        json.loads(line) for line in (config_file.parent / "data" / "audit.log").read_text().splitlines()
+    ]
+    assert [(e["kid"], e["replacement"]) for e in events if e["event"] == "key.revoked"] == [
+        (kid, new.group(1))
+    ]
+
+
+def test_keys_revoke_asks_first(invoke: Invoke) -> None:
+    kid = _active(invoke, "RS256")
+    declined = invoke("keys", "revoke", kid, input="n\n")
+    assert declined.exit_code == 1
+    assert f"Revoke the active RS256 key {kid}? Every token it signed stops working" in declined.output
+    assert "Aborted!" in declined.output
+    assert _by_kid(invoke)[kid]["state"] == "active"
+    confirmed = invoke("keys", "revoke", kid, input="y\n")
+    assert confirmed.exit_code == 0, confirmed.output
+    assert f"revoked RS256 key {kid}" in confirmed.output
+    assert _by_kid(invoke)[kid]["state"] == "revoked"
+    again = invoke("keys", "revoke", kid)  # nothing to confirm any more
+    assert again.exit_code == 0, again.output
+    assert re.fullmatch(rf"RS256 key {kid} was already revoked at [\d-]+ [\d:]+ UTC\n", again.output)
+
+
+def test_keys_revoke_an_unknown_kid(invoke: Invoke) -> None:
+    result = invoke("keys", "revoke", "nope", "--yes")
+    assert result.exit_code == 1
+    assert "no signing key has kid 'nope' (`bastion keys list` shows them)" in result.stderr
+
+
+def test_keys_import_pem_verifies_only_by_default(invoke: Invoke, tmp_path: Path) -> None:
+    external = ec.generate_private_key(ec.SECP256R1())
+    path = tmp_path / "legacy.pem"
+    path.write_bytes(_pem(external))
+    signer = _active(invoke, "ES256")
+    result = invoke("keys", "import", str(path), "--kid", "legacy-1")
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(
+        r"imported ES256 key legacy-1: published now to verify the tokens it signed "
+        r"\(until [\d-]+ [\d:]+ UTC\); it never signs\n",
+        result.output,
+    )
+    keys = _by_kid(invoke)
+    assert (keys["legacy-1"]["state"], keys["legacy-1"]["generation"]) == ("retired", 0)
+    assert keys[signer]["state"] == "active"
+    [row] = [line for line in invoke("keys", "list").output.splitlines() if line.startswith("legacy-1 ")]
+    assert row.split()[1:4] == ["ES256", "0", "retired"]
+    assert row.split()[-1] == "never"
+    assert _exported(invoke)["legacy-1"] == {
+        **jose.public_jwk(external),
+        "kid": "legacy-1",
+        "alg": "ES256",
+        "use": "sig",
+    }
+    duplicate = invoke("keys", "import", str(path), "--kid", "legacy-2")
+    assert duplicate.exit_code == 1
+    assert "this key is already stored, with kid 'legacy-1'" in duplicate.stderr
+    taken = invoke(
+        "keys",
+        "import",
+        "-",
+        "--kid",
+        "legacy-1",
+        input=_pem(ec.generate_private_key(ec.SECP256R1())).decode(),
+    )
+    assert taken.exit_code == 1
+    assert "a signing key with kid 'legacy-1' already exists" in taken.stderr
+
+
+def test_keys_import_a_jwk_that_signs_now(invoke: Invoke) -> None:
+    jwk = {**ECKey.generate_key("P-256", private=True).as_dict(private=True), "kid": "theirs", "alg": "ES256"}
+    result = invoke("keys", "import", "-", "--activate", "now", input=json.dumps(jwk))
+    assert result.exit_code == 0, result.output
+    assert result.output == "imported ES256 key theirs: published and signing now\n"
+    assert _active(invoke, "ES256") == "theirs"
+    assert "d" not in _exported(invoke)["theirs"]
+
+
+def test_keys_import_after_the_publish_delay(invoke: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "rsa.pem"
+    path.write_bytes(_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    args = ("keys", "import", str(path), "--kid", "r1", "--alg", "RS256", "--activate", "after-delay")
+    result = invoke(*args, "--publish-delay", "3600")
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(
+        r"imported RS256 key r1: published now, signs from [\d-]+ [\d:]+ UTC\n", result.output
+    )
+    key = _by_kid(invoke)["r1"]
+    assert key["state"] == "pending"
+    assert 3600 <= key["activates_at"] - key["created_at"] <= 3620
+
+
+def test_keys_import_refusals(invoke: Invoke, tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = tmp_path / "public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    private = tmp_path / "private.pem"
+    private.write_bytes(_pem(key))
+    rsa_key = tmp_path / "rsa.pem"
+    rsa_key.write_bytes(_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)))
+    cases = [
+        ((str(public), "--kid", "p"), f"{public} holds a public key only. Importing needs the private key"),
+        ((str(private),), "names no key id: pass --kid"),
+        (
+            (str(private), "--kid", "x", "--alg", "ES384"),
+            "ES384 needs an EC P-384 key; this is an EC secp256r1 key",
+        ),
+        ((str(rsa_key), "--kid", "x"), "an RSA key signs RS256 or PS256: say which with --alg"),
+        (
+            (str(rsa_key), "--kid", "x", "--alg", "PS256", "--activate", "now"),
+            "this server does not sign PS256",
+        ),
+    ]
+    for args, message in cases:
+        result = invoke("keys", "import", *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.stderr, (args, result.stderr)
+    usage = invoke("keys", "import", str(private), "--kid", "x", "--publish-delay", "5")
+    assert usage.exit_code == 2
+    assert "--publish-delay applies only to --activate after-delay" in usage.stderr
+    missing = invoke("keys", "import", str(tmp_path / "none.pem"), "--kid", "x")
+    assert missing.exit_code == 2
+    assert "No such file or directory" in missing.stderr
+    assert {k["kid"] for k in ok_json(invoke("keys", "list", "--json"))}.isdisjoint({"p", "x"})
+
+
+def test_keys_export_prints_the_public_jwks_only(invoke: Invoke) -> None:
+    refused = invoke("keys", "export")
+    assert refused.exit_code == 2
+    assert (
+        "private keys are never exported; `bastion keys export --public` prints the public JWKS"
+        in refused.stderr
+    )
+    assert refused.stdout == ""
+    exported = _exported(invoke)
+    published = {k for k, v in _by_kid(invoke).items() if v["state"] in ("pending", "active", "retired")}
+    assert set(exported) == published
+    for jwk in exported.values():
+        assert not {"d", "p", "q", "dp", "dq", "qi", "k"} & set(jwk)
+        assert jwk["use"] == "sig"
+        jose.load_public_jwk({k: v for k, v in jwk.items() if k not in ("kid", "alg", "use")})

@@ -1,23 +1,30 @@
-"""Signing-key lifecycle: states follow from times; rotation never leaves a token unverifiable."""
+"""Signing-key lifecycle: states follow from times; rotation never leaves a token unverifiable;
+a revoked key is withdrawn at once; an imported key verifies what it signed before."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bastion.ops.audit import AuditLog
 from bastion.protocol import jose
 from bastion.services.crypto import Sealer
 from bastion.services.crypto import SealError
+from bastion.services.keys import KEYS_CHANNEL
+from bastion.services.keys import Activation
 from bastion.services.keys import KeyPolicy
 from bastion.services.keys import KeyService
 from bastion.services.keys import KeyState
+from bastion.services.keys import NoSigningKey
 from bastion.storage.fast.memory import MemoryState
 from bastion.storage.open import Stores
-from bastion.storage.open import open_stores
-from bastion.storage.sql.migrate import migrate
+from bastion.storage.protocols import Conflict
+from bastion.storage.protocols import NotFound
 
 pytestmark = pytest.mark.anyio
 
@@ -32,15 +39,10 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[Stores]:
-    opened = open_stores(f"sqlite:///{tmp_path / 'b.db'}", "memory://")
-    await migrate(opened.db)
-    yield opened
-    await opened.close()
+# ``stores`` (tests/conftest.py): every test runs on SQLite and on PostgreSQL.
 
 
-def service(stores: Stores, clock: Clock) -> KeyService:
+def service(stores: Stores, clock: Clock, **kwargs: Any) -> KeyService:
     policy = KeyPolicy(
         algorithms=("ES256", "RS256"),
         rotation_period=30 * 86400,
@@ -48,7 +50,7 @@ def service(stores: Stores, clock: Clock) -> KeyService:
         retention=960,
         jwks_max_age=600,
     )
-    return KeyService(stores.keys, Sealer(KEK), policy, clock=clock)
+    return KeyService(stores.keys, Sealer(KEK), policy, clock=clock, **kwargs)
 
 
 async def test_first_start_creates_active_keys_per_algorithm(stores: Stores) -> None:
@@ -173,3 +175,270 @@ async def test_other_processes_load_an_announced_key_at_once(stores: Stores) -> 
         await asyncio.sleep(0.01)
     assert new.kid in {k["kid"] for k in b.jwks()["keys"]}, "published by b long before its hourly refresh"
     await b.close()
+
+
+def _kids(keys: KeyService) -> set[str]:
+    return {k["kid"] for k in keys.jwks()["keys"]}
+
+
+def _record(keys: KeyService, kid: str) -> Any:
+    return next(k for k in keys.all_keys() if k.kid == kid)
+
+
+async def _started(clock: Clock, stores: Stores, **kwargs: Any) -> KeyService:
+    keys = service(stores, clock, **kwargs)
+    await keys.load()
+    await keys.ensure()
+    return keys
+
+
+# -- revocation -------------------------------------------------------------------------------
+
+
+async def test_revoking_the_active_key_withdraws_it_and_a_replacement_signs_at_once(stores: Stores) -> None:
+    clock = Clock()
+    events: list[dict[str, Any]] = []
+    audit = AuditLog(None)
+    audit.listeners.append(events.append)
+    keys = await _started(clock, stores, audit=audit)
+    old = keys.signing_key("ES256")
+    clock.now += 5
+    # The only ES256 key: revoking the last key of an algorithm is allowed.
+    done = await keys.revoke(old.kid)
+    assert not done.already
+    assert done.key.revoked_at == clock.now
+    assert keys.state(done.key) is KeyState.REVOKED
+    assert old.kid not in _kids(keys), "out of JWKS at once"
+    assert keys.public_key(old.kid) is None, "its tokens no longer verify"
+    assert keys.is_revoked(old.kid)
+    assert old.kid not in keys._private, "its private key is dropped from memory"
+    assert done.replacement is not None
+    assert done.replacement.alg == "ES256"
+    assert done.replacement.activates_at == clock.now, "no publish delay: the revoked key must not sign"
+    assert keys.signing_key("ES256").kid == done.replacement.kid
+    assert keys.signing_key("RS256").kid != old.kid
+    assert [e for e in events if e["event"] == "key.revoked"] == [
+        {
+            "time": events[-1]["time"],
+            "event": "key.revoked",
+            "kid": old.kid,
+            "alg": "ES256",
+            "replacement": done.replacement.kid,
+        }
+    ]
+    # Durable: another process reading the store agrees.
+    other = service(stores, clock)
+    await other.load()
+    assert other.is_revoked(old.kid)
+    assert old.kid not in _kids(other)
+    assert other.signing_key("ES256").kid == done.replacement.kid
+
+
+async def test_revoking_a_retired_key_leaves_the_signer_alone(stores: Stores) -> None:
+    clock = Clock()
+    keys = await _started(clock, stores)
+    old = keys.signing_key("ES256")
+    new = await keys.rotate("ES256", publish_delay=0)
+    assert keys.state(_record(keys, old.kid)) is KeyState.RETIRED
+    done = await keys.revoke(old.kid)
+    assert done.replacement is None
+    assert keys.signing_key("ES256").kid == new.kid
+    assert old.kid not in _kids(keys)
+    assert len([k for k in keys.all_keys() if k.alg == "ES256"]) == 2, "no key created"
+
+
+async def test_revoking_a_pending_key_leaves_the_signer_alone(stores: Stores) -> None:
+    clock = Clock()
+    keys = await _started(clock, stores)
+    active = keys.signing_key("ES256")
+    pending = await keys.rotate("ES256")
+    done = await keys.revoke(pending.kid)
+    assert done.replacement is None
+    assert pending.kid not in _kids(keys)
+    clock.now += 3600
+    assert keys.signing_key("ES256").kid == active.kid, "the revoked key never signs"
+    assert await keys.ensure() == [], "the active key is not due for rotation"
+
+
+async def test_revoking_an_unknown_kid_is_refused(stores: Stores) -> None:
+    keys = await _started(Clock(), stores)
+    with pytest.raises(NotFound, match="no signing key has kid 'nope'"):
+        await keys.revoke("nope")
+
+
+async def test_revoking_again_keeps_the_first_time_and_announces_again(stores: Stores) -> None:
+    clock = Clock()
+    state = MemoryState()
+    keys = await _started(clock, stores, state=state)
+    kid = keys.signing_key("ES256").kid
+    first = await keys.revoke(kid)
+    clock.now += 60
+    heard: list[bytes] = []
+
+    async def listen() -> None:
+        async for message in state.subscribe(KEYS_CHANNEL):
+            heard.append(message)
+            return
+
+    listener = asyncio.get_running_loop().create_task(listen())
+    await asyncio.sleep(0.01)  # subscribed
+    again = await keys.revoke(kid)
+    await asyncio.wait_for(listener, 5)
+    assert again.already
+    assert again.replacement is None
+    assert again.key.revoked_at == first.key.revoked_at
+    assert orjson.loads(heard[0]) == {"event": "revoked", "kid": kid}
+
+
+async def test_changes_are_announced_as_json_after_they_are_stored(stores: Stores) -> None:
+    clock = Clock()
+    state = MemoryState()
+    keys = await _started(clock, stores, state=state)
+    kid = keys.signing_key("ES256").kid
+    heard: list[tuple[dict[str, Any], dict[str, Any]]] = []
+
+    async def listen() -> None:
+        # On each message, what a process reloading then would read from the store.
+        async for message in state.subscribe(KEYS_CHANNEL):
+            stored = {key.kid: key for key, _ in await stores.keys.list_keys()}
+            event = orjson.loads(message)
+            heard.append((event, {"revoked_at": stored[event["kid"]].revoked_at}))
+            if event["event"] == "revoked":
+                return
+
+    listener = asyncio.get_running_loop().create_task(listen())
+    await asyncio.sleep(0.01)
+    done = await keys.revoke(kid)
+    await asyncio.wait_for(listener, 5)
+    assert done.replacement is not None
+    assert heard == [
+        ({"event": "created", "kid": done.replacement.kid}, {"revoked_at": None}),
+        ({"event": "revoked", "kid": kid}, {"revoked_at": done.key.revoked_at}),
+    ]
+
+
+async def test_an_older_key_never_signs_in_place_of_a_revoked_one(stores: Stores) -> None:
+    clock = Clock()
+    keys = await _started(clock, stores)
+    first = keys.signing_key("ES256")
+    second = await keys.rotate("ES256", publish_delay=0)
+    clock.now += 960  # the first key has left JWKS
+    assert first.kid not in _kids(keys)
+    # A revocation stored without its replacement (another process stopped half-way).
+    await stores.keys.revoke_key(second.kid, clock.now)
+    await keys.load()
+    with pytest.raises(NoSigningKey):
+        keys.signing_key("ES256")
+    assert keys.state(_record(keys, first.kid)) is KeyState.EXPIRED
+    assert first.kid not in _kids(keys), "a key that left JWKS never comes back"
+    # The automatic schedule (every refresh) creates a signer at once.
+    [created] = await keys.ensure()
+    assert keys.signing_key("ES256").kid == created.kid
+    assert created.generation == 3
+
+
+# -- import -----------------------------------------------------------------------------------
+
+
+async def test_an_imported_key_verifies_only_by_default_then_retires(stores: Stores) -> None:
+    clock = Clock()
+    keys = await _started(clock, stores)
+    signer = keys.signing_key("ES256")
+    external = ec.generate_private_key(ec.SECP256R1())
+    token = jose.encode_jwt("ES256", external, {"kid": "legacy-1"}, {"sub": "x"})  # signed before import
+    key = await keys.import_key(external, kid="legacy-1", alg="ES256")
+    assert key.generation == 0, "older than every key of its algorithm"
+    assert keys.state(key) is KeyState.RETIRED
+    assert "legacy-1" in _kids(keys)
+    found = keys.public_key("legacy-1")
+    assert found is not None
+    parsed = jose.parse_compact(token)
+    assert jose.verify("ES256", found[1], parsed.signing_input, parsed.signature)
+    assert keys.signing_key("ES256").kid == signer.kid, "it never signs"
+    assert await keys.ensure() == []
+    clock.now += 959
+    assert "legacy-1" in _kids(keys)
+    clock.now += 1
+    assert keys.state(_record(keys, "legacy-1")) is KeyState.EXPIRED
+    assert "legacy-1" not in _kids(keys)
+    second = await keys.import_key(ec.generate_private_key(ec.SECP256R1()), kid="legacy-2", alg="ES256")
+    assert second.generation == -1
+
+
+async def test_an_imported_key_of_an_algorithm_not_signed_here_verifies_and_retires(stores: Stores) -> None:
+    clock = Clock()
+    keys = await _started(clock, stores)
+    external = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = await keys.import_key(external, kid="old-ps", alg="PS256")
+    assert keys.state(key) is KeyState.RETIRED
+    assert "old-ps" in _kids(keys)
+    with pytest.raises(ValueError, match="does not sign PS256"):
+        await keys.import_key(
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            kid="new-ps",
+            alg="PS256",
+            activate=Activation.NOW,
+        )
+    clock.now += 960
+    assert "old-ps" not in _kids(keys)
+
+
+async def test_an_imported_key_can_sign_now_or_after_the_publish_delay(stores: Stores) -> None:
+    clock = Clock()
+    keys = await _started(clock, stores)
+    old = keys.signing_key("ES256")
+    now_key = await keys.import_key(
+        ec.generate_private_key(ec.SECP256R1()), kid="imported-now", alg="ES256", activate=Activation.NOW
+    )
+    assert now_key.generation == 2
+    assert keys.signing_key("ES256").kid == "imported-now"
+    assert keys.state(_record(keys, old.kid)) is KeyState.RETIRED
+    later = await keys.import_key(
+        ec.generate_private_key(ec.SECP256R1()),
+        kid="imported-later",
+        alg="ES256",
+        activate=Activation.AFTER_DELAY,
+        publish_delay=100,
+    )
+    assert keys.state(later) is KeyState.PENDING
+    assert "imported-later" in _kids(keys)
+    clock.now += 109  # the delay plus one refresh interval, as for a rotated key
+    assert keys.signing_key("ES256").kid == "imported-now"
+    clock.now += 1
+    assert keys.signing_key("ES256").kid == "imported-later"
+
+
+async def test_an_imported_key_is_sealed_like_a_generated_one(stores: Stores) -> None:
+    clock = Clock()
+    keys = await _started(clock, stores)
+    external = ec.generate_private_key(ec.SECP384R1())
+    await keys.import_key(external, kid="legacy-384", alg="ES384", activate=Activation.NEVER)
+    [sealed] = [s for r, s in await stores.keys.list_keys() if r.kid == "legacy-384"]
+    assert b"PRIVATE KEY" not in sealed
+    assert Sealer(KEK).open(sealed, b"legacy-384") == jose.private_key_to_pem(external)
+    with pytest.raises(SealError):
+        Sealer(KEK).open(sealed, b"another-kid")
+    other = service(stores, clock)
+    await other.load()
+    assert "legacy-384" in _kids(other)
+
+
+async def test_import_refuses_a_taken_kid_a_stored_key_and_a_misfit(stores: Stores) -> None:
+    keys = await _started(Clock(), stores)
+    taken = keys.signing_key("ES256").kid
+    external = ec.generate_private_key(ec.SECP256R1())
+    with pytest.raises(Conflict, match=f"kid '{taken}' already exists"):
+        await keys.import_key(external, kid=taken, alg="ES256")
+    await keys.import_key(external, kid="a", alg="ES256")
+    with pytest.raises(Conflict, match="already stored, with kid 'a'"):
+        await keys.import_key(external, kid="b", alg="ES256")
+    with pytest.raises(ValueError, match="does not fit ES384"):
+        await keys.import_key(ec.generate_private_key(ec.SECP256R1()), kid="c", alg="ES384")
+    assert not any(k.kid in ("b", "c") for k in keys.all_keys())
+
+
+async def test_the_store_names_a_duplicate_kid(stores: Stores) -> None:
+    keys = await _started(Clock(), stores)
+    record = _record(keys, keys.signing_key("ES256").kid)
+    with pytest.raises(Conflict, match=f"kid '{record.kid}' already exists"):
+        await stores.keys.add_key(record, b"x")

@@ -70,6 +70,22 @@ async def test_keys_round_trip_and_generation_conflict(stores: Stores) -> None:
     assert await stores.keys.list_keys() == []
 
 
+async def test_key_revocation_is_stored_once(stores: Stores) -> None:
+    key = SigningKey(
+        kid="k1", alg="ES256", public_jwk={"kty": "EC"}, created_at=1.0, activates_at=1.0, generation=1
+    )
+    await stores.keys.add_key(key, b"sealed")
+    assert await stores.keys.revoke_key("nope", 5.0) is None
+    revoked = await stores.keys.revoke_key("k1", 5.0)
+    assert revoked == dataclasses.replace(key, revoked_at=5.0)
+    assert await stores.keys.revoke_key("k1", 9.0) == revoked, "the first revocation time stays"
+    [(loaded, sealed)] = await stores.keys.list_keys()
+    assert loaded.revoked_at == 5.0
+    assert sealed == b"sealed"
+    with pytest.raises(Conflict, match="kid 'k1' already exists"):
+        await stores.keys.add_key(dataclasses.replace(key, generation=2), b"x")
+
+
 async def test_opaque_tokens_and_revocation(stores: Stores) -> None:
     token = StoredAccessToken(
         token_hash="th",

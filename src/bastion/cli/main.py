@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from bastion.cli.common import run
 from bastion.cli.common import settings_from
 from bastion.cli.context import open_services
 from bastion.cli.context import stores_for
+from bastion.cli.keys import keys
 from bastion.cli.users import roles
 from bastion.cli.users import users
 from bastion.protocol.models import Client
@@ -329,73 +329,6 @@ for _action, _help in (
     )
 
 
-# -- keys -----------------------------------------------------------------------------------
-
-
-@cli.group()
-def keys() -> None:
-    """Inspect and rotate signing keys."""
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-@keys.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
-@with_settings
-def keys_list(settings: Settings, as_json: bool) -> None:
-    """List signing keys with their states and dates."""
-
-    async def go() -> list[dict[str, Any]]:
-        async with open_services(settings) as services:
-            await services.keys.ensure()
-            return [
-                {**dataclasses.asdict(k), "state": services.keys.state(k).value}
-                for k in services.keys.all_keys()
-            ]
-
-    rows = run(go())
-    if as_json:
-        click.echo(
-            json.dumps([{k: v for k, v in row.items() if k != "public_jwk"} for row in rows], indent=2)
-        )
-        return
-    click.echo(f"{'KID':18} {'ALG':6} {'GEN':>3}  {'STATE':8} {'CREATED (UTC)':20} {'SIGNS FROM (UTC)':20}")
-    for row in rows:
-        click.echo(
-            f"{row['kid']:18} {row['alg']:6} {row['generation']:>3}  {row['state']:8} "
-            f"{_when(row['created_at']):20} {_when(row['activates_at']):20}"
-        )
-
-
-@keys.command("rotate", short_help="Create the next signing key.")
-@click.option(
-    "--alg",
-    "algs",
-    multiple=True,
-    type=click.Choice(["ES256", "ES384", "RS256", "PS256", "EdDSA"]),
-    help="Algorithm to rotate; repeat for several (default: every configured one).",
-)
-@click.option(
-    "--publish-delay",
-    type=float,
-    help="Seconds the new key is published before it signs (default: [authorization_server] key_publish_delay).",
-)
-@with_settings
-def keys_rotate(settings: Settings, algs: tuple[str, ...], publish_delay: float | None) -> None:
-    """Create the next signing key; it is published at once and signs after the publish delay."""
-
-    async def go() -> list[Any]:
-        async with open_services(settings) as services:
-            await services.keys.ensure()
-            targets = algs or services.keys.policy.algorithms
-            return [await services.keys.rotate(alg, publish_delay=publish_delay) for alg in targets]
-
-    for key in run(go()):
-        click.echo(f"new {key.alg} key {key.kid}: published now, signs from {_when(key.activates_at)} UTC")
-
-
 # -- serve, reload, demo --------------------------------------------------------------------
 
 
@@ -449,5 +382,6 @@ def main() -> None:
         sys.exit(130)
 
 
+cli.add_command(keys)
 cli.add_command(users)
 cli.add_command(roles)

@@ -71,7 +71,7 @@ class Services:
             retention=max(settings.access_token_ttl, settings.id_token_ttl) + _LEEWAY,
             jwks_max_age=settings.jwks_max_age,
         )
-        keys = KeyService(stores.keys, sealer, policy, clock=clock, state=stores.state)
+        keys = KeyService(stores.keys, sealer, policy, clock=clock, state=stores.state, audit=audit)
         services = cls(
             settings=settings,
             stores=stores,

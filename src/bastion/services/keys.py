@@ -1,18 +1,26 @@
-"""Signing keys: generation, encryption at rest, rotation without a failed validation.
+"""Signing keys: generation, encryption at rest, rotation without a failed validation, revocation.
 
-A key's state follows from times alone, so every process agrees without coordination:
+A key's state follows from its times alone, so every process agrees without coordination:
 
 * **pending** — published in JWKS, not yet signing (``now < activates_at``);
 * **active** — the newest activated key of its algorithm: it signs;
-* **retired** — a newer key of its algorithm is active; still published so that tokens it
+* **retired** — a newer key of its algorithm has activated; still published so that tokens it
   signed keep verifying;
 * **expired** — retired for longer than the longest token lifetime: nothing it signed is
-  valid any more, so it leaves JWKS.
+  valid any more, so it leaves JWKS;
+* **revoked** — withdrawn (``revoked_at``, e.g. the private key leaked): out of JWKS at once,
+  and every token it signed is refused.
 
 Rotation creates the next generation with ``activates_at = now + publish_delay``; the publish
 delay defaults to the JWKS ``max-age``, so every cache has seen the new key before a token
 needs it. ``(alg, generation)`` is unique in storage, so two processes rotating at once cannot
-both win.
+both win. Generations of keys that sign count from 1. A key imported only to verify the tokens
+of a previous provider gets a generation below every other key of its algorithm (0, -1, …): it
+never signs, and counts as retired from the moment it was imported.
+
+Revoking the active key first creates a replacement that signs at once (the published key set
+never lacks a signer), then records the revocation durably, then announces it on
+:data:`KEYS_CHANNEL`.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
+from bastion.ops.audit import AuditLog
 from bastion.ops.background import Background
 from bastion.protocol import jose
 from bastion.protocol.models import SigningKey
@@ -34,10 +45,18 @@ from bastion.services.crypto import SealError
 from bastion.storage.protocols import Conflict
 from bastion.storage.protocols import FastState
 from bastion.storage.protocols import KeyStore
+from bastion.storage.protocols import NotFound
 from bastion.storage.protocols import StorageError
 
-#: Fast-state channel on which a process announces a key it created (the ``kid``).
+#: Fast-state channel on which a process announces a change to the key set, after storing it:
+#: a JSON object ``{"event": "created" | "revoked", "kid": "<kid>"}``. Processes that hear it
+#: reload their keys (JWKS, signing); gateways drop a revoked kid and the tokens it signed.
 KEYS_CHANNEL = "signing-keys"
+
+
+def key_event(event: str, kid: str) -> bytes:
+    """The :data:`KEYS_CHANNEL` message announcing ``event`` (``created``, ``revoked``) for ``kid``."""
+    return orjson.dumps({"event": event, "kid": kid})
 
 
 class KeyState(StrEnum):
@@ -52,6 +71,29 @@ class KeyState(StrEnum):
 
 class NoSigningKey(RuntimeError):
     """No activated key exists for an algorithm (run ``bastion keys rotate``)."""
+
+
+class Activation(StrEnum):
+    """When an imported key starts signing."""
+
+    #: Never: it is published so that the tokens it signed keep verifying, then retires.
+    NEVER = "never"
+    #: At once: it becomes the active key of its algorithm.
+    NOW = "now"
+    #: After the publish delay, as a rotated key does.
+    AFTER_DELAY = "after-delay"
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """What ``KeyService.revoke`` did."""
+
+    #: The revoked key as stored (``revoked_at`` set).
+    key: SigningKey
+    #: The key created to sign in its place when the revoked key was the active one.
+    replacement: SigningKey | None
+    #: It had been revoked before: nothing changed but a fresh announcement.
+    already: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,9 +129,11 @@ class KeyService:
         clock: Callable[[], float] = time.time,
         refresh_interval: float = 10.0,
         state: FastState | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
         self._state = state
+        self._audit = audit
         self._sealer = sealer
         self.policy = policy
         self._clock = clock
@@ -97,6 +141,7 @@ class KeyService:
         self._keys: list[SigningKey] = []
         self._private: dict[str, jose.PrivateKey] = {}
         self._public: dict[str, jose.PublicKey] = {}
+        self._revoked: frozenset[str] = frozenset()
         self._refresher = Background(self.run)
         #: alg → (key, valid from, valid until): the signing key without a scan per token.
         self._signing: dict[str, tuple[ActiveKey, float, float]] = {}
@@ -104,9 +149,14 @@ class KeyService:
     # -- loading -----------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read every key from storage and decrypt the private keys not seen before."""
+        """Read every key from storage and decrypt the private keys not seen before (never a
+        revoked one)."""
         rows = await self._store.list_keys()
         for key, sealed in rows:
+            if key.revoked_at is not None:  # it never signs or verifies again: not even in memory
+                self._private.pop(key.kid, None)
+                self._public.pop(key.kid, None)
+                continue
             if key.kid not in self._private:
                 try:
                     pem = self._sealer.open(sealed, aad=key.kid.encode())
@@ -118,21 +168,27 @@ class KeyService:
                 self._private[key.kid] = jose.private_key_from_pem(pem)
                 self._public[key.kid] = jose.load_public_jwk(key.public_jwk)
         self._keys = [key for key, _ in rows]
+        self._revoked = frozenset(key.kid for key in self._keys if key.revoked_at is not None)
         self._signing.clear()
 
     async def ensure(self) -> list[SigningKey]:
-        """Create missing keys and rotate due ones (the automatic schedule); returns new keys."""
+        """Create missing keys and rotate due ones (the automatic schedule); returns new keys.
+
+        An algorithm without a signer (no key yet, or its active key revoked) gets one that signs
+        at once.
+        """
         now = self._clock()
         created = []
         for alg in self.policy.algorithms:
-            keys = [k for k in self._keys if k.alg == alg and k.revoked_at is None]
-            if not keys:
-                created.append(await self.rotate(alg, publish_delay=0.0, generation=1))
+            generation = 1 + max((k.generation for k in self._keys if k.alg == alg), default=0)
+            if self._signer(alg, now) is None:
+                created.append(await self.rotate(alg, publish_delay=0.0, generation=generation))
                 continue
-            newest = max(keys, key=lambda k: k.generation)
+            live = [k for k in self._keys if k.alg == alg and k.generation >= 1 and k.revoked_at is None]
+            newest = max(live, key=lambda k: k.generation)
             due = newest.activates_at + self.policy.rotation_period - self.policy.publish_delay
             if newest.activates_at <= now and due <= now:
-                created.append(await self.rotate(alg, generation=newest.generation + 1))
+                created.append(await self.rotate(alg, generation=generation))
         return created
 
     async def rotate(
@@ -174,10 +230,112 @@ class KeyService:
             await self.load()  # another process created this generation first: use its key
             return next(k for k in self._keys if k.alg == alg and k.generation == generation)
         await self.load()
+        await self._announce("created", kid)
+        return key
+
+    async def revoke(self, kid: str) -> Revocation:
+        """Withdraw a key at once: it leaves JWKS, stops signing, and its tokens are refused.
+
+        When it is the active key of an algorithm this server signs, a replacement is created
+        first and signs at once (no publish delay: the revoked key must not sign meanwhile), so
+        no process is ever left without a signer. The revocation is committed before it is
+        announced on :data:`KEYS_CHANNEL`; a process that misses the message catches up on its
+        next refresh. Revoking a revoked key announces it again and changes nothing else.
+
+        Raises:
+            NotFound: no key has this ``kid``.
+        """
+        await self.load()
+        key = next((k for k in self._keys if k.kid == kid), None)
+        if key is None:
+            raise NotFound(f"no signing key has kid {kid!r} (`bastion keys list` shows them)")
+        replacement = None
+        already = key.revoked_at is not None
+        if not already and key.alg in self.policy.algorithms and self.state(key) is KeyState.ACTIVE:
+            replacement = await self.rotate(key.alg, publish_delay=0.0)
+        revoked = await self._store.revoke_key(kid, self._clock())
+        if revoked is None:  # deleted meanwhile
+            raise NotFound(f"no signing key has kid {kid!r} (`bastion keys list` shows them)")
+        await self.load()
+        await self._announce("revoked", kid)
+        if self._audit is not None and not already:
+            self._audit.emit(
+                "key.revoked",
+                kid=kid,
+                alg=revoked.alg,
+                replacement=None if replacement is None else replacement.kid,
+            )
+        return Revocation(key=revoked, replacement=replacement, already=already)
+
+    async def import_key(
+        self,
+        private_key: jose.PrivateKey,
+        *,
+        kid: str,
+        alg: str,
+        activate: Activation = Activation.NEVER,
+        publish_delay: float | None = None,
+    ) -> SigningKey:
+        """Store a key made elsewhere (another provider's), sealed like a generated one.
+
+        It is published at once, so tokens it signed before the import verify after it. With
+        :attr:`Activation.NEVER` it never signs and stays published as long as a retired key
+        does (the longest token lifetime from the import); otherwise it becomes the next
+        generation of its algorithm and signs now or after the publish delay.
+
+        Raises:
+            Conflict: a key with this ``kid``, or this very key under another kid, exists.
+            ValueError: the key does not fit ``alg``, or signing was asked for an algorithm this
+                server does not sign with.
+        """
+        if not jose.key_fits_alg(private_key.public_key(), alg):
+            raise ValueError(f"the key does not fit {alg}")
+        await self.load()
+        public = jose.public_jwk(private_key)
+        for existing in self._keys:
+            if existing.kid == kid:
+                raise Conflict(f"a signing key with kid {kid!r} already exists")
+            if existing.public_jwk == public:
+                raise Conflict(f"this key is already stored, with kid {existing.kid!r}")
+        same_alg = [k.generation for k in self._keys if k.alg == alg]
+        now = self._clock()
+        if activate is Activation.NEVER:
+            generation = min([*same_alg, 1]) - 1
+            activates_at = now
+        else:
+            if alg not in self.policy.algorithms:
+                raise ValueError(
+                    f"this server does not sign {alg} (see access_token_algorithm and id_token_algorithm): "
+                    "import the key to verify only"
+                )
+            generation = 1 + max(same_alg, default=0)
+            delay = 0.0
+            if activate is Activation.AFTER_DELAY:
+                delay = (self.policy.publish_delay if publish_delay is None else publish_delay) + (
+                    self._refresh_interval
+                )
+            activates_at = now + delay
+        key = SigningKey(
+            kid=kid,
+            alg=alg,
+            public_jwk=public,
+            created_at=now,
+            activates_at=activates_at,
+            generation=generation,
+        )
+        await self._store.add_key(
+            key, self._sealer.seal(jose.private_key_to_pem(private_key), aad=kid.encode())
+        )
+        await self.load()
+        await self._announce("created", kid)
+        if self._audit is not None:
+            self._audit.emit("key.imported", kid=kid, alg=alg, activate=activate.value)
+        return key
+
+    async def _announce(self, event: str, kid: str) -> None:
         if self._state is not None:
             with contextlib.suppress(StorageError):  # the periodic refresh covers a lost message
-                await self._state.publish(KEYS_CHANNEL, kid.encode())
-        return key
+                await self._state.publish(KEYS_CHANNEL, key_event(event, kid))
 
     async def run(self) -> None:
         """Reload keys and apply the rotation schedule every ``refresh_interval`` seconds, and
@@ -219,6 +377,10 @@ class KeyService:
         """Every known key, oldest first per algorithm."""
         return list(self._keys)
 
+    def is_revoked(self, kid: str) -> bool:
+        """Whether the key ``kid`` was revoked (as of the last load)."""
+        return kid in self._revoked
+
     def state(self, key: SigningKey, now: float | None = None) -> KeyState:
         """The lifecycle state of ``key`` at ``now``."""
         now = self._clock() if now is None else now
@@ -226,17 +388,29 @@ class KeyService:
             return KeyState.REVOKED
         if now < key.activates_at:
             return KeyState.PENDING
-        successors = [
-            k.activates_at
-            for k in self._keys
-            if k.alg == key.alg
-            and k.generation > key.generation
-            and k.activates_at <= now
-            and k.revoked_at is None
-        ]
-        if not successors:
-            return KeyState.ACTIVE
-        return KeyState.EXPIRED if min(successors) + self.policy.retention <= now else KeyState.RETIRED
+        if key.generation < 1:  # imported to verify only: retired from its import
+            retired_at = key.activates_at
+        else:
+            # A successor revoked after it activated counts too: it did take over, so the older
+            # key's tokens are as old as ever, and a key that left JWKS never comes back.
+            successors = [
+                k.activates_at
+                for k in self._keys
+                if k.alg == key.alg and k.generation > key.generation and _took_over(k, now)
+            ]
+            if not successors:
+                return KeyState.ACTIVE
+            retired_at = min(successors)
+        return KeyState.EXPIRED if retired_at + self.policy.retention <= now else KeyState.RETIRED
+
+    def _signer(self, alg: str, now: float) -> SigningKey | None:
+        """The newest key of ``alg`` that took over, unless it was revoked since: then ``None``
+        (an older key must not sign again: it may have left JWKS). ``None`` if there is none."""
+        candidates = [k for k in self._keys if k.alg == alg and k.generation >= 1 and _took_over(k, now)]
+        if not candidates:
+            return None
+        key = max(candidates, key=lambda k: k.generation)
+        return None if key.revoked_at is not None else key
 
     def signing_key(self, alg: str, now: float | None = None) -> ActiveKey:
         """The key that signs ``alg`` now. Raises :class:`NoSigningKey`."""
@@ -244,12 +418,11 @@ class KeyService:
         cached = self._signing.get(alg)
         if cached is not None and cached[1] <= now < cached[2]:
             return cached[0]
-        candidates = [
-            k for k in self._keys if k.alg == alg and k.activates_at <= now and k.revoked_at is None
-        ]
-        if not candidates:
-            raise NoSigningKey(f"no active {alg} signing key: run `bastion keys rotate --alg {alg}`")
-        key = max(candidates, key=lambda k: k.generation)
+        key = self._signer(alg, now)
+        if key is None:
+            raise NoSigningKey(
+                f"no active {alg} signing key: run `bastion keys rotate --alg {alg} --publish-delay 0`"
+            )
         active = ActiveKey(kid=key.kid, alg=key.alg, private_key=self._private[key.kid])
         # Valid until a newer key of this algorithm activates (or the key set changes).
         later = [k.activates_at for k in self._keys if k.alg == alg and k.generation > key.generation]
@@ -272,6 +445,11 @@ class KeyService:
     def jwks(self, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
         """The JWK Set (RFC 7517 §5): public members only, with ``kid``, ``alg`` and ``use``."""
         return {"keys": [jwk_of(key) for key in self.published(now)]}
+
+
+def _took_over(key: SigningKey, now: float) -> bool:
+    """Whether ``key`` activated by ``now``; a key revoked while pending never did."""
+    return key.activates_at <= now and (key.revoked_at is None or key.revoked_at >= key.activates_at)
 
 
 def jwk_of(key: SigningKey) -> dict[str, Any]:

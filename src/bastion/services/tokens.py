@@ -109,7 +109,8 @@ class TokenService:
         self._state = state
         self._audit = audit
         self._clock = clock
-        self._verified: dict[str, dict[str, Any]] = {}
+        #: token → (kid, claims) of JWTs whose signature verified; the kid is rechecked on a hit.
+        self._verified: dict[str, tuple[str, dict[str, Any]]] = {}
         self._ids = TokenIds()
         self.introspectors: list[Introspector] = []
         self.revokers: list[Revoker] = []
@@ -174,7 +175,9 @@ class TokenService:
         """Claims of a JWT access token this server signed and that is unexpired, else ``None``."""
         cached = self._verified.get(token)
         if cached is not None:
-            return cached if cached["exp"] > now else None
+            kid, claims = cached
+            # A key revoked since (`bastion keys revoke`) takes every token it signed with it.
+            return claims if claims["exp"] > now and not self._keys.is_revoked(kid) else None
         try:
             parsed = jose.parse_compact(token)
         except (jose.JOSEError, UnicodeError):
@@ -203,7 +206,7 @@ class TokenService:
             return None
         if len(self._verified) >= _CACHE_MAX:
             self._verified.pop(next(iter(self._verified)))  # evict the oldest entry
-        self._verified[token] = claims
+        self._verified[token] = (found[0].kid, claims)
         return claims
 
     async def is_revoked(self, jti: str) -> bool:

@@ -55,11 +55,15 @@ class KeyStore(Protocol):
     """Signing keys: public records plus the encrypted private key."""
 
     async def add_key(self, key: SigningKey, encrypted_private_key: bytes) -> None:
-        """Persist a key. Raises :class:`Conflict` if its ``(alg, generation)`` already exists
-        (another process rotated first)."""
+        """Persist a key. Raises :class:`Conflict` if its ``kid`` or its ``(alg, generation)``
+        already exists (another process rotated first)."""
 
     async def list_keys(self) -> Sequence[tuple[SigningKey, bytes]]:
         """Every key with its encrypted private key, oldest first."""
+
+    async def revoke_key(self, kid: str, now: float) -> SigningKey | None:
+        """Mark a key revoked at ``now`` and commit; a key revoked before keeps its first
+        revocation time. Returns the record as stored, ``None`` if there is no such key."""
 
     async def delete_key(self, kid: str) -> bool:
         """Remove a key for good; ``False`` if there was none."""

@@ -9,6 +9,7 @@ import orjson
 from sqlalchemy import delete
 from sqlalchemy import insert
 from sqlalchemy import select
+from sqlalchemy import update
 
 from bastion.protocol.models import SigningKey
 from bastion.storage.protocols import Conflict
@@ -52,7 +53,14 @@ class SQLKeyStore:
                     )
                 )
         except Conflict:
+            if await self._get(key.kid) is not None:
+                raise Conflict(f"a signing key with kid {key.kid!r} already exists") from None
             raise Conflict(f"a {key.alg} key of generation {key.generation} already exists") from None
+
+    async def _get(self, kid: str) -> SigningKey | None:
+        async with self._db.read() as conn:
+            row = (await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid))).first()
+        return None if row is None else _key(row)
 
     async def list_keys(self) -> Sequence[tuple[SigningKey, bytes]]:
         async with self._db.read() as conn:
@@ -62,6 +70,17 @@ class SQLKeyStore:
                 )
             ).all()
         return [(_key(row), bytes(row.private_key)) for row in rows]
+
+    async def revoke_key(self, kid: str, now: float) -> SigningKey | None:
+        async with self._db.write() as conn:
+            # The first revocation time is kept: revoking again changes nothing.
+            await conn.execute(
+                update(signing_keys)
+                .where(signing_keys.c.kid == kid, signing_keys.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            row = (await conn.execute(select(signing_keys).where(signing_keys.c.kid == kid))).first()
+        return None if row is None else _key(row)
 
     async def delete_key(self, kid: str) -> bool:
         async with self._db.write() as conn:

@@ -1,0 +1,239 @@
+"""``bastion keys``: list, rotate, revoke, import and export the signing keys.
+
+Thin wrappers over :class:`bastion.services.keys.KeyService`; register the group on the root
+with ``cli.add_command(keys)``. Every command first applies the automatic schedule (the first
+keys are created, due rotations happen), as a starting server would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC
+from datetime import datetime
+from typing import IO
+from typing import Any
+
+import click
+
+from bastion.cli.common import with_services
+from bastion.protocol import jose
+from bastion.protocol.models import SigningKey
+from bastion.services.container import Services
+from bastion.services.keyfiles import FORMATS
+from bastion.services.keyfiles import KeyFileError
+from bastion.services.keyfiles import read_private_key
+from bastion.services.keys import Activation
+from bastion.services.keys import KeyState
+from bastion.services.keys import Revocation
+
+_ALGORITHMS = click.Choice(list(jose.SUPPORTED_ALGORITHMS))
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@click.group(short_help="List, rotate, revoke, import and export signing keys.")
+def keys() -> None:
+    """Manage the keys that sign tokens: list, rotate, revoke, import, export.
+
+    Keys are stored encrypted under the key-encryption key (BASTION_KEK). The public halves
+    are published at /jwks.json for gateways and services to verify tokens with.
+    """
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+@click.pass_context
+def keys_list(ctx: click.Context, as_json: bool) -> None:
+    """List signing keys with their states and dates."""
+
+    async def go(services: Services) -> list[dict[str, Any]]:
+        await services.keys.ensure()
+        return [
+            {**dataclasses.asdict(k), "state": services.keys.state(k).value} for k in services.keys.all_keys()
+        ]
+
+    rows = with_services(ctx, go)
+    if as_json:
+        click.echo(
+            json.dumps([{k: v for k, v in row.items() if k != "public_jwk"} for row in rows], indent=2)
+        )
+        return
+    click.echo(f"{'KID':18} {'ALG':6} {'GEN':>3}  {'STATE':8} {'CREATED (UTC)':20} {'SIGNS FROM (UTC)':20}")
+    for row in rows:
+        # Generation 0 and below: imported to verify only (see bastion.services.keys).
+        signs = _when(row["activates_at"]) if row["generation"] >= 1 else "never"
+        click.echo(
+            f"{row['kid']:18} {row['alg']:6} {row['generation']:>3}  {row['state']:8} "
+            f"{_when(row['created_at']):20} {signs:20}"
+        )
+
+
+@keys.command("rotate", short_help="Create the next signing key.")
+@click.option(
+    "--alg",
+    "algs",
+    multiple=True,
+    type=_ALGORITHMS,
+    help="Algorithm to rotate; repeat for several (default: every configured one).",
+)
+@click.option(
+    "--publish-delay",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Seconds the new key is published before it signs (default: [authorization_server] key_publish_delay).",
+)
+@click.pass_context
+def keys_rotate(ctx: click.Context, algs: tuple[str, ...], publish_delay: float | None) -> None:
+    """Create the next signing key; it is published at once and signs after the publish delay."""
+
+    async def go(services: Services) -> list[SigningKey]:
+        await services.keys.ensure()
+        targets = algs or services.keys.policy.algorithms
+        return [await services.keys.rotate(alg, publish_delay=publish_delay) for alg in targets]
+
+    for key in with_services(ctx, go):
+        click.echo(f"new {key.alg} key {key.kid}: published now, signs from {_when(key.activates_at)} UTC")
+
+
+@keys.command("revoke", short_help="Withdraw a compromised signing key at once.")
+@click.argument("kid")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def keys_revoke(ctx: click.Context, kid: str, yes: bool) -> None:
+    """Withdraw a signing key at once, e.g. because its private key leaked.
+
+    The key leaves the JWKS, no process signs with it any more, and every token it signed is
+    refused from now on: by introspection, UserInfo and every gateway sharing the fast-state
+    store. If it was the active key of its algorithm, a new key replaces it and signs at once.
+    A revocation cannot be undone. KID is as shown by `bastion keys list`.
+    """
+
+    async def find(services: Services) -> tuple[SigningKey, KeyState]:
+        await services.keys.ensure()
+        for key in services.keys.all_keys():
+            if key.kid == kid:
+                return key, services.keys.state(key)
+        raise click.ClickException(f"no signing key has kid {kid!r} (`bastion keys list` shows them)")
+
+    key, state = with_services(ctx, find)
+    if not yes and state is not KeyState.REVOKED:
+        click.confirm(
+            f"Revoke the {state.value} {key.alg} key {kid}? Every token it signed stops working; "
+            "this cannot be undone.",
+            abort=True,
+        )
+
+    async def revoke(services: Services) -> Revocation:
+        return await services.keys.revoke(kid)
+
+    done = with_services(ctx, revoke)
+    if done.already and done.key.revoked_at is not None:
+        click.echo(f"{done.key.alg} key {kid} was already revoked at {_when(done.key.revoked_at)} UTC")
+        return
+    click.echo(f"revoked {done.key.alg} key {kid}: out of the JWKS; tokens it signed are now refused")
+    if done.replacement is not None:
+        click.echo(f"new {done.replacement.alg} key {done.replacement.kid}: published and signing now")
+
+
+@keys.command("import", short_help="Import a private signing key (PEM or JWK).")
+@click.argument("file", type=click.File("rb"))
+@click.option(
+    "--kid", metavar="KID", help="Key id the key's tokens carry in their header (required for PEM)."
+)
+@click.option("--alg", type=_ALGORITHMS, help="Algorithm it signs (default: the JWK's alg or the key type).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    help="Format of FILE (default: detected from its content).",
+)
+@click.option(
+    "--activate",
+    type=click.Choice([a.value for a in Activation]),
+    default=Activation.NEVER.value,
+    show_default=True,
+    help="When it starts signing: never (verify only), now, or after-delay.",
+)
+@click.option(
+    "--publish-delay",
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="With --activate after-delay: seconds before it signs (default: key_publish_delay).",
+)
+@click.pass_context
+def keys_import(
+    ctx: click.Context,
+    file: IO[bytes],
+    kid: str | None,
+    alg: str | None,
+    fmt: str | None,
+    activate: str,
+    publish_delay: float | None,
+) -> None:
+    """Import another provider's private signing key, so the tokens it signed keep working.
+
+    FILE (`-` for standard input) holds an unencrypted private key: PEM (PKCS#8 or
+    traditional) or a private JWK, which carries its own kid and alg. The key is stored
+    encrypted like a generated one and published in the JWKS at once. With --activate never
+    (the default) it only verifies: it stays published for the longest token lifetime, then
+    retires. With now or after-delay it becomes the signing key of its algorithm.
+    """
+    if publish_delay is not None and activate != Activation.AFTER_DELAY.value:
+        raise click.UsageError("--publish-delay applies only to --activate after-delay")
+    name = str(getattr(file, "name", "-"))
+    source = "standard input" if name in ("-", "<stdin>") else name
+    try:
+        found = read_private_key(file.read(), kid=kid, alg=alg, fmt=fmt, source=source)
+    except KeyFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def go(services: Services) -> tuple[SigningKey, float]:
+        await services.keys.ensure()
+        try:
+            key = await services.keys.import_key(
+                found.private_key,
+                kid=found.kid,
+                alg=found.alg,
+                activate=Activation(activate),
+                publish_delay=publish_delay,
+            )
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+        return key, key.activates_at + services.keys.policy.retention
+
+    key, published_until = with_services(ctx, go)
+    if activate == Activation.NEVER.value:
+        click.echo(
+            f"imported {key.alg} key {key.kid}: published now to verify the tokens it signed "
+            f"(until {_when(published_until)} UTC); it never signs"
+        )
+    elif activate == Activation.NOW.value:
+        click.echo(f"imported {key.alg} key {key.kid}: published and signing now")
+    else:
+        click.echo(
+            f"imported {key.alg} key {key.kid}: published now, signs from {_when(key.activates_at)} UTC"
+        )
+
+
+@keys.command("export", short_help="Print the public keys (the JWKS).")
+@click.option("--public", is_flag=True, help="Export the public keys, as a JWK Set (required).")
+@click.pass_context
+def keys_export(ctx: click.Context, public: bool) -> None:
+    """Print the JWK Set served at /jwks.json: public members only.
+
+    Useful to pin the keys in a gateway or service that cannot reach the authorization
+    server. Private keys are never exported; they stay encrypted in the database.
+    """
+    if not public:
+        raise click.UsageError(
+            "private keys are never exported; `bastion keys export --public` prints the public JWKS"
+        )
+
+    async def go(services: Services) -> dict[str, list[dict[str, Any]]]:
+        await services.keys.ensure()
+        return services.keys.jwks()
+
+    click.echo(json.dumps(with_services(ctx, go), indent=2))
