@@ -171,8 +171,9 @@ class AuthorizationServerSettings(Section):
     def _check_tls(self) -> AuthorizationServerSettings:
         from urllib.parse import urlsplit
 
-        host = urlsplit(self.issuer).hostname or ""
-        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        from bastion.net import is_loopback_host
+
+        loopback = is_loopback_host(urlsplit(self.issuer).hostname or "")
         if self.issuer.startswith("http://") and not loopback and not self.allow_insecure_http_issuer:
             raise ValueError(
                 "issuer: http is allowed only on loopback hosts; use https, or set "
