@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -22,7 +23,15 @@ from bastion.storage.open import open_stores
 from bastion.storage.sql.migrate import migrate
 
 
-class KEKError(click.ClickException):
+class BastionError(click.ClickException):
+    """A failure the operator can fix, shown as one ``error: …`` line (no traceback)."""
+
+    def show(self, file: Any = None) -> None:
+        """Print ``error: <message>`` to standard error."""
+        click.secho(f"error: {self.format_message()}", fg="red", err=True, file=file)
+
+
+class KEKError(BastionError):
     """The key-encryption key is missing or unusable."""
 
 
