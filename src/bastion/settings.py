@@ -43,18 +43,34 @@ class StorageSettings(Section):
 
     database_url: str = ""
     """Durable store. Empty: a SQLite file ``bastion.db`` in the data dir. Accepts
-    ``sqlite:///path`` and ``postgresql://user@host/db``; the async driver is chosen inside."""
+    ``sqlite:////absolute/path.db`` (four slashes: a relative path would depend on the working
+    directory, so it is refused) and ``postgresql://user:password@host/db``; the async driver is
+    chosen inside."""
 
     state_url: str = ""
     """Fast-state store (codes, throttles, replay caches, revocation feed). Empty: a SQLite file
     ``state.db`` in the data dir, shared by every process on this machine. ``memory://`` keeps it
-    in one process (tests, single-process demos); ``redis://host:port/db`` shares it across machines."""
+    in one process (tests, single-process demos); ``sqlite:////absolute/path.db`` names another
+    file; ``redis://host:port/db`` shares it across machines."""
 
     auto_migrate: bool = True
     """Apply pending schema migrations when ``bastion serve`` starts."""
 
     pool_size: int = Field(default=10, ge=1, le=1000)
     """Connections per process to PostgreSQL or Redis."""
+
+    @field_validator("database_url", "state_url")
+    @classmethod
+    def _absolute_sqlite(cls, value: str) -> str:
+        if value.startswith("sqlite:///"):
+            path = value.removeprefix("sqlite:///").split("?", 1)[0]
+            if path not in ("", ":memory:") and not path.startswith("/"):
+                raise ValueError(
+                    f"{value!r} is a relative SQLite path, which would depend on the working directory: "
+                    f"write it absolute (sqlite:////var/lib/bastion/{Path(path).name}), or leave the "
+                    "setting empty for a file in data_dir"
+                )
+        return value
 
 
 class LoginThrottleSettings(Section):

@@ -18,7 +18,7 @@ from bastion import __version__
 from bastion.cli.common import run
 from bastion.cli.common import settings_from
 from bastion.cli.context import open_services
-from bastion.cli.context import stores_for
+from bastion.cli.context import ready_stores
 from bastion.cli.users import roles
 from bastion.cli.users import users
 from bastion.protocol.models import Client
@@ -137,7 +137,7 @@ def migrate(settings: Settings) -> None:
     from bastion.storage.sql.migrate import pending
 
     async def go() -> tuple[list[str], str | None]:
-        stores = stores_for(settings)
+        stores = await ready_stores(settings)
         try:
             todo = await pending(stores.db)
             _, after = await apply(stores.db)

@@ -26,7 +26,8 @@ from typing import Any
 
 import click
 
-from bastion.cli.context import load_kek
+from bastion.cli.context import kek_for
+from bastion.cli.context import ready_stores
 from bastion.cli.context import stores_for
 from bastion.cli.gateway import for_worker
 from bastion.cli.listen import listen_socket
@@ -209,31 +210,30 @@ def worker_process(settings: Settings, kek: bytes, worker: int, listeners: Liste
         sys.exit(1)
 
 
-async def _migrate(settings: Settings) -> None:
-    from bastion.storage.sql.migrate import migrate
-
-    stores = stores_for(settings)
-    try:
-        await migrate(stores.db)
-    finally:
-        await stores.close()
-
-
-async def _prepare_keys(settings: Settings, kek: bytes) -> None:
-    """Create the first signing keys once, before workers race to."""
+async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
+    """Check the stores, get the key-encryption key, migrate, and create the first signing keys
+    once, before workers race to. Returns the KEK."""
     from bastion.ops.audit import AuditLog
     from bastion.services.container import Services
     from bastion.services.crypto import Sealer
+    from bastion.storage.sql.migrate import migrate as apply_migrations
 
-    stores = stores_for(settings)
-    audit = AuditLog(settings.resolved_audit_log())
+    stores = await ready_stores(settings)
     try:
-        services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
-        await services.keys.load()
-        await services.keys.ensure()
+        kek = await kek_for(settings, stores)
+        if migrate:
+            await apply_migrations(stores.db)
+        if settings.authorization_server.enabled:
+            audit = AuditLog(settings.resolved_audit_log())
+            try:
+                services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
+                await services.keys.load()
+                await services.keys.ensure()
+            finally:
+                await audit.close()
     finally:
-        await audit.close()
         await stores.close()
+    return kek
 
 
 def supervise(procs: list[Any], stopping: Callable[[], bool], signal_all: Callable[[int, Any], None]) -> bool:
@@ -258,6 +258,7 @@ def supervise(procs: list[Any], stopping: Callable[[], bool], signal_all: Callab
 def write_pid_file(settings: Settings) -> Path:
     """Write this process's pid to :func:`pid_file`."""
     path = pid_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(os.getpid()))
     return path
 
@@ -283,14 +284,9 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
 
 
 def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: bool) -> None:
-    kek = load_kek(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     from bastion.cli.common import run
 
-    if migrate:
-        run(_migrate(settings))
-    if settings.authorization_server.enabled:
-        run(_prepare_keys(settings, kek))
+    kek = run(_prepare(settings, migrate=migrate))
     parts = []
     if settings.authorization_server.enabled:
         parts.append(
