@@ -1,9 +1,32 @@
-"""Network facts shared by the apps: which peers may speak for the client."""
+"""Network facts shared by the apps: which hosts are loopback, which peers may speak for the client."""
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a URL's host, IPv6 brackets allowed) names this machine's loopback.
+
+    ``localhost`` (RFC 6761 §6.3: it resolves to loopback) or an IP literal in 127.0.0.0/8, ``::1``
+    or IPv4-mapped loopback (``::ffff:127.0.0.1``). Only literals count: ``127.attacker.example``
+    and ``127.0.0.1.nip.io`` are DNS names that resolve wherever their owner wants.
+    """
+    host = host.strip().rstrip(".").lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        return True
+    if "%" in host:  # a zone id: a link-local address, never loopback
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
 
 
 def parse_networks(cidrs: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 from typing import Literal
+from typing import NamedTuple
 from typing import get_args
 from typing import get_origin
 
@@ -43,18 +44,34 @@ class StorageSettings(Section):
 
     database_url: str = ""
     """Durable store. Empty: a SQLite file ``bastion.db`` in the data dir. Accepts
-    ``sqlite:///path`` and ``postgresql://user@host/db``; the async driver is chosen inside."""
+    ``sqlite:////absolute/path.db`` (four slashes: a relative path would depend on the working
+    directory, so it is refused) and ``postgresql://user:password@host/db``; the async driver is
+    chosen inside."""
 
     state_url: str = ""
     """Fast-state store (codes, throttles, replay caches, revocation feed). Empty: a SQLite file
     ``state.db`` in the data dir, shared by every process on this machine. ``memory://`` keeps it
-    in one process (tests, single-process demos); ``redis://host:port/db`` shares it across machines."""
+    in one process (tests, single-process demos); ``sqlite:////absolute/path.db`` names another
+    file; ``redis://host:port/db`` shares it across machines."""
 
     auto_migrate: bool = True
     """Apply pending schema migrations when ``bastion serve`` starts."""
 
     pool_size: int = Field(default=10, ge=1, le=1000)
     """Connections per process to PostgreSQL or Redis."""
+
+    @field_validator("database_url", "state_url")
+    @classmethod
+    def _absolute_sqlite(cls, value: str) -> str:
+        if value.startswith("sqlite:///"):
+            path = value.removeprefix("sqlite:///").split("?", 1)[0]
+            if path not in ("", ":memory:") and not path.startswith("/"):
+                raise ValueError(
+                    f"{value!r} is a relative SQLite path, which would depend on the working directory: "
+                    f"write it absolute (sqlite:////var/lib/bastion/{Path(path).name}), or leave the "
+                    "setting empty for a file in data_dir"
+                )
+        return value
 
 
 class LoginThrottleSettings(Section):
@@ -171,8 +188,9 @@ class AuthorizationServerSettings(Section):
     def _check_tls(self) -> AuthorizationServerSettings:
         from urllib.parse import urlsplit
 
-        host = urlsplit(self.issuer).hostname or ""
-        loopback = host in ("localhost", "::1") or host.startswith("127.")
+        from bastion.net import is_loopback_host
+
+        loopback = is_loopback_host(urlsplit(self.issuer).hostname or "")
         if self.issuer.startswith("http://") and not loopback and not self.allow_insecure_http_issuer:
             raise ValueError(
                 "issuer: http is allowed only on loopback hosts; use https, or set "
@@ -252,14 +270,63 @@ def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, str]:
     return None, ""
 
 
-def describe(model: type[BaseModel] = Settings, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, default, description) of every option, for ``bastion config`` and the docs."""
-    rows: list[tuple[str, Any, str]] = []
+class Option(NamedTuple):
+    """One documented setting, as ``bastion config keys`` and ``docs/configuration.md`` show it."""
+
+    key: str
+    """Dotted key (``[]`` marks an array of tables, ``NAME`` a table of tables)."""
+    default: Any
+    """The default value; ``None`` when the setting is required or optional and unset."""
+    description: str
+    """The field's docstring."""
+    required: bool = False
+    """Whether the setting must be given (when its section is present)."""
+    example: Any = None
+    """For an optional setting that is unset by default: a value to show, commented out."""
+
+
+#: Example values for optional settings that are unset by default (shown commented out).
+_EXAMPLES: dict[str, Any] = {
+    "authorization_server.key_publish_delay": 600,
+    "gateway.tls_cert": "/etc/bastion/tls/fullchain.pem",
+    "gateway.tls_key": "/etc/bastion/tls/privkey.pem",
+    "gateway.issuers[].jwks_uri": "https://auth.example.com/jwks.json",
+    "gateway.issuers[].audience": "https://api.example.com",
+    "gateway.issuers[].introspection.client_secret_env": "GATEWAY_INTROSPECTION_SECRET",
+    "gateway.issuers[].introspection.client_secret_file": "/run/secrets/introspection",
+    "gateway.upstreams.NAME.health.path": "/healthz",
+    "gateway.routes[].issuers": ["https://auth.example.com"],
+    "gateway.routes[].audience": "https://api.example.com",
+    "gateway.routes[].rewrite_prefix": "/",
+}
+
+
+def _example(key: str, annotation: Any) -> Any:
+    if key in _EXAMPLES:
+        return _EXAMPLES[key]
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    inner = args[0] if len(args) == 1 else annotation
+    if inner is int or inner is float:
+        return 0
+    if get_origin(inner) in (tuple, list):
+        return []
+    return ""
+
+
+def describe(model: type[BaseModel] = Settings, prefix: str = "") -> list[Option]:
+    """Every option of ``model``: key, default, description, whether required, an example."""
+    rows: list[Option] = []
     for name, info in model.model_fields.items():
         inner, suffix = _model_in(info.annotation)
         if inner is not None:
             rows.extend(describe(inner, f"{prefix}{name}{suffix}."))
-        else:
-            default = None if info.is_required() else info.get_default(call_default_factory=True)
-            rows.append((f"{prefix}{name}", default, (info.description or "").strip()))
+            continue
+        key = f"{prefix}{name}"
+        description = (info.description or "").strip()
+        if info.is_required():
+            rows.append(Option(key, None, description, required=True))
+            continue
+        default = info.get_default(call_default_factory=True)
+        example = _example(key, info.annotation) if default is None else None
+        rows.append(Option(key, default, description, example=example))
     return rows

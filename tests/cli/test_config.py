@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from bastion.cli.config import load_settings
 from bastion.cli.main import cli
 from bastion.settings import describe
 from tests.cli.conftest import Invoke
@@ -161,11 +162,54 @@ def test_keys_lists_every_setting_with_default_and_description(invoke: Invoke) -
     result = invoke("config", "keys")
     assert result.exit_code == 0, result.output
     output = result.output
-    for key, _default, description in describe():
-        assert f"\n{key} = " in "\n" + output, key
-        assert description.split()[0] in output
+    for row in describe():
+        assert f"\n{row.key} = " in "\n" + output or f"\n{row.key}  (optional" in "\n" + output, row.key
+        assert row.description.split()[0] in output
     assert "authorization_server.access_token_ttl = 900\n" in output
     assert 'storage.database_url = ""\n' in output
+
+
+def test_optional_settings_are_shown_unset_with_a_commented_example(invoke: Invoke) -> None:
+    output = invoke("config", "keys").output
+    assert (
+        "authorization_server.key_publish_delay  (optional, unset by default)\n    # key_publish_delay = 600\n"
+        in output
+    )
+    assert (
+        'gateway.tls_cert  (optional, unset by default)\n    # tls_cert = "/etc/bastion/tls/fullchain.pem"\n'
+        in output
+    )
+    assert 'gateway.issuers[].jwks_uri  (optional, unset by default)\n    # jwks_uri = "https://' in output
+    assert "gateway.issuers[].issuer = (required)\n" in output
+    assert "key_publish_delay = \n" not in output
+    assert "tls_cert = \n" not in output
+
+
+def test_markdown_marks_optional_settings_and_documents_the_kek(invoke: Invoke) -> None:
+    output = invoke("config", "keys", "--markdown").output
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip()
+        for line in output.splitlines()
+        if line.startswith("| `")
+    }
+    assert rows["authorization_server.key_publish_delay"] == "optional, unset by default (e.g. `600`)"
+    assert rows["gateway.tls_cert"].startswith("optional, unset by default")
+    assert rows["gateway.issuers[].jwks_uri"].startswith("optional, unset by default")
+    assert rows["gateway.issuers[].issuer"] == "(required)"
+    assert rows["BASTION_KEK"].startswith("The key itself")
+    assert rows["BASTION_KEK_FILE"].startswith("A file holding the key")
+
+
+def test_server_header_can_be_disabled_in_toml(tmp_path: Path) -> None:
+    config = tmp_path / "bastion.toml"
+    config.write_text('[gateway]\nserver_header = ""\n')
+    settings, _ = load_settings(str(config), environ={})
+    assert settings.gateway is not None
+    assert settings.gateway.server_header is None
+    config.write_text('[gateway]\nserver_header = "edge"\n')
+    settings, _ = load_settings(str(config), environ={})
+    assert settings.gateway is not None
+    assert settings.gateway.server_header == "edge"
 
 
 def test_keys_markdown(invoke: Invoke) -> None:

@@ -13,6 +13,7 @@ import click
 
 from bastion.cli.config import ConfigError
 from bastion.cli.config import load_settings
+from bastion.cli.context import BastionError
 from bastion.cli.context import open_services
 from bastion.services.clients import ClientError
 from bastion.services.container import Services
@@ -33,7 +34,7 @@ def settings_from(ctx: click.Context) -> Settings:
         try:
             obj["settings"], obj["config_path"] = load_settings(obj.get("config"))
         except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise BastionError(str(exc)) from None
     settings: Settings = obj["settings"]
     return settings
 

@@ -126,8 +126,10 @@ def _explain(exc: ValidationError, path: Path | None, origin: dict[tuple[str, ..
             (var for keys, var in origin.items() if loc[: len(keys)] == keys),
             str(path) if path else "defaults",
         )
-        message = error["msg"]
+        message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting (see `bastion config keys`)"
         lines.append(f"{source}: {key}: {message}")
+    if len(lines) == 1:
+        return f"invalid configuration: {lines[0]}"
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -17,12 +18,22 @@ from bastion.services.container import Services
 from bastion.services.crypto import MIN_KEK_LENGTH
 from bastion.services.crypto import Sealer
 from bastion.settings import Settings
+from bastion.storage.open import StoreError
 from bastion.storage.open import Stores
 from bastion.storage.open import open_stores
+from bastion.storage.protocols import StorageError
 from bastion.storage.sql.migrate import migrate
 
 
-class KEKError(click.ClickException):
+class BastionError(click.ClickException):
+    """A failure the operator can fix, shown as one ``error: …`` line (no traceback)."""
+
+    def show(self, file: Any = None) -> None:
+        """Print ``error: <message>`` to standard error."""
+        click.secho(f"error: {self.format_message()}", fg="red", err=True, file=file)
+
+
+class KEKError(BastionError):
     """The key-encryption key is missing or unusable."""
 
 
@@ -58,13 +69,75 @@ def load_kek(settings: Settings, environ: Mapping[str, str] | None = None, *, cr
     return path.read_bytes().strip()
 
 
+#: The setting behind each store, for messages.
+STORE_SETTINGS = {"database": "storage.database_url", "state": "storage.state_url"}
+
+
+def store_error(exc: StoreError) -> BastionError:
+    """One line naming the setting of the store that failed."""
+    return BastionError(f"{STORE_SETTINGS[exc.store]}: {exc}")
+
+
+def kek_missing(settings: Settings, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether no key-encryption key is configured or stored (:func:`load_kek` would create one)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("BASTION_KEK") or "BASTION_KEK_FILE" in environ:
+        return False
+    return not (settings.data_dir / "kek").exists()
+
+
+async def kek_for(settings: Settings, stores: Stores, environ: Mapping[str, str] | None = None) -> bytes:
+    """The key-encryption key; a new one is generated only while no signing key exists.
+
+    Signing keys are stored sealed under the KEK, so a new KEK could not open them: with keys in
+    the database and no KEK, stop and say which key is needed, writing nothing.
+
+    Raises:
+        KEKError: no KEK is configured but the database holds sealed signing keys.
+    """
+    if kek_missing(settings, environ):
+        try:
+            sealed = len(await stores.keys.list_keys())
+        except StorageError:
+            sealed = 0  # not migrated yet: no keys
+        if sealed:
+            raise KEKError(
+                f"no key-encryption key, and the database holds {sealed} signing key(s) sealed with one: "
+                f"set BASTION_KEK, or BASTION_KEK_FILE to the file holding it (was {settings.data_dir / 'kek'} "
+                "moved or deleted?); nothing was written"
+            )
+    return load_kek(settings, environ)
+
+
 def stores_for(settings: Settings, *, state_url: str | None = None) -> Stores:
-    """Open the configured stores (nothing connects until first use)."""
-    return open_stores(
-        settings.resolved_database_url(),
-        state_url or settings.resolved_state_url(),
-        pool_size=settings.storage.pool_size,
-    )
+    """Open the configured stores (nothing connects until first use).
+
+    Raises:
+        BastionError: a store URL is invalid (the message names the setting).
+    """
+    try:
+        return open_stores(
+            settings.resolved_database_url(),
+            state_url or settings.resolved_state_url(),
+            pool_size=settings.storage.pool_size,
+        )
+    except StoreError as exc:
+        raise store_error(exc) from None
+
+
+async def ready_stores(settings: Settings) -> Stores:
+    """The configured stores, checked to answer now.
+
+    Raises:
+        BastionError: a store is invalid or unreachable (the message names the setting).
+    """
+    stores = stores_for(settings)
+    try:
+        await stores.require()
+    except StoreError as exc:
+        await stores.close()
+        raise store_error(exc) from None
+    return stores
 
 
 @asynccontextmanager
@@ -72,8 +145,12 @@ async def open_services(
     settings: Settings, *, audit_path: str | None = None, auto_migrate: bool = True
 ) -> AsyncIterator[Services]:
     """Services over opened stores, for CLI commands; everything is closed on exit."""
-    kek = load_kek(settings)
-    stores = stores_for(settings)
+    stores = await ready_stores(settings)
+    try:
+        kek = await kek_for(settings, stores)
+    except BaseException:
+        await stores.close()
+        raise
     audit = AuditLog(audit_path or settings.resolved_audit_log())
     try:
         if auto_migrate:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
+import socket
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,9 +16,13 @@ import orjson
 
 from bastion.gateway.app import Gateway
 from bastion.gateway.app import IssuerVerifier
+from bastion.gateway.app import ServerFactory
 from bastion.gateway.app import create_gateway
 from bastion.gateway.app import token_verifier_factory
+from bastion.gateway.contract import Handler
+from bastion.gateway.limits import EngineLimits
 from bastion.gateway.observe import AccessLog
+from bastion.gateway.server import GatewayServer
 from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.tls import make_server_ssl_context
 from bastion.services.tokens import REVOCATION_CHANNEL
@@ -93,6 +100,41 @@ def for_worker(settings: GatewaySettings, worker: int) -> GatewaySettings:
     return settings.model_copy(update={"admin_listen": f"{host}:{int(port) + worker}"})
 
 
+class _ListenerServer(GatewayServer):
+    """The engine server on a socket the supervisor bound (its ``host``/``port`` are ignored)."""
+
+    def __init__(
+        self, handler: Handler, *, limits: EngineLimits, ssl: ssl.SSLContext | None, listener: socket.socket
+    ) -> None:
+        super().__init__(handler, limits=limits, ssl=ssl)
+        self._listener = listener
+
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reuse_port: bool = True,
+        sock: socket.socket | None = None,
+        backlog: int = 1024,
+    ) -> None:
+        """Serve on the supervisor's socket."""
+        await super().start(sock=self._listener, backlog=backlog)
+
+
+def listener_server_factory(settings: GatewaySettings, listener: socket.socket) -> ServerFactory:
+    """The engine's server for ``settings.limits``, accepting on ``listener``."""
+    limits = EngineLimits(**settings.limits.model_dump())
+
+    def factory(handler: Handler, ssl_context: ssl.SSLContext | None) -> GatewayServer:
+        return _ListenerServer(handler, limits=limits, ssl=ssl_context, listener=listener)
+
+    return factory
+
+
+_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+
+
 class RunningGateway:
     """The gateway and its revocation follower, closed together."""
 
@@ -111,8 +153,21 @@ class RunningGateway:
         await self.gateway.close()
 
 
-async def start_gateway(settings: Settings, stores: Stores, *, worker: int = 0) -> RunningGateway:
-    """Build and start the gateway of ``settings`` (which must have a ``[gateway]`` section)."""
+async def start_gateway(
+    settings: Settings, stores: Stores, *, worker: int = 0, listener: socket.socket | None = None
+) -> RunningGateway:
+    """Build and start the gateway of ``settings`` (which must have a ``[gateway]`` section).
+
+    Args:
+        settings: The whole settings tree.
+        stores: The process's stores (revocations come from the fast state).
+        worker: The worker number (its admin listener is ``admin_listen`` plus it).
+        listener: The public listening socket bound by the supervisor; ``None`` binds
+            ``gateway.listen`` here.
+
+    Raises:
+        ListenError: the admin listener's address cannot be listened on.
+    """
     if settings.gateway is None:
         raise ValueError("no [gateway] section")
     config = for_worker(settings.gateway, worker)
@@ -129,7 +184,18 @@ async def start_gateway(settings: Settings, stores: Stores, *, worker: int = 0) 
         ),
         ssl_context=ssl_context,
         access_log=access_log_for(config, settings.data_dir),
+        server_factory=None if listener is None else listener_server_factory(config, listener),
     )
     follower = asyncio.get_running_loop().create_task(_follow_revocations(stores.state, verifiers))
-    await gateway.start()
+    try:
+        await gateway.start()
+    except OSError as exc:
+        follower.cancel()
+        await gateway.close()
+        # The admin listener starts first, so a bind failure with no admin port is its own.
+        if exc.errno in _LISTEN_ERRNOS and config.admin_listen is not None and gateway.admin_port is None:
+            from bastion.cli.listen import listen_error
+
+            raise listen_error(config.admin_listen, "gateway.admin_listen", exc) from None
+        raise
     return RunningGateway(gateway, follower, worker)

@@ -1,8 +1,11 @@
 """``bastion serve``: migrate once, then run N worker processes.
 
 Each worker runs one event loop (uvloop) holding the authorization server (under uvicorn) and,
-when configured, the gateway. Listening sockets use ``SO_REUSEPORT``, so every worker binds the
-same ports and the kernel spreads connections; workers share nothing but the stores.
+when configured, the gateway. The supervisor binds the public listeners once, before it
+starts anything, and every worker accepts on those same sockets (see :mod:`bastion.cli.listen`):
+only this server's own workers share its ports, and a port in use is a one-line error. Workers
+share nothing else but the stores. The pid file is written after the listeners are bound and
+removed only by the process that wrote it.
 """
 
 from __future__ import annotations
@@ -17,13 +20,18 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
-from bastion.cli.context import load_kek
+from bastion.cli.context import kek_for
+from bastion.cli.context import ready_stores
 from bastion.cli.context import stores_for
+from bastion.cli.gateway import for_worker
+from bastion.cli.listen import listen_socket
+from bastion.cli.listen import probe
 from bastion.settings import Settings
 
 log = logging.getLogger("bastion.serve")
@@ -45,23 +53,47 @@ def send_reload(settings: Settings) -> int:
     return pid
 
 
-def bind(listen: str) -> socket.socket:
-    """A listening TCP socket with SO_REUSEPORT (so every worker can bind the same port)."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+@dataclass
+class Listeners:
+    """The listening sockets the supervisor bound for its workers."""
+
+    server: socket.socket | None = None
+    """The authorization server's (``authorization_server.listen``)."""
+    gateway: socket.socket | None = None
+    """The gateway's public listener (``gateway.listen``)."""
+
+    def close(self) -> None:
+        """Close the supervisor's copies (workers hold their own)."""
+        for sock in (self.server, self.gateway):
+            if sock is not None:
+                sock.close()
+
+
+def open_listeners(settings: Settings, workers: int) -> Listeners:
+    """Bind every public listener of ``settings`` once; check that each worker's admin listener
+    is free.
+
+    Raises:
+        ListenError: an address is in use or cannot be bound (the message names it).
+    """
+    listeners = Listeners()
     try:
-        sock.bind((host, int(port)))
-    except OSError as exc:
-        sock.close()
-        raise click.ClickException(f"cannot listen on {listen}: {exc.strerror}") from None
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
+        if settings.authorization_server.enabled:
+            listeners.server = listen_socket(
+                settings.authorization_server.listen, "authorization_server.listen"
+            )
+        if settings.gateway is not None:
+            listeners.gateway = listen_socket(settings.gateway.listen, "gateway.listen")
+            for worker in range(workers):
+                admin = for_worker(settings.gateway, worker).admin_listen
+                if admin is not None:
+                    probe(
+                        admin, "gateway.admin_listen" + (f" + {worker} for worker {worker}" if worker else "")
+                    )
+    except BaseException:
+        listeners.close()
+        raise
+    return listeners
 
 
 def _install_uvloop() -> None:
@@ -72,7 +104,7 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_worker(settings: Settings, kek: bytes, worker: int) -> None:
+async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
     import uvicorn
 
     from bastion.ops.audit import AuditLog
@@ -108,12 +140,13 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int) -> None:
                 timeout_graceful_shutdown=10,
             )
             server = uvicorn.Server(config)
-            sock = bind(settings.authorization_server.listen)
-            tasks.append(loop.create_task(server.serve(sockets=[sock])))
+            if listeners.server is None:
+                raise RuntimeError("the supervisor bound no authorization server listener")
+            tasks.append(loop.create_task(server.serve(sockets=[listeners.server])))
         if settings.gateway is not None:
             from bastion.cli.gateway import start_gateway
 
-            gateway = await start_gateway(settings, stores, worker=worker)
+            gateway = await start_gateway(settings, stores, worker=worker, listener=listeners.gateway)
 
         async def reloader() -> None:
             from bastion.cli.config import ConfigError
@@ -158,41 +191,49 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int) -> None:
         await stores.close()
 
 
-def worker_main(settings: Settings, kek: bytes, worker: int = 0) -> None:
-    """Entry point of worker process number ``worker``."""
+def worker_main(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
+    """Run worker number ``worker`` in this process, on the supervisor's ``listeners``."""
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_worker(settings, kek, worker))
+        asyncio.run(_run_worker(settings, kek, worker, listeners))
 
 
-async def _migrate(settings: Settings) -> None:
-    from bastion.storage.sql.migrate import migrate
-
-    stores = stores_for(settings)
+def worker_process(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
+    """Entry point of a spawned worker: a failure the operator can fix is one line, exit 1."""
     try:
-        await migrate(stores.db)
-    finally:
-        await stores.close()
+        worker_main(settings, kek, worker, listeners)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(1)
 
 
-async def _prepare_keys(settings: Settings, kek: bytes) -> None:
-    """Create the first signing keys once, before workers race to."""
+async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
+    """Check the stores, get the key-encryption key, migrate, and create the first signing keys
+    once, before workers race to. Returns the KEK."""
     from bastion.ops.audit import AuditLog
     from bastion.services.container import Services
     from bastion.services.crypto import Sealer
+    from bastion.storage.sql.migrate import migrate as apply_migrations
 
-    stores = stores_for(settings)
-    audit = AuditLog(settings.resolved_audit_log())
+    stores = await ready_stores(settings)
     try:
-        services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
-        await services.keys.load()
-        await services.keys.ensure()
+        kek = await kek_for(settings, stores)
+        if migrate:
+            await apply_migrations(stores.db)
+        if settings.authorization_server.enabled:
+            audit = AuditLog(settings.resolved_audit_log())
+            try:
+                services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
+                await services.keys.load()
+                await services.keys.ensure()
+            finally:
+                await audit.close()
     finally:
-        await audit.close()
         await stores.close()
+    return kek
 
 
 def supervise(procs: list[Any], stopping: Callable[[], bool], signal_all: Callable[[int, Any], None]) -> bool:
@@ -214,18 +255,38 @@ def supervise(procs: list[Any], stopping: Callable[[], bool], signal_all: Callab
     return failed
 
 
+def write_pid_file(settings: Settings) -> Path:
+    """Write this process's pid to :func:`pid_file`."""
+    path = pid_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(os.getpid()))
+    return path
+
+
+def remove_pid_file(path: Path) -> None:
+    """Remove ``path`` if it still holds this process's pid (another server may have replaced it)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text().strip()) == os.getpid():
+            path.unlink()
+
+
 def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path | None = None) -> None:
     """Run the configured components until SIGTERM/SIGINT; SIGHUP reloads gateway routes."""
     if config_path is not None:
         os.environ["BASTION_CONFIG"] = str(config_path.resolve())  # what a reload re-reads
-    kek = load_kek(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.authorization_server.enabled and settings.gateway is None:
+        raise click.ClickException("nothing to serve: enable [authorization_server] or configure [gateway]")
+    listeners = open_listeners(settings, workers)
+    try:
+        _serve(settings, listeners, workers=workers, migrate=migrate)
+    finally:
+        listeners.close()
+
+
+def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: bool) -> None:
     from bastion.cli.common import run
 
-    if migrate:
-        run(_migrate(settings))
-    if settings.authorization_server.enabled:
-        run(_prepare_keys(settings, kek))
+    kek = run(_prepare(settings, migrate=migrate))
     parts = []
     if settings.authorization_server.enabled:
         parts.append(
@@ -234,17 +295,16 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
         )
     if settings.gateway is not None:
         parts.append(f"gateway on {settings.gateway.listen}")
-    if not parts:
-        raise click.ClickException("nothing to serve: enable [authorization_server] or configure [gateway]")
     click.echo(f"bastion {'; '.join(parts)}; {workers} worker(s). Ctrl-C to stop.", err=True)
-    pid_file(settings).write_text(str(os.getpid()))
+    written = write_pid_file(settings)
     try:
         if workers == 1:
-            worker_main(settings, kek)
+            worker_main(settings, kek, 0, listeners)
             return
         ctx = multiprocessing.get_context("spawn")
         procs = [
-            ctx.Process(target=worker_main, args=(settings, kek, n), daemon=False) for n in range(workers)
+            ctx.Process(target=worker_process, args=(settings, kek, n, listeners), daemon=False)
+            for n in range(workers)
         ]
         for proc in procs:
             proc.start()
@@ -265,5 +325,4 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
         if failed or any(proc.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT) for proc in procs):
             sys.exit(1)
     finally:
-        with contextlib.suppress(OSError):
-            pid_file(settings).unlink()
+        remove_pid_file(written)

@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import click
 
 from bastion.cli.common import with_services
+from bastion.cli.context import BastionError
 from bastion.protocol.models import Role
 from bastion.protocol.models import User
 from bastion.protocol.rfc7636 import s256
@@ -33,6 +34,9 @@ def _read_password(from_stdin: bool) -> str:
         if not line:
             raise click.ClickException("--password-stdin: nothing on standard input")
         return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        # getpass would warn that the input may be echoed, then read the terminal or give up.
+        raise BastionError("stdin is not a terminal; pipe the password with --password-stdin")
     value: str = click.prompt("Password", hide_input=True, confirmation_prompt=True)
     return value
 

@@ -335,7 +335,7 @@ class GatewaySettings(_Frozen):
     realm: str = Field(default="bastion", pattern=r"^[\x20\x21\x23-\x5b\x5d-\x7e]*$")
     """``realm`` of the ``WWW-Authenticate: Bearer`` challenge (RFC 6750 §3)."""
     server_header: str | None = "bastion"
-    """``Server`` header on responses (the upstream's is always hidden); ``None`` sends none."""
+    """``Server`` header on responses (the upstream's is always hidden); ``""`` sends none."""
     access_log: str | None = "-"
     """Where the JSON-lines access log goes: ``"-"`` for stdout, a file path (opened for append
     by the CLI; relative paths are in the data dir), or ``""`` for no access log."""
@@ -364,6 +364,11 @@ class GatewaySettings(_Frozen):
     @classmethod
     def _access_log(cls, value: str | None) -> str | None:
         return value or None  # TOML has no null: "" turns the log off
+
+    @field_validator("server_header")
+    @classmethod
+    def _server_header(cls, value: str | None) -> str | None:
+        return value or None  # TOML has no null: "" sends no Server header
 
     @field_validator("strip_headers")
     @classmethod

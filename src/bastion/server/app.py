@@ -3,15 +3,22 @@
 The machine endpoints (``/token``, ``/introspect``, ``/revoke``) are dispatched before the
 router (see :mod:`bastion.server.endpoints`); everything else is a Starlette app: metadata,
 JWKS, health, and the interactive routes of sign-in.
+
+``/healthz`` is liveness: it answers while the process runs and touches nothing. ``/readyz`` is
+readiness: it checks the database and the fast-state store and answers 503 naming the one that
+is down. A store that fails while a request is served is a 503 with ``Retry-After`` in the
+form of the endpoint: an HTML page for a browser, RFC 6749 error JSON otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
+from starlette.responses import HTMLResponse
 from starlette.responses import JSONResponse
 from starlette.responses import Response
 from starlette.routing import BaseRoute
@@ -20,9 +27,22 @@ from starlette.routing import Route
 from bastion.protocol import rfc8414
 from bastion.server import endpoints
 from bastion.services.container import Services
+from bastion.storage.protocols import StorageError
 from bastion.types import Receive
 from bastion.types import Scope
 from bastion.types import Send
+
+log = logging.getLogger("bastion.server")
+
+#: Seconds a client should wait before retrying after a 503 (RFC 9110 §10.2.3).
+RETRY_AFTER = "5"
+
+_UNAVAILABLE_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Temporarily unavailable</title></head>
+<body><h1>Temporarily unavailable</h1>
+<p role="alert">The sign-in service cannot reach its storage right now. Please try again in a moment.</p>
+<p>Error code: <code>temporarily_unavailable</code>.</p></body></html>
+"""
 
 
 def metadata_document(services: Services) -> dict[str, object]:
@@ -50,11 +70,44 @@ def _routes(services: Services) -> list[BaseRoute]:
     async def health(_: Request) -> Response:
         return JSONResponse({"status": "ok"}, headers={"cache-control": "no-store"})
 
+    async def ready(_: Request) -> Response:
+        checks = await services.stores.check()
+        down = {name: problem for name, problem in checks.items() if problem is not None}
+        body = {
+            "status": "unavailable" if down else "ok",
+            "checks": {name: ("down" if name in down else "ok") for name in checks},
+        }
+        if down:
+            log.error("not ready: %s", "; ".join(f"{name}: {problem}" for name, problem in down.items()))
+            return JSONResponse(body, 503, headers={"cache-control": "no-store", "retry-after": RETRY_AFTER})
+        return JSONResponse(body, headers={"cache-control": "no-store"})
+
     return [
         Route("/jwks.json", jwks, methods=["GET"]),
         Route("/.well-known/oauth-authorization-server", oauth_metadata, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
     ]
+
+
+async def storage_unavailable(request: Request, exc: Exception) -> Response:
+    """A store failed mid-request: 503 with ``Retry-After``, never a 500.
+
+    A browser (``Accept: text/html``) gets a page; anything else gets the RFC 6749 error JSON
+    ``temporarily_unavailable`` (§4.1.2.1: "unable to handle the request due to a temporary
+    overloading or maintenance"). Nothing is cached.
+    """
+    log.error("%s %s: storage failure: %s", request.method, request.url.path, exc)
+    headers = {
+        "cache-control": "no-store",
+        "retry-after": RETRY_AFTER,
+        "x-content-type-options": "nosniff",
+        "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+    }
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(_UNAVAILABLE_PAGE, 503, headers=headers)
+    body = {"error": "temporarily_unavailable", "error_description": "storage is unavailable; retry later"}
+    return JSONResponse(body, 503, headers=headers)
 
 
 class AuthorizationServer:
@@ -76,7 +129,11 @@ class AuthorizationServer:
             finally:
                 await services.close()
 
-        self.app = Starlette(routes=[*_routes(services), *(extra_routes or [])], lifespan=lifespan)
+        self.app = Starlette(
+            routes=[*_routes(services), *(extra_routes or [])],
+            lifespan=lifespan,
+            exception_handlers={StorageError: storage_unavailable},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -16,6 +16,7 @@ from typing import Any
 from bastion.protocol.errors import InvalidRequest
 from bastion.protocol.errors import OAuthError
 from bastion.protocol.errors import ServerError
+from bastion.protocol.errors import TemporarilyUnavailable
 from bastion.protocol.errors import UnsupportedGrantType
 from bastion.protocol.errors import UnsupportedTokenType
 from bastion.protocol.models import Client
@@ -189,8 +190,12 @@ class FormEndpoint:
             return
         except StorageError as exc:
             log.error("%s endpoint: storage failure: %s", self.name, exc)
-            status, body_json, headers = error_response(ServerError("storage is unavailable"), self._realm)
-            await send_json(send, 503, body_json, [(b"retry-after", b"1")])
+            # RFC 6749 §5.2 has no code for this; temporarily_unavailable (§4.1.2.1) says what
+            # the client should do (retry later), and RFC 7009 §2.2.1 names 503 for revocation.
+            status, body_json, headers = error_response(
+                TemporarilyUnavailable("storage is unavailable; retry later"), self._realm
+            )
+            await send_json(send, status, body_json, [(b"retry-after", b"5")])
             return
         except Exception:
             log.exception("%s endpoint failed", self.name)

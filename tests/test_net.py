@@ -1,0 +1,64 @@
+"""Which hosts count as loopback (the exception that lets an issuer use plain http)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from bastion.net import is_loopback_host
+from bastion.settings import AuthorizationServerSettings
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "LOCALHOST",
+        "127.0.0.1",
+        "127.1.2.3",
+        "127.255.255.254",
+        "::1",
+        "[::1]",
+        "::ffff:127.0.0.1",
+    ],
+)
+def test_loopback_literals_and_localhost_are_loopback(host: str) -> None:
+    assert is_loopback_host(host) is True
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.attacker.example",
+        "127.0.0.1.nip.io",
+        "127.0.0.1.attacker.example",
+        "localhost.attacker.example",
+        "128.0.0.1",
+        "10.0.0.1",
+        "::2",
+        "::ffff:10.0.0.1",
+        "fe80::1%lo",
+        "",
+    ],
+)
+def test_names_that_merely_look_loopback_are_not(host: str) -> None:
+    assert is_loopback_host(host) is False
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["http://localhost:8000", "http://127.0.0.1:8000", "http://127.1.2.3", "http://[::1]:8000"],
+)
+def test_http_issuer_on_a_loopback_host_is_accepted(issuer: str) -> None:
+    settings = AuthorizationServerSettings(issuer=issuer)
+    assert settings.issuer == issuer
+    assert settings.secure_cookies is False
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    ["http://127.attacker.example", "http://127.0.0.1.nip.io:8000", "http://localhost.attacker.example"],
+)
+def test_http_issuer_on_a_name_starting_like_loopback_is_refused(issuer: str) -> None:
+    with pytest.raises(ValidationError, match="http is allowed only on loopback hosts"):
+        AuthorizationServerSettings(issuer=issuer)
