@@ -225,3 +225,20 @@ def test_introspection_reports_a_token_inactive_at_its_expiry(client: TestClient
     later = server.services.clock() + server.services.settings.access_token_ttl + 1
     result = client.portal.call(lambda: server.services.tokens.introspect(access, now=later))  # type: ignore[union-attr]
     assert result == {"active": False}
+
+
+def test_no_signing_key_is_a_503_not_a_500(client: TestClient, server: Server) -> None:
+    """Every key withdrawn and no replacement loaded yet: an outage, answered in RFC 6749 form."""
+    cid, secret = register(client, server)
+
+    async def withdraw_every_key() -> None:
+        for key, _ in await server.stores.keys.list_keys():
+            await server.stores.keys.delete_key(key.kid)
+        await server.services.keys.load()
+
+    client.portal.call(withdraw_every_key)  # type: ignore[union-attr]
+    response = token_request(client, cid, secret)
+    assert response.status_code == 503
+    assert response.json()["error"] == "temporarily_unavailable"
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["retry-after"] == "5"

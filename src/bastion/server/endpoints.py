@@ -28,6 +28,7 @@ from bastion.protocol.rfc6749.scope import format_scope
 from bastion.server.responses import error_response
 from bastion.server.responses import send_json
 from bastion.services.container import Services
+from bastion.services.keys import NoSigningKey
 from bastion.storage.protocols import StorageError
 from bastion.types import Receive
 from bastion.types import Scope
@@ -188,10 +189,12 @@ class FormEndpoint:
                 )
             await send_json(send, status, body_json, headers)
             return
-        except StorageError as exc:
-            log.error("%s endpoint: storage failure: %s", self.name, exc)
+        except (StorageError, NoSigningKey) as exc:
+            log.error("%s endpoint: cannot serve: %s", self.name, exc)
             # RFC 6749 §5.2 has no code for this; temporarily_unavailable (§4.1.2.1) says what
             # the client should do (retry later), and RFC 7009 §2.2.1 names 503 for revocation.
+            # A missing signing key (every key of an algorithm withdrawn and its replacement not
+            # yet loaded) is the same kind of outage: nothing the client sent was wrong.
             status, body_json, headers = error_response(
                 TemporarilyUnavailable("storage is unavailable; retry later"), self._realm
             )
