@@ -8,9 +8,9 @@ increment per counter, and only then decided: of N concurrent guesses exactly th
 check, then a count would let every concurrent guess through before the first one is counted.
 
 After ``free_attempts`` failures each further attempt waits a growing delay
-(``base_delay * 2^n``, capped); the attempt after ``lockout_after`` failures is refused with HTTP
-429 until the window, which starts at the first failure, expires (refused attempts are counted
-too but do not extend it). The per-IP limits are ``ip_factor`` times looser, so one address
+(``base_delay * 2^n``, capped); the attempt after ``lockout_after`` failures is refused with
+HTTP 429 until the window, which starts at the first counted attempt, expires (refused attempts
+are counted too but do not extend it). The per-IP limits are ``ip_factor`` times looser, so one address
 guessing across many accounts is slowed too.
 
 Uniform answers: an unknown user, a wrong password and a disabled account get the same error
