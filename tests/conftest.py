@@ -82,9 +82,10 @@ def redis_url() -> str:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
-    """Migrated durable stores on SQLite and on PostgreSQL (a fresh schema per test)."""
+    """Migrated durable stores on SQLite and on PostgreSQL (a fresh schema per test); beside
+    SQLite, the fast state is the embedded default's too (a SQLite file)."""
     if request.param == "sqlite":
-        opened = open_stores(f"sqlite:///{tmp_path / 'bastion.db'}", "memory://")
+        opened = open_stores(f"sqlite:///{tmp_path / 'bastion.db'}", f"sqlite:///{tmp_path / 'state.db'}")
     else:
         url, schema = request.getfixturevalue("postgres_schema")
         opened = open_stores(url, "memory://", schema=schema)

@@ -1,7 +1,7 @@
 """The harness of the authorization-server conformance tests, and a check that it works.
 
 The people tests' :func:`tests.people.test_endpoints.make_harness` builds the whole ASGI app
-(sign-in routes included) over SQLite and in-memory fast state, on the real clock. The
+(sign-in routes included) over SQLite and SQLite-file fast state, on the real clock. The
 conformance tests need to move time (code expiry, ``max_age``, refresh idle and absolute
 lifetimes), so :func:`make_clocked_harness` builds the same app with a settable
 :class:`~tests.people.support.Clock` passed to every service, and settings of the test's

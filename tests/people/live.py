@@ -71,11 +71,12 @@ def live_server(tmp_path: Path) -> Iterator[Live]:
     sock = _bound()
     issuer = f"http://127.0.0.1:{sock.getsockname()[1]}"
     url = f"sqlite:///{tmp_path / 'bastion.db'}"
+    state_url = f"sqlite:///{tmp_path / 'state.db'}"  # the embedded default, as `bastion serve`
     settings = AuthorizationServerSettings(issuer=issuer)
     audit = AuditLog(tmp_path / "audit.log")
 
     async def seed() -> None:
-        stores = open_stores(url, "memory://")
+        stores = open_stores(url, state_url)
         await migrate(stores.db)
         services = Services.create(settings, stores, Sealer(KEK), audit)
         await web_client(services, redirect_uris=[callback], first_party=False)
@@ -92,7 +93,7 @@ def live_server(tmp_path: Path) -> Iterator[Live]:
         await stores.close()
 
     asyncio.run(seed())
-    stores = open_stores(url, "memory://")
+    stores = open_stores(url, state_url)
     services = Services.create(settings, stores, Sealer(KEK), audit)
     app = create_app(services, extra_routes=people_routes(services, passwords=CHEAP_PASSWORDS))
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))

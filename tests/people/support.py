@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import time
 from dataclasses import dataclass
 from dataclasses import field
@@ -16,12 +18,34 @@ from bastion.services.container import Services
 from bastion.services.crypto import Sealer
 from bastion.services.users import Passwords
 from bastion.settings import AuthorizationServerSettings
+from bastion.storage.fast.memory import MemoryState
+from bastion.storage.fast.sqlite import SQLiteState
 from bastion.storage.open import Stores
+from bastion.storage.protocols import FastState
 
 #: Real argon2id with small parameters, so tests stay fast.
 CHEAP_PASSWORDS = Passwords(PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 KEK = b"k" * 48
 ISSUER = "http://127.0.0.1:8000"
+#: Fast-state backends: the embedded default (a SQLite file) first, then memory and Redis.
+STATES = ("sqlite", "memory", "redis")
+
+
+def fast_state(kind: str, tmp_path: Path, redis_url: str = "") -> FastState:
+    """A fresh fast-state store: ``sqlite`` (a file in ``tmp_path``), ``memory`` or ``redis``
+    (keys under a prefix of this test's own)."""
+    if kind == "sqlite":
+        return SQLiteState(tmp_path / "state.db")
+    if kind == "memory":
+        return MemoryState()
+    from bastion.storage.fast.redis import RedisState
+
+    return RedisState(redis_url, prefix=f"test:{secrets.token_hex(6)}:")
+
+
+def with_state(stores: Stores, state: FastState) -> Stores:
+    """``stores`` with another fast-state store (``open_stores`` opened one for its URL)."""
+    return dataclasses.replace(stores, state=state)
 
 
 @dataclass

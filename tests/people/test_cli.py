@@ -31,7 +31,7 @@ KEK = "k" * 48
 def invoke(tmp_path: Path) -> Callable[..., Result]:
     config = tmp_path / "bastion.toml"
     config.write_text(
-        f'data_dir = "{tmp_path / "data"}"\n[storage]\nstate_url = "memory://"\n'
+        f'data_dir = "{tmp_path / "data"}"\n[storage]\n'
         f'database_url = "sqlite:///{tmp_path / "data" / "bastion.db"}"\n'
     )
     root = click.Group("bastion")

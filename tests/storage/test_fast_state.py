@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from bastion.storage.fast.sqlite import SQLiteState
 from bastion.storage.open import open_state
 from bastion.storage.protocols import FastState
+from bastion.storage.protocols import StorageError
 
 pytestmark = pytest.mark.anyio
 
@@ -101,3 +105,60 @@ async def test_publish_reaches_subscribers(state: FastState) -> None:
     await state.publish("feed", b"two")
     await asyncio.wait_for(task, 5)
     assert received == [b"one", b"two"]
+
+
+async def test_a_counter_reads_back_as_bytes_and_keeps_counting(state: FastState) -> None:
+    # SQLite once wrote the second count as TEXT and get() failed on it: every sign-in after two
+    # failures was a 500.
+    for expected in (1, 2, 3):
+        assert await state.incr("n", 10) == expected
+        assert await state.get("n") == str(expected).encode()
+    assert await state.incr("n", 10, amount=-5) == -2
+    assert await state.get("n") == b"-2"
+    await state.set("n", b"40", 10)
+    assert await state.incr("n", 10, amount=2) == 42
+    assert await state.consume("n") == b"42"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"x", b"", b"007", b"-0", b"+5", b" 5", b"5 ", b"1.0", b"1\x00", b"9223372036854775808"],
+)
+async def test_incr_refuses_a_value_that_is_not_a_counter(state: FastState, value: bytes) -> None:
+    # Redis's rule (INCRBY: "value is not an integer or out of range"), on every backend.
+    await state.set("v", value, 10)
+    with pytest.raises(StorageError):
+        await state.incr("v", 10)
+    assert await state.get("v") == value, "a refused incr changes nothing"
+
+
+async def test_incr_refuses_to_overflow(state: FastState) -> None:
+    await state.set("big", b"9223372036854775807", 10)
+    with pytest.raises(StorageError):
+        await state.incr("big", 10)
+    assert await state.get("big") == b"9223372036854775807"
+    await state.set("small", b"-9223372036854775808", 10)
+    assert await state.incr("small", 10, amount=0) == -(2**63)
+    with pytest.raises(StorageError):
+        await state.incr("small", 10, amount=-1)
+
+
+async def test_sqlite_values_stay_blobs_and_old_text_counters_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteState(path)
+    try:
+        for _ in range(3):
+            await store.incr("c", 10)
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT typeof(value) FROM kv WHERE key = 'c'").fetchone() == ("blob",)
+            # A file written by an older version holds the count as TEXT (or any type at all).
+            db.execute("UPDATE kv SET value = '7' WHERE key = 'c'")
+            db.execute("INSERT INTO kv VALUES ('i', 12, ?), ('r', 1.5, ?)", (time.time() + 10,) * 2)
+        db.close()
+        assert await store.get("c") == b"7"
+        assert await store.incr("c", 10) == 8
+        assert await store.get("i") == b"12"
+        assert await store.get("r") == b"1.5"
+        assert await store.consume("i") == b"12"
+    finally:
+        await store.close()

@@ -1,10 +1,16 @@
 """Password sign-in with brute-force throttling.
 
-Failures are counted per account (``login:acct:<username>``) and per client IP
-(``login:ip:<ip>``) in the fast-state store, so the limits hold across processes when it is
-Redis. After ``free_attempts`` failures each further attempt waits a growing delay
-(``base_delay * 2^n``, capped); at ``lockout_after`` failures attempts are refused with HTTP 429
-until the window expires. The per-IP limits are ``ip_factor`` times looser, so one address
+Attempts are counted per account (``login:acct:<username>``) and per client IP
+(``login:ip:<ip>``) in the fast-state store, so the limits hold across processes (a SQLite file
+on one machine, Redis across machines). Each attempt is counted first, with one atomic
+increment per counter, and only then decided: of N concurrent guesses exactly the first
+``lockout_after`` reach the password check, whatever the number of processes. A read, then a
+check, then a count would let every concurrent guess through before the first one is counted.
+
+After ``free_attempts`` failures each further attempt waits a growing delay
+(``base_delay * 2^n``, capped); the attempt after ``lockout_after`` failures is refused with
+HTTP 429 until the window, which starts at the first counted attempt, expires (refused attempts
+are counted too but do not extend it). The per-IP limits are ``ip_factor`` times looser, so one address
 guessing across many accounts is slowed too.
 
 Uniform answers: an unknown user, a wrong password and a disabled account get the same error
@@ -55,7 +61,7 @@ class ThrottlePolicy:
 
 
 class LoginThrottle:
-    """Counts failures in fast state and slows or refuses further attempts."""
+    """Counts attempts in fast state and slows or refuses them; successes are given back."""
 
     def __init__(
         self,
@@ -79,38 +85,47 @@ class LoginThrottle:
             return 0.0
         return float(min(self.policy.max_delay, self.policy.base_delay * 2 ** (excess // scale)))
 
-    async def before_attempt(self, username: str, ip: str) -> None:
-        """Wait the delay the failure counts call for.
+    async def attempt(self, username: str, ip: str) -> None:
+        """Count an attempt for the account and the address, then wait the delay the counts call
+        for, or refuse.
+
+        The counts include this attempt, so the delay follows the failures before it.
 
         Raises:
-            SlowDown: too many failures for the account or the address (HTTP 429); its
-                ``retry_after`` says when the window ends.
+            SlowDown: more than ``lockout_after`` attempts for the account (``ip_factor`` times
+                that for the address) in the window (HTTP 429); its ``retry_after`` says when
+                the window ends.
         """
         acct_key, ip_key = self._keys(username, ip)
-        acct = int(await self._state.get(acct_key) or 0)
-        by_ip = int(await self._state.get(ip_key) or 0)
+        window = self.policy.window
+        acct = await self._state.incr(acct_key, window)
+        by_ip = await self._state.incr(ip_key, window)
         factor = self.policy.ip_factor
         for key, count, limit in (
             (acct_key, acct, self.policy.lockout_after),
             (ip_key, by_ip, self.policy.lockout_after * factor),
         ):
-            if count >= limit:
-                remaining = await self._state.ttl(key) or self.policy.window
+            if count > limit:
+                remaining = await self._state.ttl(key) or window
                 raise SlowDown(
                     "Too many attempts. Try again later.", retry_after=max(1, math.ceil(remaining))
                 )
-        delay = max(self.delay_for(acct), self.delay_for(by_ip, factor))
+        delay = max(self.delay_for(acct - 1), self.delay_for(by_ip - 1, factor))
         if delay > 0:
             await self._sleep(delay)
 
-    async def failed(self, username: str, ip: str) -> None:
-        """Count a failure for the account and the address."""
-        for key in self._keys(username, ip):
-            await self._state.incr(key, self.policy.window)
+    async def succeeded(self, username: str, ip: str) -> None:
+        """Give back a successful attempt: forget the account's failures, and take this attempt
+        off the address's count.
 
-    async def succeeded(self, username: str) -> None:
-        """Forget the account's failures (the address keeps its count until the window ends)."""
-        await self._state.delete(self._keys(username, "")[0])
+        The address keeps its failures until the window ends, but a success is not a guess:
+        left counted, the sign-ins of everyone behind one NAT or proxy would add up to a
+        lockout of that address. (Should the window end between the count and this call, the
+        address starts one below zero: one extra attempt, once.)
+        """
+        acct_key, ip_key = self._keys(username, ip)
+        await self._state.delete(acct_key)
+        await self._state.incr(ip_key, self.policy.window, amount=-1)
 
 
 async def authenticate(
@@ -128,7 +143,7 @@ async def authenticate(
         SlowDown: throttled (HTTP 429).
         LoginFailed: unknown user, wrong password or disabled account, indistinguishably.
     """
-    await throttle.before_attempt(username, ip)
+    await throttle.attempt(username, ip)  # counted before the password is checked
     users = people(services).users
     # A name no user can have is not looked up (a NUL would make PostgreSQL fail, not miss).
     user = await users.get_user_by_username(username) if is_username(username) else None
@@ -140,12 +155,11 @@ async def authenticate(
         detail = "wrong password" if not ok else "disabled account" if user.disabled else ""
         ok = ok and not user.disabled
     if not ok or user is None:
-        await throttle.failed(username, ip)
         services.audit.emit(
             "login.failed", user_id=user.user_id if user else None, reason=detail.replace(" ", "_"), ip=ip
         )
         raise LoginFailed(detail)
-    await throttle.succeeded(username)
+    await throttle.succeeded(username, ip)
     if passwords.needs_rehash(user.password_hash):
         user = dataclasses.replace(user, password_hash=await passwords.hash(password))
         await users.update_user(user)

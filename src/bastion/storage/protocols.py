@@ -103,7 +103,10 @@ class TokenStore(Protocol):
 class FastState(Protocol):
     """Shared short-lived state with atomic operations and a TTL on every key.
 
-    Keys are strings, values bytes; ``ttl`` is in seconds (floats allowed).
+    Keys are strings, values bytes; ``ttl`` is in seconds (floats allowed, always positive). A key
+    is live until its expiry and absent from then on, to every operation alike. Every backend
+    gives the results of the memory backend, the reference (``tests/storage/``, a stateful model
+    test included).
     """
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
@@ -122,8 +125,16 @@ class FastState(Protocol):
         """Remove ``key`` if present."""
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
-        """Add ``amount`` to a counter and return the new value; a new counter expires after ``ttl``
-        (an existing counter keeps its expiry)."""
+        """Add ``amount`` to a counter and return the new value, atomically: of N concurrent
+        callers each sees a different value. A new counter (absent or expired key) starts from 0
+        and expires after ``ttl``; an existing counter keeps its expiry (Redis ``INCRBY`` then
+        ``PEXPIRE NX``). The value reads back as ASCII decimal bytes.
+
+        Raises:
+            StorageError: the live value is not a canonical decimal 64-bit integer (``b"7"``,
+                ``b"-3"``; not ``b"07"``, ``b"+7"``, ``b" 7"``) or the sum would overflow, as Redis
+                refuses it; the value is left unchanged.
+        """
 
     async def ttl(self, key: str) -> float | None:
         """Seconds until ``key`` expires, or ``None`` if absent."""

@@ -7,12 +7,32 @@ not accumulate. Everything runs on the event loop thread, so each operation is a
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from collections.abc import Callable
 
+from bastion.storage.protocols import StorageError
+
 _SWEEP_EVERY = 4096
+#: What Redis reads as an integer: canonical decimal, no sign but "-", no leading zero or space.
+_INTEGER = re.compile(rb"0|-?[1-9][0-9]*")
+_INT64 = range(-(2**63), 2**63)
+
+
+def counter_value(value: bytes, amount: int) -> int:
+    """``value`` read as a counter plus ``amount``, refused as Redis refuses ``INCRBY``.
+
+    Raises:
+        StorageError: ``value`` is not a canonical 64-bit decimal integer, or the sum overflows.
+    """
+    if _INTEGER.fullmatch(value) is None or int(value) not in _INT64:
+        raise StorageError("incr on a value that is not an integer counter")
+    total = int(value) + amount
+    if total not in _INT64:
+        raise StorageError("incr would overflow a 64-bit counter")
+    return total
 
 
 class MemoryState:
@@ -67,7 +87,7 @@ class MemoryState:
         if item is None:
             self._store(key, str(amount).encode(), ttl)
             return amount
-        value = int(item[0]) + amount
+        value = counter_value(item[0], amount)
         self._data[key] = (str(value).encode(), item[1])
         return value
 

@@ -29,6 +29,23 @@ _SWEEP_EVERY = 2048
 _MESSAGE_RETENTION = 300.0
 
 
+def _as_bytes(value: object) -> bytes:
+    """A stored value as bytes, whatever SQLite type holds it.
+
+    Values are written as BLOBs, but a state file written by an older version holds counters as
+    TEXT, and SQLite lets any column hold any type: reading never fails on the type.
+    """
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float):
+        return str(value).encode()
+    if isinstance(value, memoryview | bytearray):
+        return bytes(value)
+    raise StorageError(f"state store holds a value of type {type(value).__name__}")
+
+
 class SQLiteState:
     """:class:`~bastion.storage.protocols.FastState` in a SQLite file."""
 
@@ -81,31 +98,51 @@ class SQLiteState:
 
     async def get(self, key: str) -> bytes | None:
         rows = self._run("SELECT value FROM kv WHERE key = ? AND expires_at > ?", (key, self._clock()))
-        return bytes(rows[0][0]) if rows else None
+        return _as_bytes(rows[0][0]) if rows else None
 
     async def consume(self, key: str) -> bytes | None:
         rows = self._run("DELETE FROM kv WHERE key = ? RETURNING value, expires_at", (key,))
         if not rows or float(rows[0][1]) <= self._clock():
             return None
-        return bytes(rows[0][0])
+        return _as_bytes(rows[0][0])
 
     async def delete(self, key: str) -> None:
         self._run("DELETE FROM kv WHERE key = ?", (key,))
 
     async def incr(self, key: str, ttl: float, amount: int = 1) -> int:
+        # The sum is written back as a BLOB, like every value: a TEXT value read back by
+        # ``get`` was once a 500 on every sign-in after two failures. A value that is not a
+        # canonical 64-bit integer, or a sum that overflows (SQLite turns it into a REAL), is
+        # refused as Redis refuses it: the CASE yields NULL and the NOT NULL constraint fails.
         now = self._clock()
-        rows = self._run(
-            "INSERT INTO kv (key, value, expires_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET "
-            "value = CASE WHEN kv.expires_at <= ? THEN excluded.value "
-            "ELSE CAST(CAST(kv.value AS INTEGER) + ? AS TEXT) END, "
-            "expires_at = CASE WHEN kv.expires_at <= ? THEN excluded.expires_at ELSE kv.expires_at END "
-            "RETURNING value",
-            (key, str(amount).encode(), now + ttl, now, amount, now),
-        )
+        try:
+            rows = self._db.execute(
+                "INSERT INTO kv (key, value, expires_at) VALUES (:key, :value, :expires) "
+                "ON CONFLICT (key) DO UPDATE SET "
+                "value = CASE WHEN kv.expires_at <= :now THEN excluded.value "
+                "WHEN CAST(CAST(kv.value AS INTEGER) AS TEXT) = CAST(kv.value AS TEXT) "
+                "AND typeof(CAST(kv.value AS INTEGER) + :amount) = 'integer' "
+                "THEN CAST(CAST(CAST(kv.value AS INTEGER) + :amount AS TEXT) AS BLOB) "
+                "ELSE NULL END, "
+                "expires_at = CASE WHEN kv.expires_at <= :now THEN excluded.expires_at "
+                "ELSE kv.expires_at END "
+                "RETURNING value",
+                {
+                    "key": key,
+                    "value": str(amount).encode(),
+                    "expires": now + ttl,
+                    "now": now,
+                    "amount": amount,
+                },
+            ).fetchall()
+        except sqlite3.IntegrityError as exc:
+            raise StorageError(
+                "incr on a value that is not an integer counter, or it would overflow"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"state store failed: {exc}") from exc
         self._wrote()
-        value = rows[0][0]
-        return int(value.decode() if isinstance(value, bytes) else value)
+        return int(_as_bytes(rows[0][0]))
 
     async def ttl(self, key: str) -> float | None:
         now = self._clock()
@@ -127,7 +164,7 @@ class SQLiteState:
             )
             for seq, body in batch:
                 last = int(seq)
-                yield bytes(body)
+                yield _as_bytes(body)
             if not batch:
                 await asyncio.sleep(self._poll)
 
