@@ -18,6 +18,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -481,10 +482,17 @@ def test_two_workers_both_answer_and_both_refuse_a_revoked_token(tmp_path: Path,
             assert time.monotonic() < deadline, f"two workers never listened:\n{stack.serve_log()}"
             time.sleep(0.05)
         workers = listening_pids(stack.gateway_port, workers)
-        # Worker n serves its own metrics on the admin port plus n.
+        # Worker n serves its own metrics on the admin port plus n. The public socket is bound
+        # by the supervisor and inherited, so a worker holds it before its admin listener is up.
         for port in (stack.admin_port, stack.admin_port + 1):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
-                assert response.status == 200
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
+                        assert response.status == 200
+                        break
+                except urllib.error.URLError:
+                    assert time.monotonic() < deadline, f"admin port {port} never answered"
+                    time.sleep(0.05)
         assert listening_pids(stack.admin_port, workers) | listening_pids(stack.admin_port + 1, workers) == (
             workers
         )
