@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from bastion.services.users import create_role
 from bastion.services.users import create_user
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.open import open_stores
+from bastion.storage.protocols import FastState
 from bastion.storage.sql.migrate import migrate
 
 from .flows import PASSWORD
@@ -71,12 +73,14 @@ def make_harness(
     trusted_proxies: tuple[str, ...] = (),
     peer: str = "testclient",
     postgres: tuple[str, str] | None = None,
+    state: FastState | None = None,
     clock: Callable[[], float] = time.time,
     wrap: Callable[[TestClient, Services, list[dict[str, Any]]], Harness] = Harness,
     **settings: Any,
 ) -> Iterator[Harness]:
     """The authorization server with sign-in routes, the public client ``web``, the role
-    ``reader`` and the user ``alice``, on SQLite (or the ``postgres`` ``(url, schema)``)."""
+    ``reader`` and the user ``alice``, on SQLite (or the ``postgres`` ``(url, schema)``), with
+    in-memory fast state (or ``state``)."""
     if postgres is None:
         url = f"sqlite:///{tmp_path / 'bastion.db'}"
         _migrate(url)
@@ -84,6 +88,8 @@ def make_harness(
     else:
         _migrate(*postgres)
         stores = open_stores(postgres[0], "memory://", schema=postgres[1])
+    if state is not None:
+        stores = dataclasses.replace(stores, state=state)
     audit = AuditLog(tmp_path / "audit.log", clock=clock)
     events: list[dict[str, Any]] = []
     audit.listeners.append(events.append)
@@ -107,7 +113,12 @@ def make_harness(
             passwords=CHEAP_PASSWORDS,
         )
         yield harness
-    asyncio.run(stores.close())
+        if state is not None:
+            # Close it on the loop its connections belong to (a Redis pool cannot close on
+            # another), once the background work that subscribes to it has stopped.
+            harness.run(services.close)
+            harness.run(state.close)
+    asyncio.run(stores.db.close() if state is not None else stores.close())
 
 
 @pytest.fixture
@@ -150,7 +161,9 @@ def form_fields(html: str) -> tuple[str, str]:
     return csrf.group(1), tx.group(1)
 
 
-def login(harness: Harness, url: str | None = None, password: str = PASSWORD) -> httpx.Response:
+def login(
+    harness: Harness, url: str | None = None, password: str = PASSWORD, username: str = "alice"
+) -> httpx.Response:
     """GET /authorize, follow to the login page, submit it; returns the login POST's response."""
     client = harness.client
     response = client.get(url or authorize_url())
@@ -161,7 +174,7 @@ def login(harness: Harness, url: str | None = None, password: str = PASSWORD) ->
     assert_page_headers(page)
     csrf, tx = form_fields(page.text)
     return client.post(
-        "/login", data={"csrf_token": csrf, "tx": tx, "username": "alice", "password": password}
+        "/login", data={"csrf_token": csrf, "tx": tx, "username": username, "password": password}
     )
 
 
@@ -173,8 +186,8 @@ def consent(harness: Harness, location: str, decision: str = "allow") -> httpx.R
     return harness.client.post("/consent", data={"csrf_token": csrf, "tx": tx, "decision": decision})
 
 
-def code_for(harness: Harness, url: str | None = None) -> str:
-    response = login(harness, url)
+def code_for(harness: Harness, url: str | None = None, username: str = "alice") -> str:
+    response = login(harness, url, username=username)
     assert response.status_code == 303
     response = harness.client.get(response.headers["location"])
     if response.headers["location"].startswith("/consent"):

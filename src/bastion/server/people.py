@@ -56,6 +56,7 @@ from bastion.services.refresh import introspect_refresh_token
 from bastion.services.refresh import purge as purge_refresh_tokens
 from bastion.services.refresh import refresh
 from bastion.services.refresh import revoke_refresh_token
+from bastion.services.sessions import purge as purge_login_sessions
 from bastion.services.users import Passwords
 from bastion.services.users import people
 
@@ -98,8 +99,12 @@ def install_people(services: Services) -> None:
     async def purge_refresh(now: float) -> int:
         return await purge_refresh_tokens(services, now)
 
+    async def purge_sessions(now: float) -> int:
+        return await purge_login_sessions(services, now)
+
     if not any(getattr(p, "__qualname__", "").startswith("install_people") for p in services.purgers):
         services.purgers.append(purge_refresh)
+        services.purgers.append(purge_sessions)
 
 
 def _origin(uri: str) -> str:
