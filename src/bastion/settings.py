@@ -140,9 +140,14 @@ class AuthorizationServerSettings(Section):
     refresh_token_absolute_ttl: int = Field(default=30 * 86400, ge=60)
     """A refresh-token family dies this long after sign-in, however used (seconds)."""
 
-    refresh_token_grace_period: int = Field(default=10, ge=0, le=300)
-    """Seconds during which presenting an already-rotated refresh token returns the same successor
-    (retries, two tabs) instead of counting as theft. 0 disables the window."""
+    insecure_refresh_reuse_window: int = Field(default=0, ge=0, le=300)
+    """DANGEROUS: seconds after a refresh token is rotated during which presenting it again is
+    answered with the same successor pair instead of counting as theft. It weakens reuse
+    detection (RFC 9700 §4.14.2, OAuth 2.1 §4.3.1): a stolen refresh token replayed within the
+    window gets the legitimate client's new access and refresh tokens, and its family is not
+    revoked. Default 0: any presentation of a rotated token is refused with ``invalid_grant`` and
+    revokes the family with its access tokens. Set it (a few seconds) only for clients that cannot
+    avoid concurrent refreshes or retries of one token."""
 
     login_session_ttl: int = Field(default=8 * 3600, ge=60)
     """Lifetime of the authorization server's login session cookie (seconds)."""

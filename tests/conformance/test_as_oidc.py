@@ -255,12 +255,28 @@ def test_discovery_endpoints_answer(harness: ClockedHarness) -> None:
     for name in ("jwks_uri",):
         path = doc[name].removeprefix(ISSUER)
         assert harness.client.get(path).status_code == 200
-    for name in ("token_endpoint", "introspection_endpoint", "revocation_endpoint", "userinfo_endpoint"):
-        path = doc[name].removeprefix(ISSUER)
-        assert harness.client.post(path).status_code in (400, 401), name
-    for name in ("authorization_endpoint", "end_session_endpoint"):
-        path = doc[name].removeprefix(ISSUER)
-        assert harness.client.get(path).status_code in (200, 400), name
+    for name in ("token_endpoint", "introspection_endpoint", "revocation_endpoint"):
+        # An empty POST is not an application/x-www-form-urlencoded request (RFC 6749 §3.2,
+        # RFC 7662 §2.1, RFC 7009 §2.1): invalid_request, 400 (RFC 6749 §5.2).
+        response = harness.client.post(doc[name].removeprefix(ISSUER))
+        assert response.status_code == 400, name
+        assert response.json()["error"] == "invalid_request", name
+    # RFC 6750 §3.1: a request without credentials gets 401 and a challenge without an error code.
+    response = harness.client.post(doc["userinfo_endpoint"].removeprefix(ISSUER))
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == f'Bearer realm="{ISSUER}"'
+    # RFC 6749 §4.1.2.1: without a (valid) client_id and redirect_uri the server "SHOULD inform
+    # the resource owner of the error and MUST NOT automatically redirect": an error page, 400.
+    response = harness.client.get(doc["authorization_endpoint"].removeprefix(ISSUER))
+    assert response.status_code == 400
+    assert "location" not in response.headers
+    assert response.headers["content-type"].startswith("text/html")
+    # RP-Initiated Logout 1.0 §2: every parameter is optional, so a bare GET is a valid request;
+    # with no post_logout_redirect_uri the OP shows its own page (§3), no redirect.
+    response = harness.client.get(doc["end_session_endpoint"].removeprefix(ISSUER))
+    assert response.status_code == 200
+    assert "location" not in response.headers
+    assert response.headers["content-type"].startswith("text/html")
 
 
 # -- the access token of a sign-in (RFC 9068) ------------------------------------------------------

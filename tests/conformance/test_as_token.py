@@ -24,7 +24,7 @@ from tests.people.test_endpoints import exchange
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[ClockedHarness]:
     yield from make_clocked_harness(
-        tmp_path, refresh_token_idle_ttl=100, refresh_token_absolute_ttl=300, refresh_token_grace_period=5
+        tmp_path, refresh_token_idle_ttl=100, refresh_token_absolute_ttl=300, insecure_refresh_reuse_window=5
     )
 
 

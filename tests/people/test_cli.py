@@ -23,6 +23,10 @@ from bastion.services.login import authenticate
 from bastion.services.users import Passwords
 
 from .support import World
+from .test_endpoints import make_harness
+from .test_sessions_end import browser
+from .test_sessions_end import redeem
+from .test_sessions_end import refresh
 
 KEK = "k" * 48
 
@@ -149,3 +153,42 @@ def test_help_reads_well() -> None:
             for param in command.params:
                 if isinstance(param, click.Option):
                     assert (param.help or "").strip(), (name, param.opts)
+
+
+@pytest.mark.parametrize(
+    ("command", "state"),
+    [("set-password", "sqlite"), ("disable", "sqlite"), ("delete", "sqlite"), ("set-password", "memory")],
+)
+def test_cli_user_changes_end_the_sessions_of_a_running_server(
+    tmp_path: Path, command: str, state: str
+) -> None:
+    """The command runs in its own process (here: its own services) beside a running server on
+    the same data: with the embedded default the fast state is shared too; with ``memory://``
+    only the durable session index is, and it is enough."""
+    state_url = f"sqlite:///{tmp_path / 'state.db'}" if state == "sqlite" else "memory://"
+    config = tmp_path / "bastion.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[storage]\nstate_url = "{state_url}"\n'
+        f'database_url = "sqlite:///{tmp_path / "bastion.db"}"\n'
+    )
+    root = click.Group("bastion", commands={"users": users})
+    # The harness's SQLite fast state is the file the command's configuration names.
+    for harness in make_harness(tmp_path, state=state):
+        laptop, phone = browser(harness), browser(harness)
+        status, tokens = redeem(harness, laptop.sign_in())
+        assert status == 200, tokens
+        phone.sign_in()
+        stdin = "a brand new passphrase\n" if command == "set-password" else None
+        extra = ["--password-stdin"] if command == "set-password" else []
+        result = CliRunner().invoke(
+            root,
+            ["users", command, "alice", *extra],
+            input=stdin,
+            obj={"config": str(config)},
+            env={"BASTION_KEK": KEK},
+        )
+        assert result.exit_code == 0, result.output
+        for device in (laptop, phone):
+            assert device.authorize().startswith("/login?tx=")
+        status, body = refresh(harness, tokens["refresh_token"])
+        assert (status, body["error"]) == (400, "invalid_grant")

@@ -179,7 +179,9 @@ def form_fields(html: str) -> tuple[str, str]:
     return csrf.group(1), tx.group(1)
 
 
-def login(harness: Harness, url: str | None = None, password: str = PASSWORD) -> httpx.Response:
+def login(
+    harness: Harness, url: str | None = None, password: str = PASSWORD, username: str = "alice"
+) -> httpx.Response:
     """GET /authorize, follow to the login page, submit it; returns the login POST's response."""
     client = harness.client
     response = client.get(url or authorize_url())
@@ -190,7 +192,7 @@ def login(harness: Harness, url: str | None = None, password: str = PASSWORD) ->
     assert_page_headers(page)
     csrf, tx = form_fields(page.text)
     return client.post(
-        "/login", data={"csrf_token": csrf, "tx": tx, "username": "alice", "password": password}
+        "/login", data={"csrf_token": csrf, "tx": tx, "username": username, "password": password}
     )
 
 
@@ -202,8 +204,8 @@ def consent(harness: Harness, location: str, decision: str = "allow") -> httpx.R
     return harness.client.post("/consent", data={"csrf_token": csrf, "tx": tx, "decision": decision})
 
 
-def code_for(harness: Harness, url: str | None = None) -> str:
-    response = login(harness, url)
+def code_for(harness: Harness, url: str | None = None, username: str = "alice") -> str:
+    response = login(harness, url, username=username)
     assert response.status_code == 303
     response = harness.client.get(response.headers["location"])
     if response.headers["location"].startswith("/consent"):

@@ -383,8 +383,9 @@ async def test_refresh_rotates_and_narrows(sqlite_world: World) -> None:
     assert await introspect_refresh_token(services, "unknown", client, now) is None
 
 
-async def test_grace_window_returns_the_same_pair_then_reuse_revokes(sqlite_world: World) -> None:
+async def test_opt_in_reuse_window_returns_the_same_pair_then_reuse_revokes(sqlite_world: World) -> None:
     services = sqlite_world.services
+    services.settings = services.settings.model_copy(update={"insecure_refresh_reuse_window": 10})
     first = await _tokens(sqlite_world)
     client = await services.clients.get("web")
     assert client is not None
@@ -453,7 +454,7 @@ async def test_disabling_a_user_ends_their_grants(sqlite_world: World) -> None:
 async def test_twenty_concurrent_refreshes_yield_one_successor(world: World, grace: int) -> None:
     """Keycloak's CVE-2026-1035: N parallel refreshes with one token must rotate it once."""
     services = world.services
-    services.settings = services.settings.model_copy(update={"refresh_token_grace_period": grace})
+    services.settings = services.settings.model_copy(update={"insecure_refresh_reuse_window": grace})
     first = await _tokens(world)
     client = await services.clients.get("web")
     assert client is not None

@@ -172,3 +172,24 @@ async def test_revoke_subject_and_purge(people: PeopleStores) -> None:
     assert await store.find("h2") is not None
     assert await store.revoke_subject("u1", 1_200.0) == ["f1"]
     assert await store.revoke_subject("u1", 1_201.0) == []
+
+
+async def test_login_session_index_ends_one_or_all_of_a_user(people: PeopleStores) -> None:
+    index = people.sessions
+    await index.add_session("s1", "u1", 100.0, 200.0)
+    await index.add_session("s2", "u1", 110.0, 210.0)
+    await index.add_session("s3", "u2", 120.0, 220.0)
+    assert await index.session_alive("s1", 150.0)
+    assert not await index.session_alive("s1", 200.0), "expired at expires_at"
+    assert not await index.session_alive("nope", 150.0)
+    assert await index.end_session("s1")
+    assert not await index.end_session("s1")
+    assert not await index.session_alive("s1", 150.0)
+    await index.add_session("s4", "u1", 130.0, 230.0)
+    assert sorted(await index.end_user_sessions("u1")) == ["s2", "s4"]
+    assert await index.end_user_sessions("u1") == []
+    assert not await index.session_alive("s2", 150.0)
+    assert await index.session_alive("s3", 150.0), "another user's session is untouched"
+    await index.add_session("s5", "u2", 130.0, 160.0)
+    assert await index.purge_expired(200.0) == 1
+    assert await index.session_alive("s3", 200.0)

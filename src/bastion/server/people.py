@@ -56,6 +56,7 @@ from bastion.services.refresh import introspect_refresh_token
 from bastion.services.refresh import purge as purge_refresh_tokens
 from bastion.services.refresh import refresh
 from bastion.services.refresh import revoke_refresh_token
+from bastion.services.sessions import purge as purge_login_sessions
 from bastion.services.users import Passwords
 from bastion.services.users import people
 
@@ -95,11 +96,12 @@ def install_people(services: Services) -> None:
     )
     services.metadata_extra.update(extra)
 
-    async def purge_refresh(now: float) -> int:
-        return await purge_refresh_tokens(services, now)
+    async def purge_people(now: float) -> int:
+        """Dead refresh tokens and families, and expired entries of the login-session index."""
+        return await purge_refresh_tokens(services, now) + await purge_login_sessions(services, now)
 
     if not any(getattr(p, "__qualname__", "").startswith("install_people") for p in services.purgers):
-        services.purgers.append(purge_refresh)
+        services.purgers.append(purge_people)
 
 
 def _origin(uri: str) -> str:

@@ -30,6 +30,7 @@ from bastion.protocol.rfc6749.grants.refresh_token import RefreshFamily
 from bastion.protocol.rfc6749.grants.refresh_token import RefreshToken
 from bastion.protocol.rfc6749.grants.refresh_token import issues_refresh_token
 from bastion.protocol.rfc6749.grants.refresh_token import token_expiry
+from bastion.services import sessions
 from bastion.services.container import Services
 from bastion.services.tokens import IssuedToken
 from bastion.services.users import people
@@ -37,8 +38,6 @@ from bastion.services.users import people
 CODE_PREFIX = "code:"
 USED_PREFIX = "code-used:"
 REPLAYED_PREFIX = "code-replayed:"
-#: Fast-state key of a live login session id (``sid``), set at sign-in, deleted at logout.
-SID_PREFIX = "sid:"
 
 
 def new_family_id() -> str:
@@ -201,7 +200,7 @@ async def exchange_code(
     )
     validate_redemption(record, client, request, now)
     # The code is bound to the login session: signing out before redemption voids it.
-    if await state.get(SID_PREFIX + record.sid) is None:
+    if not await sessions.alive(services, record.sid):
         raise InvalidGrant("the login session of this code has ended")
     user = await _user_for(services, record.subject)
     access = await issue_access_token(

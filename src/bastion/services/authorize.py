@@ -7,7 +7,8 @@ State, all in the fast-state store (so every process sees it):
   the CSRF token, and once signed in the user, ``auth_time`` and ``sid``. A session exists
   before sign-in (to carry the CSRF token of the login form) and is replaced by a new one at
   sign-in (no session fixation).
-* ``sid:<sid>`` - the login session ids alive, which codes are bound to.
+* ``sid:<sid>`` - the login session ids alive, which codes are bound to; the durable per-user
+  index behind them is :mod:`bastion.services.sessions`.
 * ``authz:<id>`` - an authorization request waiting for the user (login or consent), bound to
   the session that started it.
 
@@ -42,7 +43,7 @@ from bastion.protocol.rfc6749.authorize import error_response_uri
 from bastion.protocol.rfc6749.authorize import required_interaction
 from bastion.protocol.rfc6749.authorize import validate_authorization_request
 from bastion.services import consent
-from bastion.services.authorization_code import SID_PREFIX
+from bastion.services import sessions
 from bastion.services.authorization_code import issue_code
 from bastion.services.container import Services
 from bastion.services.users import people
@@ -136,7 +137,8 @@ def csrf_matches(session: LoginSession | None, token: str | None) -> bool:
 
 
 async def load_session(services: Services, cookie: str | None) -> LoginSession | None:
-    """The session a cookie names, or ``None`` (unknown, expired, or a signed-out ``sid``)."""
+    """The session a cookie names, or ``None`` (unknown, expired, or a ``sid`` that was signed
+    out or ended with every session of its user)."""
     if not cookie or len(cookie) > 256:
         return None
     key_hash = services.sealer.hash_secret(cookie)
@@ -145,8 +147,8 @@ async def load_session(services: Services, cookie: str | None) -> LoginSession |
         return None
     data: dict[str, Any] = orjson.loads(raw)
     session = LoginSession(key_hash=key_hash, **data)
-    if session.sid is not None and await services.stores.state.get(SID_PREFIX + session.sid) is None:
-        return None  # signed out elsewhere (RP-initiated logout)
+    if session.sid is not None and not await sessions.alive(services, session.sid):
+        return None  # signed out, or the user's sessions were ended (password reset, disable)
     return session
 
 
@@ -169,7 +171,7 @@ async def sign_in(
     if old is not None:
         await state.delete(SESSION_PREFIX + old.key_hash)
         if old.sid is not None:
-            await state.delete(SID_PREFIX + old.sid)
+            await sessions.end(services, old.sid)
     cookie = secrets.token_urlsafe(32)
     session = LoginSession(
         key_hash=services.sealer.hash_secret(cookie),
@@ -178,8 +180,8 @@ async def sign_in(
         auth_time=now,
         sid=secrets.token_urlsafe(16),
     )
+    await sessions.start(services, str(session.sid), user.user_id, now, ttl)
     await state.set(SESSION_PREFIX + session.key_hash, session.to_json(), ttl)
-    await state.set(SID_PREFIX + str(session.sid), user.user_id.encode(), ttl)
     return cookie, session
 
 
@@ -190,7 +192,7 @@ async def sign_out(services: Services, session: LoginSession | None, sid: str | 
         await state.delete(SESSION_PREFIX + session.key_hash)
         sid = sid or session.sid
     if sid is not None:
-        await state.delete(SID_PREFIX + sid)
+        await sessions.end(services, sid)
 
 
 # -- pending requests ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Refresh tokens: rotation with a grace window and reuse detection (RFC 9700 §4.14.2).
+"""Refresh tokens: rotation with reuse detection (RFC 9700 §4.14.2, OAuth 2.1 §4.3.1).
 
 Presenting a refresh token (see :mod:`bastion.protocol.rfc6749.grants.refresh_token`):
 
@@ -6,13 +6,17 @@ Presenting a refresh token (see :mod:`bastion.protocol.rfc6749.grants.refresh_to
   then one write transaction rotates the presented token - the conditional ``UPDATE`` decides -
   inserts the successor and keeps the whole response sealed (AES-GCM, bound to the presented
   token's hash) on the presented token's row;
-* *rotated, within the grace window*: the sealed response is opened and returned again, so two
-  tabs or a network retry get the *same* pair (ory/hydra#1831, keycloak#14122, zitadel#9631);
-* *rotated, after the window*: theft - the family and its access tokens are revoked and
-  ``refresh_token.reuse_detected`` is audited.
+* *rotated*: theft - RFC 9700 §4.14.2: "If a refresh token is compromised and subsequently used
+  by both the attacker and the legitimate client, one of them will present an invalidated
+  refresh token, which will inform the authorization server of the breach." The family and its
+  access tokens are revoked and ``refresh_token.reuse_detected`` is audited, however soon after
+  the rotation (Hydra and Keycloak have no reuse window by default either);
+* *rotated, within* ``insecure_refresh_reuse_window`` (opt-in, default 0): the sealed response
+  is opened and returned again, so two tabs or a network retry get the *same* pair
+  (ory/hydra#1831, keycloak#14122, zitadel#9631) - and so would a thief within the window.
 
-Of N concurrent presentations exactly one rotation commits; the others fall back to the second
-or third case depending on the window (CVE-2026-1035 was this race read-then-written).
+Of N concurrent presentations exactly one rotation commits; the others fall into the second
+case, or the third if the window is set (CVE-2026-1035 was this race read-then-written).
 """
 
 from __future__ import annotations
@@ -60,9 +64,10 @@ def _replay(services: Services, found: StoredRefresh) -> dict[str, Any]:
 
 
 async def _answer_rotated(services: Services, found: StoredRefresh, now: float) -> dict[str, Any]:
-    """A rotated token was presented: same pair within the window, else revoke the family."""
+    """A rotated token was presented: revoke the family (or, within the opt-in
+    ``insecure_refresh_reuse_window``, answer with the same pair)."""
     family = found.family
-    kind = classify_presented(found.token, family, now, services.settings.refresh_token_grace_period)
+    kind = classify_presented(found.token, family, now, services.settings.insecure_refresh_reuse_window)
     if kind is Presented.GRACE:
         services.audit.emit(
             "refresh_token.grace_replay", client_id=family.client_id, family_id=family.family_id
@@ -99,7 +104,7 @@ async def refresh(
     may_refresh(client, family)
     settings = services.settings
     if (
-        classify_presented(found.token, family, now, settings.refresh_token_grace_period)
+        classify_presented(found.token, family, now, settings.insecure_refresh_reuse_window)
         is not Presented.CURRENT
     ):
         return await _answer_rotated(services, found, now)

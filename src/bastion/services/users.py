@@ -21,6 +21,7 @@ from argon2.exceptions import VerificationError
 from bastion.protocol.models import Role
 from bastion.protocol.models import User
 from bastion.protocol.rfc6749.scope import parse_scope
+from bastion.services import sessions
 from bastion.services.container import Services
 from bastion.storage.protocols import Conflict
 from bastion.storage.sql.people import PeopleStores
@@ -163,13 +164,25 @@ async def revoke_user_grants(services: Services, user: User) -> int:
     return len(families)
 
 
+async def end_user_access(services: Services, user: User) -> None:
+    """End every login session of ``user`` (each browser is asked to sign in again, and codes
+    not yet redeemed die with their session), then revoke their grants.
+
+    Sessions first: once they are ended no new code - and so no new refresh-token family - can
+    come from them, and the revocation that follows catches every family issued before.
+    """
+    await sessions.end_for_user(services, user.user_id)
+    await revoke_user_grants(services, user)
+
+
 async def set_disabled(services: Services, username: str, disabled: bool = True) -> User:
-    """Disable (or re-enable) a user; disabling revokes the user's grants."""
+    """Disable (or re-enable) a user; disabling ends the user's sessions and revokes their
+    grants (re-enabling brings neither back)."""
     user = await _require_user(services, username)
     changed = dataclasses.replace(user, disabled=disabled, updated_at=services.clock())
     await people(services).users.update_user(changed)
     if disabled:
-        await revoke_user_grants(services, changed)
+        await end_user_access(services, changed)
     services.audit.emit("user.disabled" if disabled else "user.enabled", user_id=user.user_id)
     return changed
 
@@ -177,13 +190,14 @@ async def set_disabled(services: Services, username: str, disabled: bool = True)
 async def set_password(
     services: Services, username: str, password: str, *, passwords: Passwords | None = None
 ) -> User:
-    """Replace a user's password; their grants are revoked (a password reset ends other sessions)."""
+    """Replace a user's password; every login session of the user ends and their grants are
+    revoked (OWASP Session Management Cheat Sheet: a password change invalidates sessions)."""
     user = await _require_user(services, username)
     check_password(password)
     hashed = await (passwords or Passwords()).hash(password)
     changed = dataclasses.replace(user, password_hash=hashed, updated_at=services.clock())
     await people(services).users.update_user(changed)
-    await revoke_user_grants(services, changed)
+    await end_user_access(services, changed)
     services.audit.emit("user.password_changed", user_id=user.user_id)
     return changed
 
@@ -200,11 +214,11 @@ async def set_roles(services: Services, username: str, roles: Iterable[str]) -> 
 
 
 async def delete_user(services: Services, username: str) -> bool:
-    """Delete a user (revoking their grants); ``False`` if there was none."""
+    """Delete a user (ending their sessions, revoking their grants); ``False`` if there was none."""
     user = await people(services).users.get_user_by_username(username)
     if user is None:
         return False
-    await revoke_user_grants(services, user)
+    await end_user_access(services, user)
     deleted = await people(services).users.delete_user(user.user_id)
     services.audit.emit("user.deleted", user_id=user.user_id)
     return deleted

@@ -1,4 +1,5 @@
-"""Storage contracts for people: users, roles, consents and refresh-token families.
+"""Storage contracts for people: users, roles, consents, refresh-token families and the index
+of login sessions.
 
 Same rules as :mod:`bastion.storage.protocols`: one small protocol per aggregate, a method
 returns only after its write is committed, one conformance suite for every backend
@@ -118,3 +119,26 @@ class RefreshStore(Protocol):
     async def purge_expired(self, now: float, *, keep_responses: float) -> int:
         """Delete dead tokens and families, and drop sealed responses older than
         ``keep_responses`` seconds; returns how many rows changed."""
+
+
+class LoginSessionIndex(Protocol):
+    """The login sessions alive, indexed by user, so all of a user's sessions can be ended.
+
+    The browser-facing session record lives in fast state; this index is the durable truth of
+    which session ids (``sid``) may still be used.
+    """
+
+    async def add_session(self, sid: str, user_id: str, now: float, expires_at: float) -> None:
+        """Record a session that signed in at ``now``."""
+
+    async def session_alive(self, sid: str, now: float) -> bool:
+        """Whether the session is recorded and not past ``expires_at``."""
+
+    async def end_session(self, sid: str) -> bool:
+        """Forget one session; ``False`` if it was unknown."""
+
+    async def end_user_sessions(self, user_id: str) -> Sequence[str]:
+        """Forget every session of a user, in one transaction; returns their ids."""
+
+    async def purge_expired(self, now: float) -> int:
+        """Delete sessions past their expiry; returns how many went."""

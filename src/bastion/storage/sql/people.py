@@ -33,6 +33,7 @@ from bastion.storage.protocols import Conflict
 from bastion.storage.protocols import NotFound
 from bastion.storage.sql.engine import Database
 from bastion.storage.sql.schema_people import consents
+from bastion.storage.sql.schema_people import login_sessions
 from bastion.storage.sql.schema_people import refresh_families
 from bastion.storage.sql.schema_people import refresh_tokens
 from bastion.storage.sql.schema_people import roles
@@ -391,6 +392,54 @@ class SQLRefreshStore:
         return int(changed)
 
 
+class SQLLoginSessionIndex:
+    """:class:`~bastion.storage.people_protocols.LoginSessionIndex` on SQLite or PostgreSQL."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add_session(self, sid: str, user_id: str, now: float, expires_at: float) -> None:
+        async with self._db.write() as conn:
+            await conn.execute(
+                insert(login_sessions).values(sid=sid, user_id=user_id, created_at=now, expires_at=expires_at)
+            )
+
+    async def session_alive(self, sid: str, now: float) -> bool:
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(
+                    select(login_sessions.c.sid).where(
+                        login_sessions.c.sid == sid, login_sessions.c.expires_at > now
+                    )
+                )
+            ).first()
+        return row is not None
+
+    async def end_session(self, sid: str) -> bool:
+        async with self._db.write() as conn:
+            result = await conn.execute(delete(login_sessions).where(login_sessions.c.sid == sid))
+        return bool(result.rowcount)
+
+    async def end_user_sessions(self, user_id: str) -> Sequence[str]:
+        async with self._db.write() as conn:
+            # FOR UPDATE: on PostgreSQL a concurrent sign-in's row is either seen here or
+            # inserted after, never half-read; SQLite's BEGIN IMMEDIATE serialises writers.
+            sids = [
+                row.sid
+                for row in await conn.execute(
+                    select(login_sessions.c.sid).where(login_sessions.c.user_id == user_id).with_for_update()
+                )
+            ]
+            if sids:
+                await conn.execute(delete(login_sessions).where(login_sessions.c.sid.in_(sids)))
+        return sids
+
+    async def purge_expired(self, now: float) -> int:
+        async with self._db.write() as conn:
+            result = await conn.execute(delete(login_sessions).where(login_sessions.c.expires_at <= now))
+        return int(result.rowcount)
+
+
 @dataclass(frozen=True)
 class PeopleStores:
     """The people stores over one database."""
@@ -399,8 +448,15 @@ class PeopleStores:
     roles: SQLRoleStore
     consents: SQLConsentStore
     refresh: SQLRefreshStore
+    sessions: SQLLoginSessionIndex
 
     @classmethod
     def open(cls, db: Database) -> PeopleStores:
         """Stores over ``db`` (no I/O; cheap, so callers may build one per request)."""
-        return cls(SQLUserStore(db), SQLRoleStore(db), SQLConsentStore(db), SQLRefreshStore(db))
+        return cls(
+            SQLUserStore(db),
+            SQLRoleStore(db),
+            SQLConsentStore(db),
+            SQLRefreshStore(db),
+            SQLLoginSessionIndex(db),
+        )

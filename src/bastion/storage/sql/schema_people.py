@@ -1,7 +1,8 @@
-"""Tables for people (users, roles, consents, refresh-token families), on the shared ``metadata``.
+"""Tables for people (users, roles, consents, refresh-token families, the login-session index),
+on the shared ``metadata``.
 
 Importing this module adds the tables to :data:`bastion.storage.sql.schema.metadata`; migration
-``0002`` creates them. Passwords are argon2id PHC strings; refresh tokens are stored by keyed
+``0002`` creates them (``0003`` the login-session index). Passwords are argon2id PHC strings; refresh tokens are stored by keyed
 hash, and the sealed successor response kept for the grace window is AES-GCM encrypted.
 """
 
@@ -90,4 +91,18 @@ refresh_tokens = Table(
     Column("successor_response", LargeBinary, nullable=True),
     Index("ix_refresh_tokens_family_id", "family_id"),
     Index("ix_refresh_tokens_expires_at", "expires_at"),
+)
+
+#: The login sessions alive, by user: the durable truth of which ``sid`` may still be used (the
+#: fast-state ``sid:<sid>`` key is its cache), so a password reset, a disable or a delete can end
+#: every session of a user, whichever process or fast-state store holds them.
+login_sessions = Table(
+    "login_sessions",
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    Column("user_id", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("ix_login_sessions_user_id", "user_id"),
+    Index("ix_login_sessions_expires_at", "expires_at"),
 )
