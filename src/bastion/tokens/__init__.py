@@ -33,12 +33,16 @@ from bastion.tokens._keys import KeySource
 from bastion.tokens._keys import StaticKeys
 from bastion.tokens._keys import VerificationKey
 from bastion.tokens._principal import Principal
+from bastion.tokens._revocation import ClientRevocationSource
 from bastion.tokens._revocation import RevocationSource
 from bastion.tokens._rules import RFC9068_REQUIRED_CLAIMS
+from bastion.tokens._validator import MAX_LEEWAY
 from bastion.tokens._validator import TokenValidator
 
 __all__ = [
+    "MAX_LEEWAY",
     "RFC9068_REQUIRED_CLAIMS",
+    "ClientRevocationSource",
     "DisallowedAlgorithm",
     "InsufficientScope",
     "Introspector",

@@ -1,10 +1,13 @@
-"""Revoked token ids: a pluggable shared source, and the validator's own local list."""
+"""Revoked token ids: a pluggable shared source, and the validator's own local lists."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from typing import Protocol
 from typing import runtime_checkable
+
+from bastion.tokens._principal import Principal
+from bastion.tokens._principal import issued_before
 
 
 @runtime_checkable
@@ -20,6 +23,53 @@ class RevocationSource(Protocol):
     async def is_revoked(self, jti: str) -> bool:
         """Whether the token with this id was revoked."""
         ...
+
+
+@runtime_checkable
+class ClientRevocationSource(Protocol):
+    """A :class:`RevocationSource` that also knows disabled clients (optional).
+
+    .. versionadded:: 0.2
+    """
+
+    async def is_revoked(self, jti: str) -> bool:
+        """Whether the token with this id was revoked."""
+        ...
+
+    async def client_disabled_before(self, client_id: str) -> float | None:
+        """Tokens of ``client_id`` issued before this time are refused; ``None``: none are."""
+        ...
+
+
+class ClientCutoffs:
+    """Disabled clients: ``client_id`` → (tokens issued before this are refused, until when)."""
+
+    __slots__ = ("_cutoffs",)
+
+    def __init__(self) -> None:
+        self._cutoffs: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._cutoffs)
+
+    def add(self, client_id: str, before: float, until: float) -> None:
+        """Refuse the client's tokens issued before ``before``, until ``until``."""
+        old = self._cutoffs.get(client_id)
+        if old is not None:
+            before, until = max(before, old[0]), max(until, old[1])
+        self._cutoffs[client_id] = (before, until)
+
+    def refuses(self, principal: Principal, now: float) -> bool:
+        """Whether ``principal``'s token belongs to a client disabled after it was issued."""
+        if not self._cutoffs or principal.client_id is None:
+            return False
+        cutoff = self._cutoffs.get(principal.client_id)
+        if cutoff is None:
+            return False
+        if cutoff[1] <= now:
+            del self._cutoffs[principal.client_id]
+            return False
+        return issued_before(principal, cutoff[0])
 
 
 class RevocationList:
