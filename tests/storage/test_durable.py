@@ -112,7 +112,10 @@ async def test_opaque_tokens_and_revocation(stores: Stores) -> None:
     await stores.tokens.record_revoked_jti("jwt-1", expires_at=50.0, now=21.0)
     assert await stores.tokens.is_jti_revoked("jwt-1")
     assert not await stores.tokens.is_jti_revoked("jwt-2")
-    assert await stores.tokens.purge_expired(now=60.0) == 1
+    await stores.tokens.record_revoked_jti("jwt-3", expires_at=40.0, now=20.0)
+    assert sorted(await stores.tokens.revoked_jtis(now=30.0)) == [("jwt-1", 50.0), ("jwt-3", 40.0)]
+    assert await stores.tokens.revoked_jtis(now=45.0) == [("jwt-1", 50.0)], "expired ones are not listed"
+    assert await stores.tokens.purge_expired(now=60.0) == 2
     assert not await stores.tokens.is_jti_revoked("jwt-1")
     assert await stores.tokens.purge_expired(now=200.0) == 1
 

@@ -582,6 +582,71 @@ async def test_revocation_source_is_consulted_on_misses(issuer: Issuer, clock: C
     assert info.value.reason == "revocation_unavailable"
 
 
+async def test_untrusted_cache_rechecks_hits_and_fails_closed(issuer: Issuer, clock: Clock) -> None:
+    source = SetRevocations()
+    validator = TokenValidator(
+        issuer.url, audience=AUDIENCE, key_source=StaticKeys(issuer.jwks()), revocation=source, clock=clock
+    )
+    token = issuer.mint(jti="a")
+    await validator.validate(token)
+    validator.cache_trusted = False  # the feed is down
+    assert validator.cached(token) is None
+    await validator.validate(token)
+    assert source.calls == 2, "the hit was re-checked against the source"
+    source.revoked.add("a")
+    with pytest.raises(TokenRevoked):
+        await validator.validate(token)
+    source.revoked.clear()
+    source.fail = True
+    with pytest.raises(IssuerUnavailable) as info:
+        await validator.validate(token)
+    assert info.value.status_code == 503
+    validator.cache_trusted = True
+    assert validator.cached(token) is not None
+
+
+async def test_revoke_client_refuses_tokens_issued_before(
+    issuer: Issuer, validator: TokenValidator, clock: Clock
+) -> None:
+    old, other = issuer.mint(jti="old", client_id="shop"), issuer.mint(jti="other", client_id="bank")
+    await validator.validate(old)
+    await validator.validate(other)
+    validator.revoke_client("shop", issued_before=clock() + 1, until=clock() + 1000)
+    assert validator.cached(old) is None
+    assert validator.cached(other) is not None
+    with pytest.raises(TokenRevoked):
+        await validator.validate(old)
+    clock.advance(5)
+    await validator.validate(issuer.mint(jti="new", client_id="shop"))  # issued after the disable
+
+
+async def test_forget_key_refuses_it_even_while_a_stale_jwks_lists_it(
+    issuer: Issuer, validator: TokenValidator, clock: Clock
+) -> None:
+    token = issuer.mint(jti="t1")
+    await validator.validate(token)
+    assert validator.forget_key("k1") == 1
+    assert validator.cached(token) is None
+    with pytest.raises(UnknownKey) as info:
+        await validator.validate(token)  # the JWKS (stale) still lists k1
+    assert info.value.reason == "key_revoked"
+    with pytest.raises(UnknownKey):
+        await validator.validate(issuer.mint(jti="t2"))
+    # A fetched JWKS that no longer lists it ends the ban (nothing left to refuse); the old
+    # tokens stay refused, as unknown.
+    issuer.keys.pop("k1")
+    issuer.add_key("k2")
+    clock.advance(60)
+    await validator.refresh_keys()
+    assert validator.forget_key("k2") == 0
+    with pytest.raises(UnknownKey) as info:
+        await validator.validate(issuer.mint(kid="k2", jti="t3"))
+    assert info.value.reason == "key_revoked"
+    with pytest.raises(UnknownKey) as info:
+        await validator.validate(token)
+    assert info.value.reason == "unknown_kid"
+
+
 async def test_audience_is_required(issuer: Issuer) -> None:
     validator = TokenValidator(issuer.url, key_source=StaticKeys(issuer.jwks()))
     with pytest.raises(ValueError):

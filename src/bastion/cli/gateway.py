@@ -1,4 +1,4 @@
-"""Compose the gateway: settings → secrets → verifiers fed by the revocation feed → server."""
+"""Compose the gateway: settings → secrets → verifiers fed by the revocation and key feeds → server."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ import os
 import socket
 import ssl
 import sys
+import time
+from collections.abc import Callable
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client import CollectorRegistry
 
 from bastion.gateway.app import Gateway
 from bastion.gateway.app import IssuerVerifier
@@ -25,21 +29,177 @@ from bastion.gateway.observe import AccessLog
 from bastion.gateway.server import GatewayServer
 from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.tls import make_server_ssl_context
+from bastion.ops.feeds import FeedMetrics
+from bastion.ops.feeds import Follower
+from bastion.services.keys import KEYS_CHANNEL
 from bastion.services.tokens import REVOCATION_CHANNEL
 from bastion.services.tokens import revoked_key
+from bastion.services.tokens import warm_revocations
 from bastion.settings import Settings
 from bastion.storage.open import Stores
 from bastion.storage.protocols import FastState
 
 
 class StateRevocations:
-    """Revoked token ids from the shared fast-state store (what the authorization server writes)."""
+    """Revoked token ids and disabled clients, as the gateway's validators check them on a miss.
 
-    def __init__(self, state: FastState) -> None:
+    While the revocation feed is healthy, the fast-state store answers (what the authorization
+    server writes there, re-warmed by every catch-up). While it is down, the store may have been
+    reset (a Redis restart without persistence, a wiped state file), so the durable record, the
+    truth, is asked as well; a store that cannot answer makes the validation fail closed (503).
+    """
+
+    def __init__(self, state: FastState, stores: Stores | None = None) -> None:
         self._state = state
+        self._stores = stores
+        #: Set by the composition root: whether the revocation feed is live and caught up.
+        self.feed_healthy: Callable[[], bool] = lambda: True
 
     async def is_revoked(self, jti: str) -> bool:
-        return await self._state.get(revoked_key(jti)) is not None
+        if await self._state.get(revoked_key(jti)) is not None:
+            return True
+        if self._stores is not None and not self.feed_healthy():
+            return await self._stores.tokens.is_jti_revoked(jti)
+        return False
+
+    async def client_disabled_before(self, client_id: str) -> float | None:
+        if self._stores is None or self.feed_healthy():
+            return None  # the feed's announcements reach the validators' own lists
+        client = await self._stores.clients.get_client(client_id)
+        return client.updated_at if client is not None and client.disabled else None
+
+
+class GatewayFeeds:
+    """The gateway's followers of the revocation and signing-key feeds, feeding every verifier.
+
+    Policy while either feed is down (dropped, reconnecting, catching up, or not yet started):
+    validators do not trust their verified-token caches: each hit is re-checked against
+    :class:`StateRevocations` (the fast store, then the durable record), and a token that cannot
+    be checked is refused with 503. Once both feeds are subscribed and caught up, hits are
+    trusted again.
+    """
+
+    def __init__(self, stores: Stores, revocations: StateRevocations, registry: CollectorRegistry) -> None:
+        self._stores = stores
+        self.verifiers: list[IssuerVerifier] = []
+        metrics = FeedMetrics(registry)
+        self.revocations = Follower(
+            "revocations",
+            stores.state,
+            REVOCATION_CHANNEL,
+            self._on_revocation,
+            catch_up=self._catch_up_revocations,
+            on_health=self._health,
+            metrics=metrics,
+        )
+        self.keys = Follower(
+            "keys",
+            stores.state,
+            KEYS_CHANNEL,
+            self._on_key,
+            catch_up=self._catch_up_keys,
+            on_health=self._health,
+            metrics=metrics,
+        )
+        revocations.feed_healthy = lambda: self.revocations.healthy
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    @property
+    def healthy(self) -> bool:
+        """Both feeds are subscribed and caught up."""
+        return self.revocations.healthy and self.keys.healthy
+
+    def add(self, verifier: IssuerVerifier) -> None:
+        """Feed ``verifier`` from now on (built at start and on every reload)."""
+        verifier.validator.cache_trusted = self.healthy
+        self.verifiers.append(verifier)
+
+    def _health(self, _: bool) -> None:
+        healthy = self.healthy
+        for verifier in self.verifiers:
+            verifier.validator.cache_trusted = healthy
+
+    def start(self) -> None:
+        self.revocations.start()
+        self.keys.start()
+
+    async def stop(self) -> None:
+        await self.revocations.stop()
+        await self.keys.stop()
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- revocations --------------------------------------------------------------------------
+
+    def _on_revocation(self, message: bytes) -> None:
+        event = orjson.loads(message)
+        if "jti" in event:
+            jti, exp = str(event["jti"]), float(event["exp"])
+            for verifier in self.verifiers:
+                verifier.validator.revoke(jti, exp)
+        elif "client_id" in event:
+            client_id, before, until = str(event["client_id"]), float(event["before"]), float(event["exp"])
+            for verifier in self.verifiers:
+                verifier.validator.revoke_client(client_id, before, until)
+
+    async def _catch_up_revocations(self) -> None:
+        """Read the durable record into every validator and re-warm the fast store from it."""
+        now = time.time()
+        jtis = await self._stores.tokens.revoked_jtis(now)
+        clients = [c for c in await self._stores.clients.list_clients() if c.disabled]
+        for verifier in self.verifiers:
+            for jti, until in jtis:
+                verifier.validator.revoke(jti, until)
+            for client in clients:
+                verifier.validator.revoke_client(client.client_id, client.updated_at)
+        await warm_revocations(self._stores.state, jtis, now)
+
+    # -- signing keys -------------------------------------------------------------------------
+
+    def _on_key(self, message: bytes) -> None:
+        event, kid = key_event(message)
+        for verifier in self.verifiers:
+            if event == "revoked":
+                verifier.validator.forget_key(kid)
+            else:
+                self._spawn(verifier.validator.refresh_keys())
+
+    async def _catch_up_keys(self) -> None:
+        """Refetch every issuer's JWKS (rate-limited by each validator's cooldown)."""
+        for verifier in list(self.verifiers):
+            await verifier.validator.refresh_keys()
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task: asyncio.Task[object] = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(_settled(self._tasks))
+
+
+def _settled(tasks: set[asyncio.Task[object]]) -> Callable[[asyncio.Task[object]], None]:
+    def done(task: asyncio.Task[object]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # an early refresh that failed: the next miss or catch-up refetches
+
+    return done
+
+
+def key_event(message: bytes) -> tuple[str, str]:
+    """``(event, kid)`` of a message on the keys channel: ``{"event": "created" | "revoked",
+    "kid": ...}``, or the bare ``kid`` (older publishers), meaning "created".
+
+    Raises:
+        ValueError: a JSON message of another shape.
+    """
+    if message.startswith(b"{"):
+        body = orjson.loads(message)
+        event, kid = body.get("event"), body.get("kid")
+        if event not in ("created", "revoked") or not isinstance(kid, str):
+            raise ValueError(f"not a key event: {message[:100]!r}")
+        return str(event), kid
+    return "created", message.decode()
 
 
 def introspection_secrets(settings: GatewaySettings) -> dict[str, str]:
@@ -81,14 +241,6 @@ def access_log_for(settings: GatewaySettings, data_dir: Path) -> AccessLog:
     return AccessLog(
         stream, flush_lines=settings.access_log_flush_lines, flush_interval=settings.access_log_flush_interval
     )
-
-
-async def _follow_revocations(state: FastState, verifiers: list[IssuerVerifier]) -> None:
-    async for message in state.subscribe(REVOCATION_CHANNEL):
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            event = orjson.loads(message)
-            for verifier in verifiers:
-                verifier.validator.revoke(str(event["jti"]), float(event["exp"]))
 
 
 def for_worker(settings: GatewaySettings, worker: int) -> GatewaySettings:
@@ -136,20 +288,18 @@ _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 
 class RunningGateway:
-    """The gateway and its revocation follower, closed together."""
+    """The gateway and its feed followers, closed together."""
 
-    def __init__(self, gateway: Gateway, follower: asyncio.Task[None], worker: int) -> None:
+    def __init__(self, gateway: Gateway, feeds: GatewayFeeds, worker: int) -> None:
         self.gateway = gateway
-        self._follower = follower
+        self.feeds = feeds
         self._worker = worker
 
     async def reload(self, settings: GatewaySettings) -> None:
         await self.gateway.reload(for_worker(settings, self._worker))
 
     async def close(self) -> None:
-        self._follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._follower
+        await self.feeds.stop()
         await self.gateway.close()
 
 
@@ -171,31 +321,35 @@ async def start_gateway(
     if settings.gateway is None:
         raise ValueError("no [gateway] section")
     config = for_worker(settings.gateway, worker)
-    verifiers: list[IssuerVerifier] = []
     ssl_context = None
     if config.tls_cert and config.tls_key:
         ssl_context = make_server_ssl_context(config.tls_cert, config.tls_key)
+    registry = CollectorRegistry(auto_describe=True)
+    revocations = StateRevocations(stores.state, stores)
+    feeds = GatewayFeeds(stores, revocations, registry)
     gateway = create_gateway(
         config,
         verifiers=token_verifier_factory(
             introspection_secrets=introspection_secrets(config),
-            revocation=StateRevocations(stores.state),
-            on_created=verifiers.append,
+            revocation=revocations,
+            on_created=feeds.add,
         ),
         ssl_context=ssl_context,
         access_log=access_log_for(config, settings.data_dir),
         server_factory=None if listener is None else listener_server_factory(config, listener),
+        registry=registry,
     )
-    follower = asyncio.get_running_loop().create_task(_follow_revocations(stores.state, verifiers))
+    feeds.start()
     try:
         await gateway.start()
-    except OSError as exc:
-        follower.cancel()
-        await gateway.close()
-        # The admin listener starts first, so a bind failure with no admin port is its own.
-        if exc.errno in _LISTEN_ERRNOS and config.admin_listen is not None and gateway.admin_port is None:
-            from bastion.cli.listen import listen_error
+    except BaseException as exc:
+        await feeds.stop()
+        if isinstance(exc, OSError):
+            await gateway.close()
+            # The admin listener starts first, so a bind failure with no admin port is its own.
+            if exc.errno in _LISTEN_ERRNOS and config.admin_listen is not None and gateway.admin_port is None:
+                from bastion.cli.listen import listen_error
 
-            raise listen_error(config.admin_listen, "gateway.admin_listen", exc) from None
+                raise listen_error(config.admin_listen, "gateway.admin_listen", exc) from None
         raise
-    return RunningGateway(gateway, follower, worker)
+    return RunningGateway(gateway, feeds, worker)

@@ -46,6 +46,7 @@ from pydantic import model_validator
 
 from bastion.gateway.paths import PathError
 from bastion.gateway.paths import parse_target
+from bastion.tokens import MAX_LEEWAY
 
 __all__ = [
     "BreakerSettings",
@@ -113,8 +114,9 @@ class IssuerSettings(_Frozen):
     """Signature algorithms accepted (an allowlist: ``none`` and HMAC are never possible)."""
     audience: str | None = None
     """Default expected ``aud`` for routes that don't set their own."""
-    leeway: float = Field(default=60.0, ge=0, le=300)
-    """Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds."""
+    leeway: float = Field(default=60.0, ge=0, le=MAX_LEEWAY)
+    """Clock skew tolerated on ``exp``/``nbf``/``iat``, in seconds; at most 300 (the authorization
+    server remembers a revocation that long past ``exp``: ``bastion.tokens.MAX_LEEWAY``)."""
     jwks_cache_ttl: float = Field(default=600.0, gt=0, le=86400)
     """Seconds the issuer's keys are fresh (less if its JWKS ``Cache-Control: max-age`` says so);
     stale keys are refreshed in the background."""

@@ -6,6 +6,7 @@ import dataclasses
 import re
 import time
 import uuid
+from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
@@ -56,6 +57,9 @@ class ClientService:
         self._ttl = cache_ttl
         self._clock = clock
         self._cache: dict[str, tuple[Client | None, float]] = {}
+        #: Called with ``(client_id, when)`` after a client is disabled and the record written:
+        #: the token service announces it so that validators refuse the client's tokens.
+        self.on_disabled: list[Callable[[str, float], Awaitable[None]]] = []
 
     async def get(self, client_id: str) -> Client | None:
         """The client record (possibly up to ``cache_ttl`` seconds old); ``None`` for an id that
@@ -191,12 +195,26 @@ class ClientService:
         return updated, secret
 
     async def set_disabled(self, client_id: str, disabled: bool = True) -> Client:
-        """Disable (or re-enable) a client."""
+        """Disable (or re-enable) a client.
+
+        Disabling is recorded durably first (the record's ``disabled`` and ``updated_at``, what
+        followers catch up from), then announced through :attr:`on_disabled`, so gateways and
+        services refuse the tokens it holds, not only new requests.
+        """
         client = await self._require(client_id)
-        updated = dataclasses.replace(client, disabled=disabled, updated_at=self._clock())
+        now = self._clock()
+        updated = dataclasses.replace(client, disabled=disabled, updated_at=now)
         await self._store.update_client(updated)
         self.forget(client_id)
+        if disabled:
+            for announce in self.on_disabled:
+                await announce(client_id, now)
         return updated
+
+    async def disabled(self) -> list[tuple[str, float]]:
+        """Every disabled client with the time it was last changed (at or after its disable,
+        so every token issued before the disable was issued before it)."""
+        return [(c.client_id, c.updated_at) for c in await self._store.list_clients() if c.disabled]
 
     async def delete(self, client_id: str) -> bool:
         """Delete a client record."""

@@ -83,6 +83,7 @@ class Services:
             clock=clock,
         )
         services.purgers.append(stores.tokens.purge_expired)
+        services.clients.on_disabled.append(services.tokens.revoke_client)
         return services
 
     def __post_init__(self) -> None:

@@ -38,6 +38,7 @@ import orjson
 
 from bastion.ops.audit import AuditLog
 from bastion.ops.background import Background
+from bastion.ops.feeds import Follower
 from bastion.protocol import jose
 from bastion.protocol.models import SigningKey
 from bastion.services.crypto import Sealer
@@ -356,12 +357,21 @@ class KeyService:
                     await follower
 
     async def _follow(self, state: FastState) -> None:
-        while True:
-            with contextlib.suppress(StorageError):
-                async for _ in state.subscribe(KEYS_CHANNEL):
-                    with contextlib.suppress(Exception):
-                        await self.load()
-            await asyncio.sleep(self._refresh_interval)  # the store went away: retry later
+        """Reload on every key announcement (created or revoked); after a lost subscription,
+        reconnect with backoff and reload (catch up) before following again."""
+
+        async def reload(_: bytes) -> None:
+            await self.load()
+
+        subscriptions = 0
+
+        async def catch_up() -> None:
+            nonlocal subscriptions
+            subscriptions += 1
+            if subscriptions > 1:  # the first follows start(), which has just loaded
+                await self.load()
+
+        await Follower("keys", state, KEYS_CHANNEL, reload, catch_up=catch_up).run()
 
     def start(self) -> None:
         """Start the periodic refresh on the running loop."""

@@ -1,8 +1,12 @@
 """Access tokens: issue (RFC 9068 JWT or opaque), introspect (RFC 7662), revoke (RFC 7009).
 
-Revocation is recorded twice: durably (the revoked ``jti`` until the token's ``exp``) and in the
-fast-state store with a TTL, where the introspection endpoint and every gateway sharing the
-store read it; a message on :data:`REVOCATION_CHANNEL` lets validators flush their caches.
+Revocation is recorded twice: durably first (the revoked ``jti`` until the token's ``exp`` plus
+:data:`~bastion.tokens.MAX_LEEWAY`), then in the fast-state store with a TTL, where every
+gateway sharing the store reads it; a message on :data:`REVOCATION_CHANNEL` lets validators
+flush their caches. The durable record is the truth: introspection and UserInfo consult it
+whenever the fast store does not know a ``jti`` (so a Redis restart without persistence, a
+``FLUSHALL`` or a wiped state file brings no revoked token back), and followers that lost the
+feed catch up from it (:meth:`TokenService.revocations`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,14 +34,19 @@ from bastion.services.keys import KeyService
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.protocols import FastState
 from bastion.storage.protocols import TokenStore
+from bastion.tokens import MAX_LEEWAY
 
-#: Fast-state channel carrying ``{"jti": ..., "exp": ...}`` for every revoked access token.
+#: Fast-state channel carrying ``{"jti": ..., "exp": ...}`` for every revoked access token, and
+#: ``{"client_id": ..., "before": ..., "exp": ...}`` for every disabled client (its tokens issued
+#: before ``before`` are refused until ``exp``).
 REVOCATION_CHANNEL = "revocations"
 _REVOKED_PREFIX = "revoked:"
 _JWT_TYP = "at+jwt"
-#: Validators elsewhere accept a token up to this long after ``exp`` (clock skew), so a
-#: revocation is remembered that much longer. This server's own clock needs no leeway.
-_LEEWAY = 60
+#: Validators elsewhere accept a token up to their leeway after ``exp`` (clock skew), and no
+#: validator may be configured with more than ``MAX_LEEWAY`` (the gateway's ``leeway`` setting
+#: is bounded by it), so a revocation is remembered that much longer. This server's own clock
+#: needs no leeway.
+_LEEWAY = MAX_LEEWAY
 _CACHE_MAX = 50_000
 
 
@@ -210,8 +220,15 @@ class TokenService:
         return claims
 
     async def is_revoked(self, jti: str) -> bool:
-        """Whether the access token ``jti`` was revoked (fast-state lookup)."""
-        return await self._state.get(revoked_key(jti)) is not None
+        """Whether the access token ``jti`` was revoked.
+
+        The fast store answers "revoked" alone; "not revoked" is confirmed by the durable
+        record, which a fast-store reset cannot lose (one primary-key read per live token
+        introspected, the same cost as an opaque token's lookup).
+        """
+        if await self._state.get(revoked_key(jti)) is not None:
+            return True
+        return await self._tokens.is_jti_revoked(jti)
 
     async def introspect(
         self, token: str, client: Client | None = None, now: float | None = None
@@ -303,9 +320,44 @@ class TokenService:
         if owner != client.client_id:
             raise UnauthorizedClient("this token was not issued to the requesting client")
 
-    async def warm_revocations(self, jtis: list[tuple[str, float]]) -> None:
-        """Copy durable revocations into the fast-state store (after an in-memory store restart)."""
+    async def revoke_client(self, client_id: str, now: float | None = None) -> None:
+        """Announce that ``client_id`` was disabled: every token issued to it until now is
+        refused wherever the feed reaches (gateways, services), until the last one has expired.
+
+        The durable record is the client's own (``disabled``, ``updated_at``), written by the
+        caller first; followers catch up from it (:meth:`disabled_clients`).
+        """
+        now = self._clock() if now is None else now
+        until = now + self.settings.access_token_ttl + _LEEWAY
+        body = orjson.dumps({"client_id": client_id, "before": now, "exp": until})
+        await self._state.publish(REVOCATION_CHANNEL, body)
+        self._audit.emit("client.tokens_revoked", client_id=client_id)
+
+    def revocation_memory(self) -> float:
+        """How long after being issued a token can still be accepted somewhere (its lifetime
+        plus the largest leeway): how long a client's disable must be remembered."""
+        return self.settings.access_token_ttl + _LEEWAY
+
+    async def revocations(self, now: float | None = None) -> list[tuple[str, float]]:
+        """The durable list of revoked, unexpired ``jti`` values, each with the time it may be
+        forgotten (what followers catch up from)."""
+        now = self._clock() if now is None else now
+        return list(await self._tokens.revoked_jtis(now))
+
+    async def warm_revocations(self, jtis: list[tuple[str, float]] | None = None) -> int:
+        """Copy durable revocations into the fast-state store (after it lost them: a restart
+        without persistence, a wiped state file). Returns how many were copied."""
         now = self._clock()
-        for jti, expires_at in jtis:
-            if expires_at > now:
-                await self._state.set(revoked_key(jti), b"1", expires_at - now)
+        if jtis is None:
+            jtis = await self.revocations(now)
+        return await warm_revocations(self._state, jtis, now)
+
+
+async def warm_revocations(state: FastState, jtis: Iterable[tuple[str, float]], now: float) -> int:
+    """Mark each unexpired ``(jti, until)`` revoked in ``state``; returns how many were marked."""
+    copied = 0
+    for jti, until in jtis:
+        if until > now:
+            await state.set(revoked_key(jti), b"1", until - now)
+            copied += 1
+    return copied

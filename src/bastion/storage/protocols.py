@@ -87,6 +87,11 @@ class TokenStore(Protocol):
     async def is_jti_revoked(self, jti: str) -> bool:
         """Whether ``jti`` was revoked (and has not expired since)."""
 
+    async def revoked_jtis(self, now: float) -> Sequence[tuple[str, float]]:
+        """Every revoked ``jti`` still remembered at ``now``, with the time it may be
+        forgotten (its token's ``exp`` plus leeway): what a fast store or a gateway that lost
+        the revocation feed catches up from."""
+
     async def record_family_jti(self, jti: str, family_id: str, expires_at: float) -> None:
         """Remember that JWT ``jti`` was issued from refresh-token family ``family_id``."""
 

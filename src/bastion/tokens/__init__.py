@@ -33,13 +33,20 @@ from bastion.tokens._keys import KeySource
 from bastion.tokens._keys import StaticKeys
 from bastion.tokens._keys import VerificationKey
 from bastion.tokens._principal import Principal
+from bastion.tokens._revocation import ClientRevocationSource
+from bastion.tokens._revocation import FastStateRevocations
 from bastion.tokens._revocation import RevocationSource
+from bastion.tokens._revocation import SharedState
 from bastion.tokens._rules import RFC9068_REQUIRED_CLAIMS
+from bastion.tokens._validator import MAX_LEEWAY
 from bastion.tokens._validator import TokenValidator
 
 __all__ = [
+    "MAX_LEEWAY",
     "RFC9068_REQUIRED_CLAIMS",
+    "ClientRevocationSource",
     "DisallowedAlgorithm",
+    "FastStateRevocations",
     "InsufficientScope",
     "Introspector",
     "InvalidClaims",
@@ -51,6 +58,7 @@ __all__ = [
     "MalformedToken",
     "Principal",
     "RevocationSource",
+    "SharedState",
     "StaticKeys",
     "TokenError",
     "TokenExpired",

@@ -15,6 +15,7 @@ Invariants:
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from collections.abc import Iterable
 
 from bastion.tokens._principal import Principal
@@ -76,6 +77,14 @@ class VerifiedTokenCache:
     def flush_jti(self, jti: str) -> int:
         """Drop every entry whose token carries ``jti``; returns how many."""
         keys = list(self._by_jti.get(jti, ()))
+        for key in keys:
+            self._remove(key)
+        return len(keys)
+
+    def flush_where(self, refused: Callable[[Principal], bool]) -> int:
+        """Drop every entry whose principal ``refused`` says so (a scan: for rare events such
+        as a disabled client); returns how many."""
+        keys = [key for key, entry in self.entries.items() if refused(entry[0])]
         for key in keys:
             self._remove(key)
         return len(keys)

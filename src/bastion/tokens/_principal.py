@@ -63,3 +63,10 @@ def principal_from_claims(claims: dict[str, Any], *, issuer: str, audience: str)
         issuer=issuer,
         audience=audience,
     )
+
+
+def issued_before(principal: Principal, moment: float) -> bool:
+    """Whether the token was issued before ``moment`` (a token without ``iat`` counts as
+    issued before anything: it cannot prove otherwise)."""
+    iat = principal.claims.get("iat")
+    return not isinstance(iat, int | float) or isinstance(iat, bool) or iat < moment

@@ -10,8 +10,14 @@ The order of checks on a cache miss, and why:
    a key it embeds fails with ``unknown_kid`` or ``bad_signature``);
 3. the signature (``protocol.jose.verify``): nothing in the payload is trusted before this;
 4. the claims (``_rules.check_claims``): ``iss``, ``aud``, ``exp``, ``nbf``, ``iat``, types;
-5. revocation: the local list, then the injected :class:`RevocationSource`;
+5. revocation: the local lists (revoked ``jti`` values, disabled clients), then the injected
+   :class:`RevocationSource`;
 6. the result is cached, unless something changed while we awaited (key left, jti revoked).
+
+Trusting the cache: a cache hit skips every check above, which is only safe while the
+validator hears of every revocation (its feed is up). Whoever feeds it says when it cannot
+(:attr:`TokenValidator.cache_trusted` set to ``False``): hits are then re-checked against the
+revocation source, and a source that cannot answer refuses the token (``IssuerUnavailable``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,10 @@ from bastion.tokens._jwks import JWKSKeySource
 from bastion.tokens._keys import KeySet
 from bastion.tokens._keys import KeySource
 from bastion.tokens._principal import Principal
+from bastion.tokens._principal import issued_before as _issued_before
 from bastion.tokens._principal import principal_from_claims
+from bastion.tokens._revocation import ClientCutoffs
+from bastion.tokens._revocation import ClientRevocationSource
 from bastion.tokens._revocation import RevocationList
 from bastion.tokens._revocation import RevocationSource
 from bastion.tokens._rules import DEFAULT_ALGORITHMS
@@ -49,6 +58,9 @@ from bastion.tokens._rules import check_claims
 from bastion.tokens._rules import parse_token
 
 DEFAULT_CACHE_SIZE: Final = 100_000
+#: The largest clock-skew ``leeway`` a validator accepts. Issuers remember a revocation this long
+#: after the token's ``exp``, so no validator can accept a revoked token the issuer forgot.
+MAX_LEEWAY: Final = 300.0
 #: How long a locally revoked ``jti`` is remembered when its ``exp`` is not given.
 DEFAULT_REVOCATION_TTL: Final = 86_400.0
 
@@ -67,14 +79,17 @@ class TokenValidator:
     __slots__ = (
         "_audience",
         "_cache",
+        "_clients",
         "_clock",
         "_entries",
+        "_forgotten",
         "_keyset",
         "_owns_source",
         "_revocation",
         "_revoked",
         "_rules",
         "_source",
+        "_trusted",
         "issuer",
     )
 
@@ -104,7 +119,8 @@ class TokenValidator:
             (``/.well-known/oauth-authorization-server``, then ``openid-configuration``).
         key_source: Use these keys instead of fetching the JWKS (e.g. :class:`StaticKeys`).
         algorithms: Allowed ``alg`` values; never ``none`` or HMAC (``ValueError``).
-        leeway: Clock-skew allowance in seconds for ``exp``, ``nbf`` and ``iat``.
+        leeway: Clock-skew allowance in seconds for ``exp``, ``nbf`` and ``iat``; at most
+            :data:`MAX_LEEWAY`.
         required_claims: Claims that must be present (``exp`` always is); see
             ``RFC9068_REQUIRED_CLAIMS``.
         max_token_bytes: Longer tokens are refused before parsing (default 8 KiB).
@@ -123,6 +139,11 @@ class TokenValidator:
             raise ValueError("give either key_source or jwks_uri, not both")
         if leeway < 0 or max_token_bytes <= 0:
             raise ValueError("leeway must not be negative and max_token_bytes must be positive")
+        if leeway > MAX_LEEWAY:
+            raise ValueError(
+                f"leeway must be at most {MAX_LEEWAY:g} s (MAX_LEEWAY): issuers forget "
+                "revocations that long after exp"
+            )
         self.issuer = issuer
         self._audience = audience
         self._rules = Rules(
@@ -146,6 +167,10 @@ class TokenValidator:
         self._entries = self._cache.entries
         self._revocation = revocation
         self._revoked = RevocationList()
+        self._clients = ClientCutoffs()
+        #: kid -> thumbprints of keys revoked by the issuer, refused until a JWKS without them.
+        self._forgotten: dict[str, frozenset[str]] = {}
+        self._trusted = True
         self._keyset: KeySet | None = None
         self._clock = clock
 
@@ -157,10 +182,29 @@ class TokenValidator:
         Synchronous and cheap (one dict lookup, one comparison): try it before awaiting
         :meth:`validate`. ``None`` means "not known here", never "invalid".
         """
+        if not self._trusted:
+            return None
         entry = self._entries.get((token, audience or self._audience))  # type: ignore[arg-type]
         if entry is not None and entry[1] > self._clock():
             return entry[0]
         return None
+
+    @property
+    def cache_trusted(self) -> bool:
+        """Whether cache hits are answered without any check (the default).
+
+        Set it to ``False`` while the feed that tells this validator of revocations is down:
+        :meth:`cached` then answers ``None`` and :meth:`validate` re-checks every hit against
+        the local lists and the revocation source (a source that cannot answer refuses the
+        token with ``IssuerUnavailable``: fail closed). Set it back once the feed has caught up.
+
+        .. versionadded:: 0.2
+        """
+        return self._trusted
+
+    @cache_trusted.setter
+    def cache_trusted(self, trusted: bool) -> None:
+        self._trusted = trusted
 
     # -- full validation ----------------------------------------------------------------------
 
@@ -183,7 +227,11 @@ class TokenValidator:
             raise ValueError("an audience is required")
         entry = self._entries.get((token, aud))
         if entry is not None and entry[1] > self._clock():
-            return entry[0]
+            if self._trusted:
+                return entry[0]
+            principal = entry[0]
+            await self._check_principal(principal, self._clock())
+            return principal
 
         rules = self._rules
         parsed = parse_token(token, rules)
@@ -196,21 +244,59 @@ class TokenValidator:
             key = keys.select(kid, alg)
             if key is None:
                 raise UnknownKey(f"kid {kid[:64] if kid else kid!r} is not in the JWKS of {self.issuer}")
+        if self._forgotten and self._is_forgotten(kid, key.thumbprint):
+            # A JWKS served from a stale cache may still list a revoked key: look again once
+            # (rate-limited by the source), and refuse while it is still there.
+            keys = await self._keys(force=True)
+            key = keys.select(kid, alg)
+            if key is None or self._is_forgotten(kid, key.thumbprint):
+                raise UnknownKey(f"kid {kid[:64] if kid else kid!r} was revoked", reason="key_revoked")
         if not jose.verify(alg, key.key, parsed.signing_input, parsed.signature):
             raise InvalidSignature(f"kid {kid!r}")
 
         now = self._clock()
         claims = check_claims(parsed.payload, rules, aud, now)
         principal = principal_from_claims(claims, issuer=self.issuer, audience=aud)
+        await self._check_principal(principal, now)
+        jti = principal.token_id
+        if jti is not None and self._revoked.contains(jti, self._clock()):
+            raise TokenRevoked(f"jti {jti[:64]!r} revoked while validating")
+        current = self._keyset
+        if (
+            principal.expires_at > now
+            and current is not None
+            and key.thumbprint in current.thumbprints
+            and not self._is_forgotten(kid, key.thumbprint)
+            and not self._clients.refuses(principal, self._clock())
+        ):
+            self._cache.put(token, aud, principal, key.thumbprint)
+        return principal
+
+    async def _check_principal(self, principal: Principal, now: float) -> None:
+        """Revocation checks of a verified token: its ``jti``, then its client."""
+        if self._clients.refuses(principal, now):
+            raise TokenRevoked(f"client {str(principal.client_id)[:64]!r} was disabled")
         jti = principal.token_id
         if jti is not None:
             await self._check_revocation(jti, now)
-            if self._revoked.contains(jti, self._clock()):
-                raise TokenRevoked(f"jti {jti[:64]!r} revoked while validating")
-        current = self._keyset
-        if principal.expires_at > now and current is not None and key.thumbprint in current.thumbprints:
-            self._cache.put(token, aud, principal, key.thumbprint)
-        return principal
+        if principal.client_id is not None and isinstance(self._revocation, ClientRevocationSource):
+            try:
+                before = await self._revocation.client_disabled_before(principal.client_id)
+            except TokenError:
+                raise
+            except Exception as exc:
+                raise IssuerUnavailable(
+                    f"revocation source failed: {type(exc).__name__}", reason="revocation_unavailable"
+                ) from exc
+            if before is not None and _issued_before(principal, before):
+                raise TokenRevoked(f"client {principal.client_id[:64]!r} was disabled")
+
+    def _is_forgotten(self, kid: str | None, thumbprint: str) -> bool:
+        if not self._forgotten:
+            return False
+        if kid is not None and kid in self._forgotten:
+            return True
+        return any(thumbprint in prints for prints in self._forgotten.values())
 
     async def _check_revocation(self, jti: str, now: float) -> None:
         if self._revoked.contains(jti, now):
@@ -236,6 +322,13 @@ class TokenValidator:
             self._keyset = keys
             if previous is not None:
                 self._cache.flush_keys(previous.thumbprints - keys.thumbprints)
+            if self._forgotten:
+                # A fetched key set without a revoked key ends its ban; one still listing it
+                # (a stale cache) keeps it.
+                for kid in list(self._forgotten):
+                    prints = self._forgotten[kid]
+                    if not keys.with_kid(kid) and not prints & keys.thumbprints:
+                        del self._forgotten[kid]
         return keys
 
     # -- administration -----------------------------------------------------------------------
@@ -252,6 +345,43 @@ class TokenValidator:
         until = (exp if exp is not None else now + DEFAULT_REVOCATION_TTL) + self._rules.leeway
         self._revoked.add(jti, until, now)
         self._cache.flush_jti(jti)
+
+    def revoke_client(self, client_id: str, issued_before: float, until: float | None = None) -> None:
+        """Refuse every token of ``client_id`` issued before ``issued_before`` (a disabled
+        client) and drop them from the cache.
+
+        Args:
+            client_id: The disabled client.
+            issued_before: Tokens whose ``iat`` is earlier (or absent) are refused.
+            until: When to forget this (when every such token has expired anyway, plus
+                leeway); default ``DEFAULT_REVOCATION_TTL`` from now.
+
+        .. versionadded:: 0.2
+        """
+        now = self._clock()
+        self._clients.add(
+            client_id, issued_before, until if until is not None else now + DEFAULT_REVOCATION_TTL
+        )
+        self._cache.flush_where(lambda principal: self._clients.refuses(principal, now))
+
+    def forget_key(self, kid: str) -> int:
+        """The issuer revoked the key ``kid``: stop trusting it now, without waiting for JWKS.
+
+        The key leaves the key set this validator uses, every cached token it signed is
+        dropped, and tokens naming it are refused (``UnknownKey``, reason ``key_revoked``) even
+        if a stale JWKS still lists it, until a JWKS fetched afterwards no longer does.
+
+        Returns:
+            How many cached tokens were dropped.
+
+        .. versionadded:: 0.2
+        """
+        current = self._keyset
+        prints = (
+            frozenset(key.thumbprint for key in current.with_kid(kid)) if current is not None else frozenset()
+        )
+        self._forgotten[kid] = self._forgotten.get(kid, frozenset()) | prints
+        return self._cache.flush_keys(prints)
 
     async def refresh_keys(self) -> KeySet:
         """Ask the key source to look again (rate-limited by it); flushes removed keys."""

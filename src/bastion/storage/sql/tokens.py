@@ -91,6 +91,13 @@ class SQLTokenStore:
             row = (await conn.execute(select(revoked_jtis.c.jti).where(revoked_jtis.c.jti == jti))).first()
         return row is not None
 
+    async def revoked_jtis(self, now: float) -> list[tuple[str, float]]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(revoked_jtis.c.jti, revoked_jtis.c.expires_at).where(revoked_jtis.c.expires_at > now)
+            )
+            return [(row.jti, float(row.expires_at)) for row in rows]
+
     async def record_family_jti(self, jti: str, family_id: str, expires_at: float) -> None:
         async with self._db.write() as conn:
             await conn.execute(
