@@ -249,6 +249,7 @@ class GatewayHandler:
             # scan_request dropped the client fields named in Connection; the headers set here
             # (identity, X-Forwarded-*) must reach the upstream whatever the client names.
             connection_filtered=True,
+            max_body=settings.max_body,
         )
 
     def _reply(

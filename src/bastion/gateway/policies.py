@@ -12,15 +12,19 @@ Each route gets an ordered tuple of :class:`Policy` objects, built from its sett
 
 Built-in policies, in chain order:
 
-=====================  ==================================================================
-``QueryTokenPolicy``   refuses ``access_token`` in the query (OAuth 2.1 §5.2: bearer
-                       tokens go in the ``Authorization`` header only): 401, or 400
-                       beside an ``Authorization`` header (two credentials)
-``BearerAuthPolicy``   exactly one ``Authorization: Bearer`` header; token validated
-                       against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
-``ScopePolicy``        every scope the route requires for the method (RFC 6750 §3.1);
-                       ``HEAD`` as ``GET``; a method the table does not cover → 405
-=====================  ==================================================================
+=======================  ==================================================================
+``ContentFilterPolicy``  the route's ``methods`` (405 with ``Allow``), ``max_header_bytes``
+                         (431), ``max_body`` (413 for a declared length; the engine cuts a
+                         streamed body at it) and ``content_types`` (415), before any token
+                         work: they look only at the request's form
+``QueryTokenPolicy``     refuses ``access_token`` in the query (OAuth 2.1 §5.2: bearer
+                         tokens go in the ``Authorization`` header only): 401, or 400
+                         beside an ``Authorization`` header (two credentials)
+``BearerAuthPolicy``     exactly one ``Authorization: Bearer`` header; token validated
+                         against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
+``ScopePolicy``          every scope the route requires for the method (RFC 6750 §3.1);
+                         ``HEAD`` as ``GET``; a method the table does not cover → 405
+=======================  ==================================================================
 
 Rate limits, IP rules and body filters plug in as further factories; they see the resolved
 client address and, after ``BearerAuthPolicy``, the principal.
@@ -43,6 +47,7 @@ import orjson
 from bastion.gateway.contract import Reply
 from bastion.gateway.contract import RequestHead
 from bastion.gateway.headers import ScannedHeaders
+from bastion.gateway.limits import header_block_bytes
 from bastion.gateway.observe import GatewayMetrics
 from bastion.gateway.paths import RequestTarget
 from bastion.gateway.settings import GatewaySettings
@@ -58,6 +63,7 @@ from bastion.tokens import bearer_challenge
 
 __all__ = [
     "BearerAuthPolicy",
+    "ContentFilterPolicy",
     "Exchange",
     "Policy",
     "PolicyContext",
@@ -150,6 +156,85 @@ def problem(
 
 def _challenge_reply(status: int, title: str, challenge: str, detail: str | None = None) -> Reply:
     return problem(status, title, detail, [(b"www-authenticate", challenge.encode("ascii"))])
+
+
+def method_not_allowed(allow: bytes) -> Reply:
+    """405 with ``Allow`` (RFC 9110 §15.5.6: the origin "MUST generate an Allow header field")."""
+    return problem(405, "Method Not Allowed", "The route does not allow this method", [(b"allow", allow)])
+
+
+def allow_field(route: RouteSettings) -> bytes | None:
+    """The ``Allow`` value of ``route`` (:meth:`RouteSettings.allowed_methods`); ``None``: all."""
+    allowed = route.allowed_methods()
+    return None if allowed is None else ", ".join(allowed).encode("ascii")
+
+
+class ContentFilterPolicy:
+    """Refuse requests whose form the route does not accept, before any token work.
+
+    * a method outside the route's ``methods``: 405 with ``Allow`` (RFC 9110 §15.5.6), the same
+      value the scope table's 405 carries (both come from :meth:`RouteSettings.allowed_methods`);
+    * a header block larger than ``max_header_bytes``: 431 (RFC 6585 §5), measured as the
+      engine measures its own limit (:func:`~bastion.gateway.limits.header_block_bytes`);
+    * a ``Content-Length`` above ``max_body``: 413 (RFC 9110 §15.5.14) before a byte of the body
+      is read. A chunked body has no length up front: the ``Forward`` carries ``max_body`` and
+      the engine cuts the stream with 413 where it crosses it;
+    * a body whose media type is not in ``content_types``: 415 with ``Accept`` (RFC 9110
+      §15.5.16, §12.5.1). The type is compared without parameters, case-insensitively (RFC 9110
+      §8.3.1: "The type and subtype tokens are case-insensitive"). A body without a
+      ``Content-Type``, or with more than one (a singleton field, RFC 9110 §5.3), is refused:
+      the upstream would have to guess (sniff) what it is.
+
+    A request has a body when it is chunked or its ``Content-Length`` is above zero (RFC 9112
+    §6.3); the engine has already refused ambiguous framing.
+    """
+
+    name = "filters"
+
+    def __init__(self, route: RouteSettings) -> None:
+        """Check what ``route`` sets of ``methods``, ``max_header_bytes``, ``max_body`` and
+        ``content_types``."""
+        allowed = route.allowed_methods() if route.methods is not None else None
+        self._methods = frozenset(allowed) if allowed is not None else None
+        self._allow = allow_field(route) or b""
+        self._max_header_bytes = route.max_header_bytes
+        self._max_body = route.max_body
+        types = route.content_types
+        self._types = frozenset(t.encode("ascii") for t in types) if types is not None else None
+        self._accept = ", ".join(types).encode("ascii") if types is not None else b""
+        self._reads_body = self._max_body is not None or self._types is not None
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """``None`` when the request's method, header size and body fit the route."""
+        if self._methods is not None and exchange.method not in self._methods:
+            return method_not_allowed(self._allow)
+        headers = exchange.head.headers
+        if self._max_header_bytes is not None and header_block_bytes(headers) > self._max_header_bytes:
+            return problem(431, "Request Header Fields Too Large", "The request header is too large")
+        if not self._reads_body:
+            return None
+        length = 0
+        chunked = False
+        types: list[bytes] = []
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value)  # one run of digits: the engine checked
+            elif name == b"transfer-encoding":
+                chunked = True  # exactly "chunked": the engine refuses any other coding
+            elif name == b"content-type":
+                types.append(value)
+        if self._max_body is not None and length > self._max_body:
+            return problem(413, "Content Too Large", "The request content is too large")
+        if self._types is not None and (chunked or length):
+            media_type = types[0].split(b";", 1)[0].strip(b" \t").lower() if len(types) == 1 else b""
+            if media_type not in self._types:
+                return problem(
+                    415,
+                    "Unsupported Media Type",
+                    "The request content type is not accepted",
+                    [(b"accept", self._accept)],
+                )
+        return None
 
 
 class QueryTokenPolicy:
@@ -348,7 +433,7 @@ class ScopePolicy:
                 self._required[method] = frozenset(scopes)
         star = route.scopes.get("*")
         self._default = frozenset(star) if star is not None else None
-        self._allow = ", ".join(covered).encode("ascii")
+        self._allow = allow_field(route) or b""
         self._realm = realm
         self._metrics = metrics
 
@@ -358,9 +443,7 @@ class ScopePolicy:
         method = exchange.method
         required = self._required.get(method, self._default)
         if required is None:
-            return problem(
-                405, "Method Not Allowed", "The route does not allow this method", [(b"allow", self._allow)]
-            )
+            return method_not_allowed(self._allow)
         if not required:
             return None
         principal = exchange.principal
@@ -370,6 +453,17 @@ class ScopePolicy:
         exchange.auth_failure = "insufficient_scope"
         error = InsufficientScope(self._route.scopes_for(method) or ())
         return _challenge_reply(403, "Forbidden", error.challenge(self._realm), error.description)
+
+
+def _filters(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if (
+        route.methods is None
+        and route.max_body is None
+        and route.content_types is None
+        and route.max_header_bytes is None
+    ):
+        return ()
+    return (ContentFilterPolicy(route),)
 
 
 def _query_token(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
@@ -399,7 +493,7 @@ def _scopes(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
 
 def default_factories() -> list[PolicyFactory]:
     """The built-in policy factories in chain order (a new list each call, to extend freely)."""
-    return [_query_token, _bearer, _scopes]
+    return [_filters, _query_token, _bearer, _scopes]
 
 
 def build_chain(

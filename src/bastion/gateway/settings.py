@@ -63,6 +63,10 @@ __all__ = [
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2 token
+#: RFC 9110 §8.3.1: media-type = type "/" subtype (parameters are not part of a filter).
+_MEDIA_TYPE_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: Methods the gateway never forwards (see ``app.py``); a route cannot allow them.
+_NEVER_FORWARDED = frozenset({"CONNECT", "TRACE"})
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 
@@ -263,6 +267,26 @@ class RouteSettings(_Frozen):
     retry: bool = False
     """Retry once on another target after a connect failure; applied to idempotent methods only
     (RFC 9110 §9.2.2)."""
+    methods: tuple[str, ...] | None = None
+    """Methods the route accepts (``["GET", "POST"]``); ``GET`` brings ``HEAD`` with it (RFC
+    9110 §9.3.2). Any other method is refused with 405 and an ``Allow`` naming the accepted ones,
+    before the token is checked. With a ``scopes`` table, each listed method must be covered by
+    it. ``None``: the methods the ``scopes`` table covers (every method without a table or with
+    a ``"*"`` entry)."""
+    max_body: int | None = Field(default=None, ge=0)
+    """Largest request body on this route, in bytes: a larger ``Content-Length`` is refused with
+    413 up front, and a chunked body is cut with 413 when it grows past it. At most
+    ``gateway.limits.max_body`` (which applies when this is ``None``)."""
+    content_types: tuple[str, ...] | None = None
+    """Media types a request body may have (``["application/json"]``), compared without
+    parameters and case-insensitively (``Application/JSON; charset=utf-8`` is
+    ``application/json``). A request with a body and another type, no ``Content-Type`` or more
+    than one is refused with 415 and an ``Accept`` listing these. Requests without a body pass.
+    ``None``: any type."""
+    max_header_bytes: int | None = Field(default=None, ge=1)
+    """Largest header block on this route, in bytes (names and values plus 4 per field, as
+    ``gateway.limits.max_header_bytes`` counts); larger: 431. At most the gateway's limit (which
+    applies when this is ``None``)."""
 
     @field_validator("prefix", "rewrite_prefix")
     @classmethod
@@ -291,11 +315,64 @@ class RouteSettings(_Frozen):
                     raise ValueError(f"invalid scope {scope!r}")
         return value
 
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("methods must name at least one method (or be left out)")
+        for method in value:
+            if not _TOKEN_RE.match(method) or method != method.upper():
+                raise ValueError(f"method {method!r} must be an upper-case method name")
+            if method in _NEVER_FORWARDED:
+                raise ValueError(f"{method} is never forwarded by the gateway")
+        if len(set(value)) != len(value):
+            raise ValueError("methods are listed more than once")
+        return value
+
+    @field_validator("content_types")
+    @classmethod
+    def _content_types(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("content_types must name at least one media type (or be left out)")
+        for media_type in value:
+            if not _MEDIA_TYPE_RE.match(media_type):
+                raise ValueError(f"{media_type!r} is not a media type (type/subtype, no parameters)")
+        return tuple(dict.fromkeys(media_type.lower() for media_type in value))
+
     @model_validator(mode="after")
     def _rewrite(self) -> Self:
         if self.strip_prefix and self.rewrite_prefix is not None:
             raise ValueError("set strip_prefix or rewrite_prefix, not both")
+        if self.methods is not None and self.scopes and self.auth != "none":
+            for method in self.methods:
+                if self.scopes_for(method) is None:
+                    raise ValueError(
+                        f"method {method} is in methods but the scopes table does not cover it "
+                        "(add an entry for it or a '*' entry)"
+                    )
         return self
+
+    def allowed_methods(self) -> tuple[str, ...] | None:
+        """The methods this route accepts, in the order of the ``Allow`` field; ``None``: all.
+
+        The one place the route's method set is worked out, for the 405 of ``methods`` and of
+        the ``scopes`` table alike: ``methods`` when set, else the methods the table covers
+        (``None`` when it has a ``"*"`` entry or there is no table). ``GET`` brings ``HEAD``
+        (RFC 9110 §9.3.2: the same response without content).
+        """
+        if self.methods is not None:
+            listed = list(self.methods)
+        elif self.scopes and "*" not in self.scopes and self.auth != "none":
+            listed = list(self.scopes)
+        else:
+            return None
+        if "GET" in listed and "HEAD" not in listed:
+            listed.insert(listed.index("GET") + 1, "HEAD")
+        return tuple(listed)
 
     def scopes_for(self, method: str) -> tuple[str, ...] | None:
         """The scopes a ``method`` request needs on this route; ``None``: the method is refused.
@@ -391,6 +468,10 @@ class GatewaySettings(_Frozen):
             seen.add(route.prefix)
             if route.upstream not in self.upstreams:
                 raise ValueError(f"{where}: unknown upstream {route.upstream!r}")
+            if route.max_body is not None and route.max_body > self.limits.max_body:
+                raise ValueError(f"{where}: max_body is above gateway.limits.max_body")
+            if route.max_header_bytes is not None and route.max_header_bytes > self.limits.max_header_bytes:
+                raise ValueError(f"{where}: max_header_bytes is above gateway.limits.max_header_bytes")
             if route.auth == "none":
                 continue
             accepted = route.issuers if route.issuers is not None else tuple(issuers)
