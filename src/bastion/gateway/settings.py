@@ -65,6 +65,9 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRAC
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2 token
 #: RFC 9110 §8.3.1: media-type = type "/" subtype (parameters are not part of a filter).
 _MEDIA_TYPE_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: A route's ``host``: a DNS name (letters, digits, ``-``, ``_``, dots) or an IP literal, no port.
+_HOST_NAME_RE = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
+_HOST_IP6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 #: Methods the gateway never forwards (see ``app.py``); a route cannot allow them.
 _NEVER_FORWARDED = frozenset({"CONNECT", "TRACE"})
 
@@ -235,7 +238,17 @@ class RouteSettings(_Frozen):
 
     prefix: str
     """Canonical path prefix, matched on segment boundaries (``/api`` matches ``/api`` and
-    ``/api/x``, not ``/apix``), case-sensitively; the longest matching prefix wins."""
+    ``/api/x``, not ``/apix``), case-sensitively; the longest matching prefix wins. With
+    ``match = "exact"``, the one path the route serves."""
+    match: Literal["prefix", "exact"] = "prefix"
+    """``prefix``: ``prefix`` and every path below it; ``exact``: the canonical path ``prefix``
+    alone (``/api/read``, not ``/api/read/`` or ``/api/read/x``). An exact route wins over any
+    prefix route for its path."""
+    host: str | None = None
+    """Serve only requests whose ``Host`` names this host (``api.example.com``): compared
+    case-insensitively, without the port and a trailing dot (RFC 9110 §7.2). For a request naming
+    it, the host's routes are tried first and the host-less ones only when none of them
+    matches. ``None``: any host."""
     upstream: str
     """Name of a ``[gateway.upstreams.NAME]`` entry."""
     auth: Literal["required", "none"] = "required"
@@ -315,6 +328,17 @@ class RouteSettings(_Frozen):
                     raise ValueError(f"invalid scope {scope!r}")
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host = value.lower()
+        host = host.removesuffix(".")
+        if not (_HOST_NAME_RE.match(host) or _HOST_IP6_RE.match(host)) or len(host) > 253:
+            raise ValueError(f"{value!r} is not a host name (no port, no scheme, no wildcard)")
+        return host
+
     @field_validator("methods")
     @classmethod
     def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -355,6 +379,13 @@ class RouteSettings(_Frozen):
                         "(add an entry for it or a '*' entry)"
                     )
         return self
+
+    @property
+    def name(self) -> str:
+        """The route's label in logs, metrics and errors: ``prefix``, with ``=`` before it for an
+        exact route and the host before that (``api.example.com=/api/read``)."""
+        path = f"={self.prefix}" if self.match == "exact" else self.prefix
+        return path if self.host is None else f"{self.host}{path}"
 
     def allowed_methods(self) -> tuple[str, ...] | None:
         """The methods this route accepts, in the order of the ``Allow`` field; ``None``: all.
@@ -430,7 +461,8 @@ class GatewaySettings(_Frozen):
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     """Upstream groups by name (``[gateway.upstreams.NAME]``)."""
     routes: tuple[RouteSettings, ...] = ()
-    """Routes (``[[gateway.routes]]``); order does not matter, the longest prefix wins."""
+    """Routes (``[[gateway.routes]]``); order does not matter: a route of the request's host
+    before a host-less one, then an exact route, then the longest prefix."""
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -462,10 +494,10 @@ class GatewaySettings(_Frozen):
             raise ValueError("issuers must be unique")
         seen: set[str] = set()
         for route in self.routes:
-            where = f"route {route.prefix!r}"
-            if route.prefix in seen:
+            where = f"route {route.name!r}"
+            if route.name in seen:
                 raise ValueError(f"{where}: duplicate prefix")
-            seen.add(route.prefix)
+            seen.add(route.name)
             if route.upstream not in self.upstreams:
                 raise ValueError(f"{where}: unknown upstream {route.upstream!r}")
             if route.max_body is not None and route.max_body > self.limits.max_body:

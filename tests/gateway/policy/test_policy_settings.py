@@ -119,6 +119,13 @@ def test_auth_none_routes_need_no_issuer() -> None:
         ({"prefix": "/a", "content_types": []}, "at least one media type"),
         ({"prefix": "/a", "max_body": -1}, "greater than or equal to 0"),
         ({"prefix": "/a", "max_header_bytes": 0}, "greater than or equal to 1"),
+        ({"prefix": "/a", "match": "regex"}, "'prefix' or 'exact'"),
+        ({"prefix": "/a", "host": "api.example.com:8080"}, "not a host name"),
+        ({"prefix": "/a", "host": "*.example.com"}, "not a host name"),
+        ({"prefix": "/a", "host": "https://api.example.com"}, "not a host name"),
+        ({"prefix": "/a", "host": "a..example"}, "not a host name"),
+        ({"prefix": "/a", "host": ""}, "not a host name"),
+        ({"prefix": "/a", "host": "[::1]:80"}, "not a host name"),
     ],
 )
 def test_invalid_routes(route: dict[str, Any], message: str) -> None:
@@ -178,6 +185,23 @@ def test_a_route_limit_cannot_exceed_the_gateways() -> None:
         gateway(limits={"max_header_bytes": 2048}, routes=[{**route, "max_header_bytes": 2049}])
     ok = gateway(limits={"max_body": 100}, routes=[{**route, "max_body": 100}])
     assert ok.routes[0].max_body == 100
+
+
+def test_route_names_tell_host_and_kind() -> None:
+    assert RouteSettings(prefix="/a", upstream="u").name == "/a"
+    assert RouteSettings(prefix="/a", upstream="u", match="exact").name == "=/a"
+    host = RouteSettings(prefix="/a", upstream="u", host="API.Example.com.")
+    assert host.host == "api.example.com"
+    assert host.name == "api.example.com/a"
+    assert RouteSettings(prefix="/a", upstream="u", host="[2001:DB8::1]").host == "[2001:db8::1]"
+
+
+def test_routes_are_duplicates_only_with_the_same_host_kind_and_path() -> None:
+    route = {"prefix": "/a", "upstream": "catalog", "auth": "none"}
+    ok = gateway(routes=[route, {**route, "match": "exact"}, {**route, "host": "x.example"}])
+    assert [r.name for r in ok.routes] == ["/a", "=/a", "x.example/a"]
+    with pytest.raises(ValidationError, match=r"route 'x\.example/a': duplicate"):
+        gateway(routes=[{**route, "host": "x.example"}, {**route, "host": "X.EXAMPLE"}])
 
 
 def test_content_types_are_lower_cased_once() -> None:
