@@ -226,6 +226,8 @@ class GatewayHandler:
                 if len(self._identities) >= _IDENTITY_CACHE:
                     self._identities.clear()
                 self._identities[id(principal)] = (principal, identity)
+        if exchange.upstream_headers:
+            identity = [*(identity or ()), *exchange.upstream_headers]
         head = exchange.head
         request_id = exchange.request_id
         return Forward(
@@ -430,7 +432,9 @@ class Gateway:
             ]
             handler = GatewayHandler(
                 RouteTable(routes),
-                HeaderRules.build(settings.strip_headers, settings.trusted_proxies, settings.server_header),
+                HeaderRules.build(
+                    settings.stripped_headers, settings.trusted_proxies, settings.server_header
+                ),
                 self.metrics,
                 self.access_log,
             )

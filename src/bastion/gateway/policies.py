@@ -24,6 +24,8 @@ Built-in policies, in chain order:
                          against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
 ``ScopePolicy``          every scope the route requires for the method (RFC 6750 §3.1);
                          ``HEAD`` as ``GET``; a method the table does not cover → 405
+``ClaimHeadersPolicy``   the route's ``claim_headers``: chosen claims of the verified token
+                         as headers for the upstream (never refuses)
 =======================  ==================================================================
 
 Rate limits, IP rules and body filters plug in as further factories; they see the resolved
@@ -44,9 +46,11 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
+from bastion.gateway.contract import Headers
 from bastion.gateway.contract import Reply
 from bastion.gateway.contract import RequestHead
 from bastion.gateway.headers import ScannedHeaders
+from bastion.gateway.headers import claim_value
 from bastion.gateway.limits import header_block_bytes
 from bastion.gateway.observe import GatewayMetrics
 from bastion.gateway.paths import RequestTarget
@@ -63,6 +67,7 @@ from bastion.tokens import bearer_challenge
 
 __all__ = [
     "BearerAuthPolicy",
+    "ClaimHeadersPolicy",
     "ContentFilterPolicy",
     "Exchange",
     "Policy",
@@ -114,6 +119,8 @@ class Exchange:
     principal: Principal | None = None
     #: Why authentication failed (a metrics label), for the access log.
     auth_failure: str | None = None
+    #: Headers policies add for the upstream, after the identity headers (claims of the token).
+    upstream_headers: Headers | None = None
 
 
 class Policy(Protocol):
@@ -455,6 +462,50 @@ class ScopePolicy:
         return _challenge_reply(403, "Forbidden", error.challenge(self._realm), error.description)
 
 
+class ClaimHeadersPolicy:
+    """Forward chosen claims of the verified token as headers (a route's ``claim_headers``).
+
+    Values are rendered by :func:`~bastion.gateway.headers.claim_value` (strings as they are,
+    other values as compact JSON, everything %-escaped to visible ASCII), so a claim can never
+    inject a header. Client copies of these headers never reach this point: ``scan_request``
+    drops them on every route (:attr:`GatewaySettings.stripped_headers`). Rendered headers are
+    cached per principal (principals are shared by the token caches), bounded.
+    """
+
+    name = "claim_headers"
+
+    _CACHE_SIZE: Final = 4096
+
+    def __init__(self, claim_headers: Mapping[str, str]) -> None:
+        """Send claim ``c`` as header ``claim_headers[c]`` (lower-case names)."""
+        self._pairs = tuple((claim, header.encode("ascii")) for claim, header in claim_headers.items())
+        self._cache: dict[int, tuple[Principal, Headers]] = {}
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """Set ``exchange.upstream_headers``; never refuses."""
+        principal = exchange.principal
+        if principal is None:
+            return None
+        cached = self._cache.get(id(principal))
+        if cached is not None and cached[0] is principal:
+            headers = cached[1]
+        else:
+            claims = principal.claims
+            headers = []
+            for claim, header in self._pairs:
+                value = claim_value(claims.get(claim))
+                if value is not None:
+                    headers.append((header, value))
+            if len(self._cache) >= self._CACHE_SIZE:
+                self._cache.clear()
+            self._cache[id(principal)] = (principal, headers)
+        if headers:
+            exchange.upstream_headers = (
+                headers if exchange.upstream_headers is None else [*exchange.upstream_headers, *headers]
+            )
+        return None
+
+
 def _filters(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
     if (
         route.methods is None
@@ -491,9 +542,15 @@ def _scopes(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
     return (ScopePolicy(route, ctx.gateway.realm, ctx.metrics),)
 
 
+def _claim_headers(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if route.auth == "none" or not route.claim_headers:
+        return ()
+    return (ClaimHeadersPolicy(route.claim_headers),)
+
+
 def default_factories() -> list[PolicyFactory]:
     """The built-in policy factories in chain order (a new list each call, to extend freely)."""
-    return [_filters, _query_token, _bearer, _scopes]
+    return [_filters, _query_token, _bearer, _scopes, _claim_headers]
 
 
 def build_chain(

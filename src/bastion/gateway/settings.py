@@ -44,6 +44,7 @@ from pydantic import Field
 from pydantic import field_validator
 from pydantic import model_validator
 
+from bastion.gateway.headers import unsettable_header
 from bastion.gateway.paths import PathError
 from bastion.gateway.paths import parse_target
 
@@ -280,6 +281,14 @@ class RouteSettings(_Frozen):
     retry: bool = False
     """Retry once on another target after a connect failure; applied to idempotent methods only
     (RFC 9110 §9.2.2)."""
+    claim_headers: dict[str, str] = Field(default_factory=dict)
+    """Token claims forwarded as headers, claim name to header name (``{ roles =
+    "X-Bastion-Roles", email = "X-User-Email" }``); top-level claims only. A string claim is sent
+    as it is, any other value (a list, an object, a number) as compact JSON; anything but
+    visible ASCII, and ``%``, is %-escaped. A missing or ``null`` claim sends no header. Client
+    copies of these headers are dropped on every route, like ``X-Bastion-*`` and
+    ``strip_headers``. Framing, hop-by-hop, forwarding and credential headers, and the
+    gateway's own ``X-Bastion-Subject``/``-Client``/``-Scopes``, cannot be set."""
     methods: tuple[str, ...] | None = None
     """Methods the route accepts (``["GET", "POST"]``); ``GET`` brings ``HEAD`` with it (RFC
     9110 §9.3.2). Any other method is refused with 405 and an ``Allow`` naming the accepted ones,
@@ -338,6 +347,27 @@ class RouteSettings(_Frozen):
         if not (_HOST_NAME_RE.match(host) or _HOST_IP6_RE.match(host)) or len(host) > 253:
             raise ValueError(f"{value!r} is not a host name (no port, no scheme, no wildcard)")
         return host
+
+    @field_validator("claim_headers")
+    @classmethod
+    def _claim_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for claim, header in value.items():
+            if not claim:
+                raise ValueError("claim_headers: a claim name is empty")
+            if not _TOKEN_RE.match(header):
+                raise ValueError(f"claim_headers: {header!r} is not a header name")
+            if "_" in header:
+                # CGI-style servers read ``_`` as ``-``: a client's ``X-User-Email`` would then
+                # stand beside the gateway's ``X_User_Email`` as the same variable.
+                raise ValueError(f"claim_headers: {header!r} has '_' (use '-')")
+            if unsettable_header(header):
+                raise ValueError(f"claim_headers: {header!r} is a header the gateway owns")
+            name = header.lower()
+            if name in out.values():
+                raise ValueError(f"claim_headers: {header!r} is set from two claims")
+            out[claim] = name
+        return out
 
     @field_validator("methods")
     @classmethod
@@ -505,6 +535,8 @@ class GatewaySettings(_Frozen):
             if route.max_header_bytes is not None and route.max_header_bytes > self.limits.max_header_bytes:
                 raise ValueError(f"{where}: max_header_bytes is above gateway.limits.max_header_bytes")
             if route.auth == "none":
+                if route.claim_headers:
+                    raise ValueError(f'{where}: claim_headers needs auth = "required"')
                 continue
             accepted = route.issuers if route.issuers is not None else tuple(issuers)
             if not accepted:
@@ -515,6 +547,16 @@ class GatewaySettings(_Frozen):
                 if route.audience is None and issuers[name].audience is None:
                     raise ValueError(f"{where}: no audience (set the route's audience or issuer {name!r}'s)")
         return self
+
+    @property
+    def stripped_headers(self) -> tuple[str, ...]:
+        """Client headers dropped before forwarding besides ``X-Bastion-*``: ``strip_headers``
+        and every header a route sets from a claim (dropped on every route, so no route lets a
+        client speak for the claim)."""
+        names = dict.fromkeys(self.strip_headers)
+        for route in self.routes:
+            names.update(dict.fromkeys(route.claim_headers.values()))
+        return tuple(names)
 
     def issuer(self, name: str) -> IssuerSettings:
         """The issuer settings for ``name``.

@@ -120,6 +120,14 @@ def test_auth_none_routes_need_no_issuer() -> None:
         ({"prefix": "/a", "max_body": -1}, "greater than or equal to 0"),
         ({"prefix": "/a", "max_header_bytes": 0}, "greater than or equal to 1"),
         ({"prefix": "/a", "match": "regex"}, "'prefix' or 'exact'"),
+        ({"prefix": "/a", "claim_headers": {"email": "X Email"}}, "not a header name"),
+        ({"prefix": "/a", "claim_headers": {"email": "X_User_Email"}}, "has '_'"),
+        ({"prefix": "/a", "claim_headers": {"sub": "X-Bastion-Subject"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"x": "X-Forwarded-For"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"x": "Authorization"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"x": "Cookie"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"": "X-A"}}, "claim name is empty"),
+        ({"prefix": "/a", "claim_headers": {"a": "X-A", "b": "x-a"}}, "set from two claims"),
         ({"prefix": "/a", "host": "api.example.com:8080"}, "not a host name"),
         ({"prefix": "/a", "host": "*.example.com"}, "not a host name"),
         ({"prefix": "/a", "host": "https://api.example.com"}, "not a host name"),
@@ -202,6 +210,26 @@ def test_routes_are_duplicates_only_with_the_same_host_kind_and_path() -> None:
     assert [r.name for r in ok.routes] == ["/a", "=/a", "x.example/a"]
     with pytest.raises(ValidationError, match=r"route 'x\.example/a': duplicate"):
         gateway(routes=[{**route, "host": "x.example"}, {**route, "host": "X.EXAMPLE"}])
+
+
+def test_claim_headers_are_stripped_on_every_route() -> None:
+    settings = gateway(
+        strip_headers=["X-User-Id"],
+        routes=[
+            {
+                "prefix": "/a",
+                "upstream": "catalog",
+                "claim_headers": {"email": "X-User-Email", "roles": "X-Bastion-Roles"},
+            },
+            {"prefix": "/b", "upstream": "catalog", "claim_headers": {"email": "X-User-Email"}},
+        ],
+    )
+    assert settings.routes[0].claim_headers == {"email": "x-user-email", "roles": "x-bastion-roles"}
+    assert settings.stripped_headers == ("x-user-id", "x-user-email", "x-bastion-roles")
+    with pytest.raises(ValidationError, match="claim_headers needs auth"):
+        gateway(
+            routes=[{"prefix": "/a", "upstream": "catalog", "auth": "none", "claim_headers": {"e": "X-E"}}]
+        )
 
 
 def test_content_types_are_lower_cased_once() -> None:
