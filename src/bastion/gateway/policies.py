@@ -13,6 +13,8 @@ Each route gets an ordered tuple of :class:`Policy` objects, built from its sett
 Built-in policies, in chain order:
 
 =======================  ==================================================================
+``IpPolicy``             the gateway's and the route's ``ip_allow``/``ip_deny`` on the client
+                         address resolved through ``trusted_proxies``: 403
 ``ContentFilterPolicy``  the route's ``methods`` (405 with ``Allow``), ``max_header_bytes``
                          (431), ``max_body`` (413 for a declared length; the engine cuts a
                          streamed body at it) and ``content_types`` (415), before any token
@@ -28,12 +30,14 @@ Built-in policies, in chain order:
                          as headers for the upstream (never refuses)
 =======================  ==================================================================
 
-Rate limits, IP rules and body filters plug in as further factories; they see the resolved
-client address and, after ``BearerAuthPolicy``, the principal.
+Rate limits and bans plug in as further factories (a ban set as an :class:`AddressCheck` of
+``IpPolicy``); they see the resolved client address and, after ``BearerAuthPolicy``, the
+principal.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -55,7 +59,11 @@ from bastion.gateway.limits import header_block_bytes
 from bastion.gateway.observe import GatewayMetrics
 from bastion.gateway.paths import RequestTarget
 from bastion.gateway.settings import GatewaySettings
+from bastion.gateway.settings import Networks
 from bastion.gateway.settings import RouteSettings
+from bastion.net import AddressKey
+from bastion.net import NetworkSet
+from bastion.net import address_key
 from bastion.protocol.jose import JOSEError
 from bastion.protocol.jose import b64url_decode
 from bastion.tokens import InsufficientScope
@@ -66,10 +74,13 @@ from bastion.tokens import TokenTooLarge
 from bastion.tokens import bearer_challenge
 
 __all__ = [
+    "AddressCheck",
     "BearerAuthPolicy",
     "ClaimHeadersPolicy",
     "ContentFilterPolicy",
     "Exchange",
+    "IpPolicy",
+    "IpRules",
     "Policy",
     "PolicyContext",
     "PolicyFactory",
@@ -163,6 +174,70 @@ def problem(
 
 def _challenge_reply(status: int, title: str, challenge: str, detail: str | None = None) -> Reply:
     return problem(status, title, detail, [(b"www-authenticate", challenge.encode("ascii"))])
+
+
+class AddressCheck(Protocol):
+    """One rule on the client address (a list pair, later a ban set), run by :class:`IpPolicy`.
+
+    Synchronous: a check that depends on shared state keeps a local copy fed in the background
+    (as revocations are), so the hot path does not wait on a store.
+    """
+
+    def refuses(self, key: AddressKey) -> bool:
+        """Whether a client at ``key`` (from :func:`bastion.net.address_key`) is refused."""
+
+
+class IpRules:
+    """An allow and a deny list (:class:`~bastion.net.NetworkSet`): deny wins, and a non-empty
+    allow list refuses every address outside it."""
+
+    __slots__ = ("allow", "deny")
+
+    def __init__(self, allow: NetworkSet, deny: NetworkSet) -> None:
+        """Refuse addresses in ``deny``, and outside ``allow`` when it is not empty."""
+        self.allow = allow
+        self.deny = deny
+
+    def refuses(self, key: AddressKey) -> bool:
+        """Whether ``key`` is denied, or not allowed."""
+        if self.deny and self.deny.contains(key):
+            return True
+        return bool(self.allow) and not self.allow.contains(key)
+
+
+@functools.lru_cache(maxsize=64)
+def ip_rules(allow: Networks, deny: Networks) -> IpRules:
+    """:class:`IpRules` for the settings' ``ip_allow`` and ``ip_deny``, compiled once per list
+    pair (the gateway's lists are shared by every route's policy)."""
+    return IpRules(NetworkSet(allow), NetworkSet(deny))
+
+
+class IpPolicy:
+    """Refuse clients by address: 403 when any :class:`AddressCheck` refuses.
+
+    The address is ``exchange.client_ip``: the socket peer, or — only when the peer is one of
+    ``trusted_proxies`` — the first untrusted hop of ``X-Forwarded-For`` from the right, so a
+    client that is not behind a trusted proxy cannot choose it by sending that header. An
+    address that cannot be read is refused (fail closed). Checks run in order: the gateway's
+    lists, then the route's (which can only narrow them), and later a ban set.
+    """
+
+    name = "ip"
+
+    def __init__(self, checks: Sequence[AddressCheck]) -> None:
+        """Apply ``checks`` in order."""
+        self._checks = tuple(checks)
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """``None`` when no check refuses the client address."""
+        key = address_key(exchange.client_ip)
+        if key is not None:
+            for rule in self._checks:
+                if rule.refuses(key):
+                    break
+            else:
+                return None
+        return problem(403, "Forbidden", "Requests from this address are not allowed")
 
 
 def method_not_allowed(allow: bytes) -> Reply:
@@ -506,6 +581,16 @@ class ClaimHeadersPolicy:
         return None
 
 
+def _ip(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    checks: list[AddressCheck] = []
+    gateway = ctx.gateway
+    if gateway.ip_allow or gateway.ip_deny:
+        checks.append(ip_rules(gateway.ip_allow, gateway.ip_deny))
+    if route.ip_allow or route.ip_deny:
+        checks.append(ip_rules(route.ip_allow, route.ip_deny))
+    return (IpPolicy(checks),) if checks else ()
+
+
 def _filters(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
     if (
         route.methods is None
@@ -550,7 +635,7 @@ def _claim_headers(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]
 
 def default_factories() -> list[PolicyFactory]:
     """The built-in policy factories in chain order (a new list each call, to extend freely)."""
-    return [_filters, _query_token, _bearer, _scopes, _claim_headers]
+    return [_ip, _filters, _query_token, _bearer, _scopes, _claim_headers]
 
 
 def build_chain(

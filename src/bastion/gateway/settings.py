@@ -73,6 +73,7 @@ _HOST_IP6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 _NEVER_FORWARDED = frozenset({"CONNECT", "TRACE"})
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 class _Frozen(BaseModel):
@@ -281,6 +282,11 @@ class RouteSettings(_Frozen):
     retry: bool = False
     """Retry once on another target after a connect failure; applied to idempotent methods only
     (RFC 9110 §9.2.2)."""
+    ip_allow: Networks = ()
+    """Client networks (CIDR) this route serves, on top of the gateway's ``ip_allow``: a client
+    must be in both lists where both are set. Empty: no route-level allow list."""
+    ip_deny: Networks = ()
+    """Client networks (CIDR) refused on this route (403), besides the gateway's ``ip_deny``."""
     claim_headers: dict[str, str] = Field(default_factory=dict)
     """Token claims forwarded as headers, claim name to header name (``{ roles =
     "X-Bastion-Roles", email = "X-User-Email" }``); top-level claims only. A string claim is sent
@@ -467,6 +473,14 @@ class GatewaySettings(_Frozen):
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """CIDRs of proxies in front of the gateway whose ``X-Forwarded-For``, ``X-Forwarded-Proto``,
     ``X-Forwarded-Host`` and ``X-Request-Id`` are believed. Empty: the socket peer is the client."""
+    ip_allow: Networks = ()
+    """Client networks (CIDR, IPv4 and IPv6) served on every route; any other client is refused
+    with 403. The client address is the one resolved through ``trusted_proxies``; an
+    IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) is read as IPv4, in entries and clients
+    alike. Empty: every network (subject to ``ip_deny``)."""
+    ip_deny: Networks = ()
+    """Client networks (CIDR) refused on every route with 403, even inside ``ip_allow``. A
+    route's own ``ip_allow``/``ip_deny`` can only narrow these, never reopen them."""
     strip_headers: tuple[str, ...] = ()
     """Extra client headers dropped before forwarding (e.g. ``X-User-Id``); every ``X-Bastion-*``
     header is always dropped."""
