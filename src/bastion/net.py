@@ -1,9 +1,12 @@
-"""Network facts shared by the apps: which hosts are loopback, which peers may speak for the client."""
+"""Network facts shared by the apps: which hosts are loopback, which peers may speak for the
+client, and sets of networks."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
+from typing import Final
 
 
 def is_loopback_host(host: str) -> bool:
@@ -105,3 +108,77 @@ def _address(raw: bytes) -> str | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+#: An address as :class:`NetworkSet` reads it: ``(4 or 6, the address as an integer)``.
+AddressKey = tuple[int, int]
+_MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+@functools.lru_cache(maxsize=65_536)
+def address_key(text: str) -> AddressKey | None:
+    """``text`` as an :data:`AddressKey`; ``None`` when it is not an IP address.
+
+    An IPv4-mapped IPv6 address (``::ffff:192.0.2.1``, what a dual-stack socket reports for an
+    IPv4 client) is read as the IPv4 address, and an IPv6 zone (``fe80::1%eth0``) is dropped:
+    neither may make one client look like another network. Cached, since a client sends many
+    requests.
+    """
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        mapped = ip.ipv4_mapped
+        if mapped is not None:
+            return 4, int(mapped)
+        return 6, int(ip)
+    return 4, int(ip)
+
+
+def _normalised(
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An IPv6 network inside ``::ffff:0:0/96`` as the IPv4 network it maps."""
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+        base = ipaddress.IPv4Address(int(network.network_address) & 0xFFFFFFFF)
+        return ipaddress.IPv4Network((base, network.prefixlen - 96))
+    return network
+
+
+class NetworkSet:
+    """A set of CIDRs answering "does it contain this address?" in time independent of its size.
+
+    The networks are kept as one set of network numbers per prefix length (``addr >> (32 - n)``
+    for IPv4 ``/n``), so a lookup is one set probe per distinct prefix length present (at most
+    33 for IPv4, 129 for IPv6) however many thousand networks the set holds. IPv4-mapped IPv6
+    networks are stored as IPv4 (see :func:`address_key`); an IPv6 network never contains an
+    IPv4 address.
+    """
+
+    __slots__ = ("_by_version", "networks")
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        """Index ``networks``."""
+        self.networks = tuple(_normalised(network) for network in networks)
+        lengths: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
+        for network in self.networks:
+            bits = network.max_prefixlen
+            shift = bits - network.prefixlen
+            lengths[network.version].setdefault(shift, set()).add(int(network.network_address) >> shift)
+        #: Per version, ``(shift, network numbers)`` pairs, widest networks first.
+        self._by_version: dict[int, tuple[tuple[int, frozenset[int]], ...]] = {
+            version: tuple((shift, frozenset(found)) for shift, found in sorted(table.items(), reverse=True))
+            for version, table in lengths.items()
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def __len__(self) -> int:
+        return len(self.networks)
+
+    def contains(self, key: AddressKey) -> bool:
+        """Whether the address ``key`` (from :func:`address_key`) lies in one of the networks."""
+        version, value = key
+        return any(value >> shift in found for shift, found in self._by_version[version])

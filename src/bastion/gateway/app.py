@@ -8,10 +8,11 @@ Per request, :class:`GatewayHandler` (a :data:`~bastion.gateway.contract.Handler
 
 1. canonicalises the target (:mod:`~bastion.gateway.paths`; refused → 400) — before anything
    else looks at the path;
-2. finds the route (:mod:`~bastion.gateway.routing`; none → 404; a path that a case-insensitive
-   upstream ignoring trailing dots would place under another route → 400);
-3. scans the headers once and resolves client address and request id
+2. scans the headers once and resolves client address and request id
    (:mod:`~bastion.gateway.headers`);
+3. finds the route by ``Host`` and path (:mod:`~bastion.gateway.routing`; none → 404; a path
+   that a case-insensitive upstream ignoring trailing dots would place under another route →
+   400);
 4. runs the route's policy chain (:mod:`~bastion.gateway.policies`), synchronously while it can;
 5. answers with a ``Reply`` or a ``Forward`` whose ``on_complete`` logs and counts.
 
@@ -175,10 +176,10 @@ class GatewayHandler:
         if exchange.method in _REFUSED_METHODS:
             reply = problem(405, "Method Not Allowed", headers=[(b"allow", _ALLOW)])
             return self._reply(reply, None, head, exchange)
-        route = self._table.match(target.path)
+        route = self._table.match(target.path, scanned.host)
         if route is None:
             return self._reply(problem(404, "Not Found"), None, head, exchange)
-        if self._table.confusable(target.path, route):
+        if self._table.confusable(target.path, route, scanned.host):
             # ``/ADMIN`` routed by the public ``/`` route, but ``/admin`` to a case-insensitive
             # upstream: refused like any other ambiguous target.
             self._metrics.refused_path("route_confusion")
@@ -225,6 +226,8 @@ class GatewayHandler:
                 if len(self._identities) >= _IDENTITY_CACHE:
                     self._identities.clear()
                 self._identities[id(principal)] = (principal, identity)
+        if exchange.upstream_headers:
+            identity = [*(identity or ()), *exchange.upstream_headers]
         head = exchange.head
         request_id = exchange.request_id
         return Forward(
@@ -249,6 +252,7 @@ class GatewayHandler:
             # scan_request dropped the client fields named in Connection; the headers set here
             # (identity, X-Forwarded-*) must reach the upstream whatever the client names.
             connection_filtered=True,
+            max_body=settings.max_body,
         )
 
     def _reply(
@@ -428,7 +432,9 @@ class Gateway:
             ]
             handler = GatewayHandler(
                 RouteTable(routes),
-                HeaderRules.build(settings.strip_headers, settings.trusted_proxies, settings.server_header),
+                HeaderRules.build(
+                    settings.stripped_headers, settings.trusted_proxies, settings.server_header
+                ),
                 self.metrics,
                 self.access_log,
             )

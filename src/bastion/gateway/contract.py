@@ -101,6 +101,10 @@ class Forward:
     #: CVE-2024-45410: ``Connection: X-Forwarded-For``). ``False``: the engine removes every
     #: field named in the client's ``Connection`` from :attr:`headers`.
     connection_filtered: bool = False
+    #: Most request content the engine forwards for this request (a route's ``max_body``),
+    #: below the engine's own ``max_body``; counted while streaming, so a chunked body is cut
+    #: with 413 too. ``None``: the engine's limit alone.
+    max_body: int | None = None
 
 
 Decision = Reply | Forward

@@ -35,7 +35,10 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
+from typing import Any
 from typing import Final
+
+import orjson
 
 from bastion.gateway.contract import Headers
 from bastion.net import TrustedProxies
@@ -45,12 +48,14 @@ __all__ = [
     "HeaderRules",
     "ScannedHeaders",
     "TrustedProxies",
+    "claim_value",
     "forward_headers",
     "identity_headers",
     "identity_value",
     "new_request_id",
     "response_filter",
     "scan_request",
+    "unsettable_header",
 ]
 
 #: RFC 9110 §7.6.1 and RFC 9112 §6.1 / §7.
@@ -136,6 +141,44 @@ def identity_value(value: str) -> bytes:
     return "".join(
         c if "\x21" <= c <= "\x7e" and c != "%" else "".join(f"%{b:02X}" for b in c.encode()) for c in value
     ).encode("ascii")
+
+
+def claim_value(value: Any) -> bytes | None:
+    """A token claim as a header value (a route's ``claim_headers``); ``None``: send no header.
+
+    A string is sent as it is, any other JSON value (a list of roles, an object, a number, a
+    boolean) as compact JSON (``["admin","ops"]``); then, like every identity value, anything
+    but visible ASCII, and ``%``, is %-escaped (:func:`identity_value`), so a CR, LF or NUL in a
+    claim can never end the field or start another, and one percent-decode gives the string or
+    the UTF-8 JSON back. ``null`` or a value that is not JSON sends nothing.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return identity_value(value)
+    try:
+        text = orjson.dumps(value).decode("utf-8")
+    except (orjson.JSONEncodeError, TypeError):
+        return None
+    return identity_value(text)
+
+
+#: Headers a route's ``claim_headers`` may not set: framing, hop-by-hop, credentials, the
+#: forwarding facts and the identity headers the gateway sets itself.
+_UNSETTABLE: Final = frozenset(
+    {b"authorization", b"cookie", b"expect", b"x-bastion-subject", b"x-bastion-client", b"x-bastion-scopes"}
+)
+
+
+def unsettable_header(name: str) -> bool:
+    """Whether a route may not set header ``name`` from a claim (settings validation).
+
+    ``_`` is read as ``-`` (CGI servers do): ``X_Forwarded_For`` is ``X-Forwarded-For``.
+    """
+    raw = name.lower().replace("_", "-").encode("ascii")
+    if raw in _UNSETTABLE:
+        return True
+    return not raw.startswith(_IDENTITY_PREFIX) and _reserved(raw, frozenset())
 
 
 @dataclass(slots=True)

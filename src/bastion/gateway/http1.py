@@ -62,6 +62,7 @@ from typing import NoReturn
 import httptools
 
 from bastion.gateway.contract import Headers
+from bastion.gateway.limits import FIELD_OVERHEAD
 from bastion.gateway.limits import EngineLimits
 
 __all__ = [
@@ -395,6 +396,10 @@ class ServerConnection:
         self._mode = _NONE
         self._keep_alive = False
         self._response_started = False
+        #: A lower body limit for the request of this cycle (:meth:`limit_body`) and the
+        #: content handed out against it.
+        self._cycle_limit: int | None = None
+        self._cycle_body = 0
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -451,13 +456,37 @@ class ServerConnection:
         if not events:
             return NEED_DATA
         event = events.popleft()
-        if type(event) is Request:
+        if type(event) is Data:
+            limit = self._cycle_limit
+            if limit is not None:
+                self._cycle_body += len(event.data)
+                if self._cycle_body > limit:
+                    # The same refusal as ``max_body`` while parsing, for a route's lower limit:
+                    # the slice that crosses it is never handed out, nothing after it is read.
+                    self._dead = True
+                    events.clear()
+                    return Rejected(413, "Request content too large.")
+        elif type(event) is Request:
             self._request = event
             # A request without content is complete with its head: no EndOfMessage follows.
             self._request_done = not event.has_body
+            self._cycle_limit = None
+            self._cycle_body = 0
         elif type(event) is EndOfMessage:
             self._request_done = True
         return event
+
+    def limit_body(self, max_body: int) -> None:
+        """Lower the content limit for the request of this cycle (a route's ``max_body``).
+
+        Counted on the content handed out from now on, so content the parser already queued is
+        covered too; content beyond ``max_body`` ends the request with :class:`Rejected` (413)
+        where the next :class:`Data` would have been, whether the body is ``Content-Length``
+        framed or chunked. The limit never rises above ``EngineLimits.max_body``, which the
+        parser keeps enforcing.
+        """
+        current = self._cycle_limit
+        self._cycle_limit = max_body if current is None else min(current, max_body)
 
     @property
     def request_complete(self) -> bool:
@@ -497,7 +526,7 @@ class ServerConnection:
             return  # a trailer field of a chunked body: dropped, never forwarded
         headers = self._headers
         headers.append((name.lower(), value))
-        self._header_bytes += len(name) + len(value) + 4
+        self._header_bytes += len(name) + len(value) + FIELD_OVERHEAD
         if len(headers) > self._limits.max_headers or self._header_bytes > self._limits.max_header_bytes:
             self._fail(431, "Request header fields too large.")
 
@@ -708,6 +737,8 @@ class ServerConnection:
         self._mode = _NONE
         self._keep_alive = False
         self._response_started = False
+        self._cycle_limit = None
+        self._cycle_body = 0
 
 
 class ResponseReader:

@@ -6,7 +6,17 @@ it from its settings. Every default here is the documented default.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+#: Bytes a header field takes beyond its name and value in the size limits: ``": "`` and CRLF.
+FIELD_OVERHEAD = 4
+
+
+def header_block_bytes(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The size of a header block as ``max_header_bytes`` measures it (names, values and
+    :data:`FIELD_OVERHEAD` per field), for limits checked after parsing (a route's own)."""
+    return sum(len(name) + len(value) + FIELD_OVERHEAD for name, value in headers)
 
 
 @dataclass(frozen=True, slots=True)

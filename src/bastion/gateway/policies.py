@@ -12,22 +12,32 @@ Each route gets an ordered tuple of :class:`Policy` objects, built from its sett
 
 Built-in policies, in chain order:
 
-=====================  ==================================================================
-``QueryTokenPolicy``   refuses ``access_token`` in the query (OAuth 2.1 §5.2: bearer
-                       tokens go in the ``Authorization`` header only): 401, or 400
-                       beside an ``Authorization`` header (two credentials)
-``BearerAuthPolicy``   exactly one ``Authorization: Bearer`` header; token validated
-                       against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
-``ScopePolicy``        every scope the route requires for the method (RFC 6750 §3.1);
-                       ``HEAD`` as ``GET``; a method the table does not cover → 405
-=====================  ==================================================================
+=======================  ==================================================================
+``IpPolicy``             the gateway's and the route's ``ip_allow``/``ip_deny`` on the client
+                         address resolved through ``trusted_proxies``: 403
+``ContentFilterPolicy``  the route's ``methods`` (405 with ``Allow``), ``max_header_bytes``
+                         (431), ``max_body`` (413 for a declared length; the engine cuts a
+                         streamed body at it) and ``content_types`` (415), before any token
+                         work: they look only at the request's form
+``QueryTokenPolicy``     refuses ``access_token`` in the query (OAuth 2.1 §5.2: bearer
+                         tokens go in the ``Authorization`` header only): 401, or 400
+                         beside an ``Authorization`` header (two credentials)
+``BearerAuthPolicy``     exactly one ``Authorization: Bearer`` header; token validated
+                         against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
+``ScopePolicy``          every scope the route requires for the method (RFC 6750 §3.1);
+                         ``HEAD`` as ``GET``; a method the table does not cover → 405
+``ClaimHeadersPolicy``   the route's ``claim_headers``: chosen claims of the verified token
+                         as headers for the upstream (never refuses)
+=======================  ==================================================================
 
-Rate limits, IP rules and body filters plug in as further factories; they see the resolved
-client address and, after ``BearerAuthPolicy``, the principal.
+Rate limits and bans plug in as further factories (a ban set as an :class:`AddressCheck` of
+``IpPolicy``); they see the resolved client address and, after ``BearerAuthPolicy``, the
+principal.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -40,13 +50,20 @@ from urllib.parse import unquote_to_bytes
 
 import orjson
 
+from bastion.gateway.contract import Headers
 from bastion.gateway.contract import Reply
 from bastion.gateway.contract import RequestHead
 from bastion.gateway.headers import ScannedHeaders
+from bastion.gateway.headers import claim_value
+from bastion.gateway.limits import header_block_bytes
 from bastion.gateway.observe import GatewayMetrics
 from bastion.gateway.paths import RequestTarget
 from bastion.gateway.settings import GatewaySettings
+from bastion.gateway.settings import Networks
 from bastion.gateway.settings import RouteSettings
+from bastion.net import AddressKey
+from bastion.net import NetworkSet
+from bastion.net import address_key
 from bastion.protocol.jose import JOSEError
 from bastion.protocol.jose import b64url_decode
 from bastion.tokens import InsufficientScope
@@ -57,8 +74,13 @@ from bastion.tokens import TokenTooLarge
 from bastion.tokens import bearer_challenge
 
 __all__ = [
+    "AddressCheck",
     "BearerAuthPolicy",
+    "ClaimHeadersPolicy",
+    "ContentFilterPolicy",
     "Exchange",
+    "IpPolicy",
+    "IpRules",
     "Policy",
     "PolicyContext",
     "PolicyFactory",
@@ -108,6 +130,8 @@ class Exchange:
     principal: Principal | None = None
     #: Why authentication failed (a metrics label), for the access log.
     auth_failure: str | None = None
+    #: Headers policies add for the upstream, after the identity headers (claims of the token).
+    upstream_headers: Headers | None = None
 
 
 class Policy(Protocol):
@@ -150,6 +174,149 @@ def problem(
 
 def _challenge_reply(status: int, title: str, challenge: str, detail: str | None = None) -> Reply:
     return problem(status, title, detail, [(b"www-authenticate", challenge.encode("ascii"))])
+
+
+class AddressCheck(Protocol):
+    """One rule on the client address (a list pair, later a ban set), run by :class:`IpPolicy`.
+
+    Synchronous: a check that depends on shared state keeps a local copy fed in the background
+    (as revocations are), so the hot path does not wait on a store.
+    """
+
+    def refuses(self, key: AddressKey) -> bool:
+        """Whether a client at ``key`` (from :func:`bastion.net.address_key`) is refused."""
+
+
+class IpRules:
+    """An allow and a deny list (:class:`~bastion.net.NetworkSet`): deny wins, and a non-empty
+    allow list refuses every address outside it."""
+
+    __slots__ = ("allow", "deny")
+
+    def __init__(self, allow: NetworkSet, deny: NetworkSet) -> None:
+        """Refuse addresses in ``deny``, and outside ``allow`` when it is not empty."""
+        self.allow = allow
+        self.deny = deny
+
+    def refuses(self, key: AddressKey) -> bool:
+        """Whether ``key`` is denied, or not allowed."""
+        if self.deny and self.deny.contains(key):
+            return True
+        return bool(self.allow) and not self.allow.contains(key)
+
+
+@functools.lru_cache(maxsize=64)
+def ip_rules(allow: Networks, deny: Networks) -> IpRules:
+    """:class:`IpRules` for the settings' ``ip_allow`` and ``ip_deny``, compiled once per list
+    pair (the gateway's lists are shared by every route's policy)."""
+    return IpRules(NetworkSet(allow), NetworkSet(deny))
+
+
+class IpPolicy:
+    """Refuse clients by address: 403 when any :class:`AddressCheck` refuses.
+
+    The address is ``exchange.client_ip``: the socket peer, or — only when the peer is one of
+    ``trusted_proxies`` — the first untrusted hop of ``X-Forwarded-For`` from the right, so a
+    client that is not behind a trusted proxy cannot choose it by sending that header. An
+    address that cannot be read is refused (fail closed). Checks run in order: the gateway's
+    lists, then the route's (which can only narrow them), and later a ban set.
+    """
+
+    name = "ip"
+
+    def __init__(self, checks: Sequence[AddressCheck]) -> None:
+        """Apply ``checks`` in order."""
+        self._checks = tuple(checks)
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """``None`` when no check refuses the client address."""
+        key = address_key(exchange.client_ip)
+        if key is not None:
+            for rule in self._checks:
+                if rule.refuses(key):
+                    break
+            else:
+                return None
+        return problem(403, "Forbidden", "Requests from this address are not allowed")
+
+
+def method_not_allowed(allow: bytes) -> Reply:
+    """405 with ``Allow`` (RFC 9110 §15.5.6: the origin "MUST generate an Allow header field")."""
+    return problem(405, "Method Not Allowed", "The route does not allow this method", [(b"allow", allow)])
+
+
+def allow_field(route: RouteSettings) -> bytes | None:
+    """The ``Allow`` value of ``route`` (:meth:`RouteSettings.allowed_methods`); ``None``: all."""
+    allowed = route.allowed_methods()
+    return None if allowed is None else ", ".join(allowed).encode("ascii")
+
+
+class ContentFilterPolicy:
+    """Refuse requests whose form the route does not accept, before any token work.
+
+    * a method outside the route's ``methods``: 405 with ``Allow`` (RFC 9110 §15.5.6), the same
+      value the scope table's 405 carries (both come from :meth:`RouteSettings.allowed_methods`);
+    * a header block larger than ``max_header_bytes``: 431 (RFC 6585 §5), measured as the
+      engine measures its own limit (:func:`~bastion.gateway.limits.header_block_bytes`);
+    * a ``Content-Length`` above ``max_body``: 413 (RFC 9110 §15.5.14) before a byte of the body
+      is read. A chunked body has no length up front: the ``Forward`` carries ``max_body`` and
+      the engine cuts the stream with 413 where it crosses it;
+    * a body whose media type is not in ``content_types``: 415 with ``Accept`` (RFC 9110
+      §15.5.16, §12.5.1). The type is compared without parameters, case-insensitively (RFC 9110
+      §8.3.1: "The type and subtype tokens are case-insensitive"). A body without a
+      ``Content-Type``, or with more than one (a singleton field, RFC 9110 §5.3), is refused:
+      the upstream would have to guess (sniff) what it is.
+
+    A request has a body when it is chunked or its ``Content-Length`` is above zero (RFC 9112
+    §6.3); the engine has already refused ambiguous framing.
+    """
+
+    name = "filters"
+
+    def __init__(self, route: RouteSettings) -> None:
+        """Check what ``route`` sets of ``methods``, ``max_header_bytes``, ``max_body`` and
+        ``content_types``."""
+        allowed = route.allowed_methods() if route.methods is not None else None
+        self._methods = frozenset(allowed) if allowed is not None else None
+        self._allow = allow_field(route) or b""
+        self._max_header_bytes = route.max_header_bytes
+        self._max_body = route.max_body
+        types = route.content_types
+        self._types = frozenset(t.encode("ascii") for t in types) if types is not None else None
+        self._accept = ", ".join(types).encode("ascii") if types is not None else b""
+        self._reads_body = self._max_body is not None or self._types is not None
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """``None`` when the request's method, header size and body fit the route."""
+        if self._methods is not None and exchange.method not in self._methods:
+            return method_not_allowed(self._allow)
+        headers = exchange.head.headers
+        if self._max_header_bytes is not None and header_block_bytes(headers) > self._max_header_bytes:
+            return problem(431, "Request Header Fields Too Large", "The request header is too large")
+        if not self._reads_body:
+            return None
+        length = 0
+        chunked = False
+        types: list[bytes] = []
+        for name, value in headers:
+            if name == b"content-length":
+                length = int(value)  # one run of digits: the engine checked
+            elif name == b"transfer-encoding":
+                chunked = True  # exactly "chunked": the engine refuses any other coding
+            elif name == b"content-type":
+                types.append(value)
+        if self._max_body is not None and length > self._max_body:
+            return problem(413, "Content Too Large", "The request content is too large")
+        if self._types is not None and (chunked or length):
+            media_type = types[0].split(b";", 1)[0].strip(b" \t").lower() if len(types) == 1 else b""
+            if media_type not in self._types:
+                return problem(
+                    415,
+                    "Unsupported Media Type",
+                    "The request content type is not accepted",
+                    [(b"accept", self._accept)],
+                )
+        return None
 
 
 class QueryTokenPolicy:
@@ -348,7 +515,7 @@ class ScopePolicy:
                 self._required[method] = frozenset(scopes)
         star = route.scopes.get("*")
         self._default = frozenset(star) if star is not None else None
-        self._allow = ", ".join(covered).encode("ascii")
+        self._allow = allow_field(route) or b""
         self._realm = realm
         self._metrics = metrics
 
@@ -358,9 +525,7 @@ class ScopePolicy:
         method = exchange.method
         required = self._required.get(method, self._default)
         if required is None:
-            return problem(
-                405, "Method Not Allowed", "The route does not allow this method", [(b"allow", self._allow)]
-            )
+            return method_not_allowed(self._allow)
         if not required:
             return None
         principal = exchange.principal
@@ -370,6 +535,71 @@ class ScopePolicy:
         exchange.auth_failure = "insufficient_scope"
         error = InsufficientScope(self._route.scopes_for(method) or ())
         return _challenge_reply(403, "Forbidden", error.challenge(self._realm), error.description)
+
+
+class ClaimHeadersPolicy:
+    """Forward chosen claims of the verified token as headers (a route's ``claim_headers``).
+
+    Values are rendered by :func:`~bastion.gateway.headers.claim_value` (strings as they are,
+    other values as compact JSON, everything %-escaped to visible ASCII), so a claim can never
+    inject a header. Client copies of these headers never reach this point: ``scan_request``
+    drops them on every route (:attr:`GatewaySettings.stripped_headers`). Rendered headers are
+    cached per principal (principals are shared by the token caches), bounded.
+    """
+
+    name = "claim_headers"
+
+    _CACHE_SIZE: Final = 4096
+
+    def __init__(self, claim_headers: Mapping[str, str]) -> None:
+        """Send claim ``c`` as header ``claim_headers[c]`` (lower-case names)."""
+        self._pairs = tuple((claim, header.encode("ascii")) for claim, header in claim_headers.items())
+        self._cache: dict[int, tuple[Principal, Headers]] = {}
+
+    def check(self, exchange: Exchange) -> PolicyResult:
+        """Set ``exchange.upstream_headers``; never refuses."""
+        principal = exchange.principal
+        if principal is None:
+            return None
+        cached = self._cache.get(id(principal))
+        if cached is not None and cached[0] is principal:
+            headers = cached[1]
+        else:
+            claims = principal.claims
+            headers = []
+            for claim, header in self._pairs:
+                value = claim_value(claims.get(claim))
+                if value is not None:
+                    headers.append((header, value))
+            if len(self._cache) >= self._CACHE_SIZE:
+                self._cache.clear()
+            self._cache[id(principal)] = (principal, headers)
+        if headers:
+            exchange.upstream_headers = (
+                headers if exchange.upstream_headers is None else [*exchange.upstream_headers, *headers]
+            )
+        return None
+
+
+def _ip(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    checks: list[AddressCheck] = []
+    gateway = ctx.gateway
+    if gateway.ip_allow or gateway.ip_deny:
+        checks.append(ip_rules(gateway.ip_allow, gateway.ip_deny))
+    if route.ip_allow or route.ip_deny:
+        checks.append(ip_rules(route.ip_allow, route.ip_deny))
+    return (IpPolicy(checks),) if checks else ()
+
+
+def _filters(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if (
+        route.methods is None
+        and route.max_body is None
+        and route.content_types is None
+        and route.max_header_bytes is None
+    ):
+        return ()
+    return (ContentFilterPolicy(route),)
 
 
 def _query_token(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
@@ -397,9 +627,15 @@ def _scopes(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
     return (ScopePolicy(route, ctx.gateway.realm, ctx.metrics),)
 
 
+def _claim_headers(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if route.auth == "none" or not route.claim_headers:
+        return ()
+    return (ClaimHeadersPolicy(route.claim_headers),)
+
+
 def default_factories() -> list[PolicyFactory]:
     """The built-in policy factories in chain order (a new list each call, to extend freely)."""
-    return [_query_token, _bearer, _scopes]
+    return [_ip, _filters, _query_token, _bearer, _scopes, _claim_headers]
 
 
 def build_chain(

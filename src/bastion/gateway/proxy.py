@@ -166,6 +166,8 @@ class Exchange:
         if type(decision) is Reply:
             self._reply(decision)
         elif isinstance(decision, Forward) and isinstance(decision.upstream, UpstreamGroup):
+            if decision.max_body is not None:
+                self.front.conn.limit_body(decision.max_body)
             self._forward = decision
             self._group = decision.upstream
             self._start_forward(decision)

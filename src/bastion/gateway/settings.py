@@ -44,6 +44,7 @@ from pydantic import Field
 from pydantic import field_validator
 from pydantic import model_validator
 
+from bastion.gateway.headers import unsettable_header
 from bastion.gateway.paths import PathError
 from bastion.gateway.paths import parse_target
 from bastion.tokens import MAX_LEEWAY
@@ -64,8 +65,16 @@ __all__ = [
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 §5.6.2 token
+#: RFC 9110 §8.3.1: media-type = type "/" subtype (parameters are not part of a filter).
+_MEDIA_TYPE_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: A route's ``host``: a DNS name (letters, digits, ``-``, ``_``, dots) or an IP literal, no port.
+_HOST_NAME_RE = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?$")
+_HOST_IP6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
+#: Methods the gateway never forwards (see ``app.py``); a route cannot allow them.
+_NEVER_FORWARDED = frozenset({"CONNECT", "TRACE"})
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
 
 class _Frozen(BaseModel):
@@ -233,7 +242,17 @@ class RouteSettings(_Frozen):
 
     prefix: str
     """Canonical path prefix, matched on segment boundaries (``/api`` matches ``/api`` and
-    ``/api/x``, not ``/apix``), case-sensitively; the longest matching prefix wins."""
+    ``/api/x``, not ``/apix``), case-sensitively; the longest matching prefix wins. With
+    ``match = "exact"``, the one path the route serves."""
+    match: Literal["prefix", "exact"] = "prefix"
+    """``prefix``: ``prefix`` and every path below it; ``exact``: the canonical path ``prefix``
+    alone (``/api/read``, not ``/api/read/`` or ``/api/read/x``). An exact route wins over any
+    prefix route for its path."""
+    host: str | None = None
+    """Serve only requests whose ``Host`` names this host (``api.example.com``): compared
+    case-insensitively, without the port and a trailing dot (RFC 9110 §7.2). For a request naming
+    it, the host's routes are tried first and the host-less ones only when none of them
+    matches. ``None``: any host."""
     upstream: str
     """Name of a ``[gateway.upstreams.NAME]`` entry."""
     auth: Literal["required", "none"] = "required"
@@ -265,6 +284,39 @@ class RouteSettings(_Frozen):
     retry: bool = False
     """Retry once on another target after a connect failure; applied to idempotent methods only
     (RFC 9110 §9.2.2)."""
+    ip_allow: Networks = ()
+    """Client networks (CIDR) this route serves, on top of the gateway's ``ip_allow``: a client
+    must be in both lists where both are set. Empty: no route-level allow list."""
+    ip_deny: Networks = ()
+    """Client networks (CIDR) refused on this route (403), besides the gateway's ``ip_deny``."""
+    claim_headers: dict[str, str] = Field(default_factory=dict)
+    """Token claims forwarded as headers, claim name to header name (``{ roles =
+    "X-Bastion-Roles", email = "X-User-Email" }``); top-level claims only. A string claim is sent
+    as it is, any other value (a list, an object, a number) as compact JSON; anything but
+    visible ASCII, and ``%``, is %-escaped. A missing or ``null`` claim sends no header. Client
+    copies of these headers are dropped on every route, like ``X-Bastion-*`` and
+    ``strip_headers``. Framing, hop-by-hop, forwarding and credential headers, and the
+    gateway's own ``X-Bastion-Subject``/``-Client``/``-Scopes``, cannot be set."""
+    methods: tuple[str, ...] | None = None
+    """Methods the route accepts (``["GET", "POST"]``); ``GET`` brings ``HEAD`` with it (RFC
+    9110 §9.3.2). Any other method is refused with 405 and an ``Allow`` naming the accepted ones,
+    before the token is checked. With a ``scopes`` table, each listed method must be covered by
+    it. ``None``: the methods the ``scopes`` table covers (every method without a table or with
+    a ``"*"`` entry)."""
+    max_body: int | None = Field(default=None, ge=0)
+    """Largest request body on this route, in bytes: a larger ``Content-Length`` is refused with
+    413 up front, and a chunked body is cut with 413 when it grows past it. At most
+    ``gateway.limits.max_body`` (which applies when this is ``None``)."""
+    content_types: tuple[str, ...] | None = None
+    """Media types a request body may have (``["application/json"]``), compared without
+    parameters and case-insensitively (``Application/JSON; charset=utf-8`` is
+    ``application/json``). A request with a body and another type, no ``Content-Type`` or more
+    than one is refused with 415 and an ``Accept`` listing these. Requests without a body pass.
+    ``None``: any type."""
+    max_header_bytes: int | None = Field(default=None, ge=1)
+    """Largest header block on this route, in bytes (names and values plus 4 per field, as
+    ``gateway.limits.max_header_bytes`` counts); larger: 431. At most the gateway's limit (which
+    applies when this is ``None``)."""
 
     @field_validator("prefix", "rewrite_prefix")
     @classmethod
@@ -293,11 +345,103 @@ class RouteSettings(_Frozen):
                     raise ValueError(f"invalid scope {scope!r}")
         return value
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host = value.lower()
+        host = host.removesuffix(".")
+        if not (_HOST_NAME_RE.match(host) or _HOST_IP6_RE.match(host)) or len(host) > 253:
+            raise ValueError(f"{value!r} is not a host name (no port, no scheme, no wildcard)")
+        return host
+
+    @field_validator("claim_headers")
+    @classmethod
+    def _claim_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for claim, header in value.items():
+            if not claim:
+                raise ValueError("claim_headers: a claim name is empty")
+            if not _TOKEN_RE.match(header):
+                raise ValueError(f"claim_headers: {header!r} is not a header name")
+            if "_" in header:
+                # CGI-style servers read ``_`` as ``-``: a client's ``X-User-Email`` would then
+                # stand beside the gateway's ``X_User_Email`` as the same variable.
+                raise ValueError(f"claim_headers: {header!r} has '_' (use '-')")
+            if unsettable_header(header):
+                raise ValueError(f"claim_headers: {header!r} is a header the gateway owns")
+            name = header.lower()
+            if name in out.values():
+                raise ValueError(f"claim_headers: {header!r} is set from two claims")
+            out[claim] = name
+        return out
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("methods must name at least one method (or be left out)")
+        for method in value:
+            if not _TOKEN_RE.match(method) or method != method.upper():
+                raise ValueError(f"method {method!r} must be an upper-case method name")
+            if method in _NEVER_FORWARDED:
+                raise ValueError(f"{method} is never forwarded by the gateway")
+        if len(set(value)) != len(value):
+            raise ValueError("methods are listed more than once")
+        return value
+
+    @field_validator("content_types")
+    @classmethod
+    def _content_types(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("content_types must name at least one media type (or be left out)")
+        for media_type in value:
+            if not _MEDIA_TYPE_RE.match(media_type):
+                raise ValueError(f"{media_type!r} is not a media type (type/subtype, no parameters)")
+        return tuple(dict.fromkeys(media_type.lower() for media_type in value))
+
     @model_validator(mode="after")
     def _rewrite(self) -> Self:
         if self.strip_prefix and self.rewrite_prefix is not None:
             raise ValueError("set strip_prefix or rewrite_prefix, not both")
+        if self.methods is not None and self.scopes and self.auth != "none":
+            for method in self.methods:
+                if self.scopes_for(method) is None:
+                    raise ValueError(
+                        f"method {method} is in methods but the scopes table does not cover it "
+                        "(add an entry for it or a '*' entry)"
+                    )
         return self
+
+    @property
+    def name(self) -> str:
+        """The route's label in logs, metrics and errors: ``prefix``, with ``=`` before it for an
+        exact route and the host before that (``api.example.com=/api/read``)."""
+        path = f"={self.prefix}" if self.match == "exact" else self.prefix
+        return path if self.host is None else f"{self.host}{path}"
+
+    def allowed_methods(self) -> tuple[str, ...] | None:
+        """The methods this route accepts, in the order of the ``Allow`` field; ``None``: all.
+
+        The one place the route's method set is worked out, for the 405 of ``methods`` and of
+        the ``scopes`` table alike: ``methods`` when set, else the methods the table covers
+        (``None`` when it has a ``"*"`` entry or there is no table). ``GET`` brings ``HEAD``
+        (RFC 9110 §9.3.2: the same response without content).
+        """
+        if self.methods is not None:
+            listed = list(self.methods)
+        elif self.scopes and "*" not in self.scopes and self.auth != "none":
+            listed = list(self.scopes)
+        else:
+            return None
+        if "GET" in listed and "HEAD" not in listed:
+            listed.insert(listed.index("GET") + 1, "HEAD")
+        return tuple(listed)
 
     def scopes_for(self, method: str) -> tuple[str, ...] | None:
         """The scopes a ``method`` request needs on this route; ``None``: the method is refused.
@@ -331,6 +475,14 @@ class GatewaySettings(_Frozen):
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """CIDRs of proxies in front of the gateway whose ``X-Forwarded-For``, ``X-Forwarded-Proto``,
     ``X-Forwarded-Host`` and ``X-Request-Id`` are believed. Empty: the socket peer is the client."""
+    ip_allow: Networks = ()
+    """Client networks (CIDR, IPv4 and IPv6) served on every route; any other client is refused
+    with 403. The client address is the one resolved through ``trusted_proxies``; an
+    IPv4-mapped IPv6 address (``::ffff:192.0.2.1``) is read as IPv4, in entries and clients
+    alike. Empty: every network (subject to ``ip_deny``)."""
+    ip_deny: Networks = ()
+    """Client networks (CIDR) refused on every route with 403, even inside ``ip_allow``. A
+    route's own ``ip_allow``/``ip_deny`` can only narrow these, never reopen them."""
     strip_headers: tuple[str, ...] = ()
     """Extra client headers dropped before forwarding (e.g. ``X-User-Id``); every ``X-Bastion-*``
     header is always dropped."""
@@ -355,7 +507,8 @@ class GatewaySettings(_Frozen):
     upstreams: dict[str, UpstreamSettings] = Field(default_factory=dict)
     """Upstream groups by name (``[gateway.upstreams.NAME]``)."""
     routes: tuple[RouteSettings, ...] = ()
-    """Routes (``[[gateway.routes]]``); order does not matter, the longest prefix wins."""
+    """Routes (``[[gateway.routes]]``); order does not matter: a route of the request's host
+    before a host-less one, then an exact route, then the longest prefix."""
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -392,13 +545,19 @@ class GatewaySettings(_Frozen):
             raise ValueError("issuers must be unique")
         seen: set[str] = set()
         for route in self.routes:
-            where = f"route {route.prefix!r}"
-            if route.prefix in seen:
+            where = f"route {route.name!r}"
+            if route.name in seen:
                 raise ValueError(f"{where}: duplicate prefix")
-            seen.add(route.prefix)
+            seen.add(route.name)
             if route.upstream not in self.upstreams:
                 raise ValueError(f"{where}: unknown upstream {route.upstream!r}")
+            if route.max_body is not None and route.max_body > self.limits.max_body:
+                raise ValueError(f"{where}: max_body is above gateway.limits.max_body")
+            if route.max_header_bytes is not None and route.max_header_bytes > self.limits.max_header_bytes:
+                raise ValueError(f"{where}: max_header_bytes is above gateway.limits.max_header_bytes")
             if route.auth == "none":
+                if route.claim_headers:
+                    raise ValueError(f'{where}: claim_headers needs auth = "required"')
                 continue
             accepted = route.issuers if route.issuers is not None else tuple(issuers)
             if not accepted:
@@ -409,6 +568,16 @@ class GatewaySettings(_Frozen):
                 if route.audience is None and issuers[name].audience is None:
                     raise ValueError(f"{where}: no audience (set the route's audience or issuer {name!r}'s)")
         return self
+
+    @property
+    def stripped_headers(self) -> tuple[str, ...]:
+        """Client headers dropped before forwarding besides ``X-Bastion-*``: ``strip_headers``
+        and every header a route sets from a claim (dropped on every route, so no route lets a
+        client speak for the claim)."""
+        names = dict.fromkeys(self.strip_headers)
+        for route in self.routes:
+            names.update(dict.fromkeys(route.claim_headers.values()))
+        return tuple(names)
 
     def issuer(self, name: str) -> IssuerSettings:
         """The issuer settings for ``name``.

@@ -239,6 +239,67 @@ def test_body_limit_chunked_is_413_while_streaming() -> None:
     assert out[-1].status == 413
 
 
+def _limited(data: bytes, max_body: int) -> tuple[ServerConnection, list[object]]:
+    """Parse ``data``, take the request, lower its body limit, then drain the events."""
+    conn = ServerConnection(EngineLimits())
+    conn.receive_data(data)
+    request = conn.next_event()
+    assert isinstance(request, Request)
+    conn.limit_body(max_body)
+    out: list[object] = [request]
+    while True:
+        event = conn.next_event()
+        out.append(event)
+        if event is NEED_DATA or event is PAUSED or isinstance(event, Rejected):
+            return conn, out
+
+
+def test_a_cycle_body_limit_cuts_a_chunked_body_where_it_crosses() -> None:
+    _, out = _limited(
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"4\r\n1234\r\n4\r\n5678\r\n4\r\n9abc\r\n0\r\n\r\n",
+        6,
+    )
+    # The first slice fits; the one crossing 6 bytes is never handed out, nor the end.
+    assert body_of(out) == b"1234"
+    assert isinstance(out[-1], Rejected)
+    assert out[-1].status == 413
+    assert not any(isinstance(event, EndOfMessage) for event in out)
+
+
+def test_a_cycle_body_limit_counts_content_length_bodies_already_queued() -> None:
+    conn, out = _limited(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\n12345678", 7)
+    assert isinstance(out[-1], Rejected)
+    assert out[-1].status == 413
+    assert body_of(out) == b""
+    assert not conn.keep_alive
+
+
+def test_a_cycle_body_limit_at_the_exact_size_passes() -> None:
+    _, out = _limited(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\n12345678", 8)
+    assert body_of(out) == b"12345678"
+    assert isinstance(out[-2], EndOfMessage)
+    assert out[-1] is PAUSED
+
+
+def test_a_cycle_body_limit_ends_with_its_cycle() -> None:
+    conn = ServerConnection(EngineLimits())
+    conn.receive_data(
+        b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+        b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    assert isinstance(conn.next_event(), Request)
+    conn.limit_body(2)
+    assert isinstance(conn.next_event(), Data)
+    assert isinstance(conn.next_event(), EndOfMessage)
+    conn.start_response(200, [], content_length=0)
+    conn.start_next_cycle()
+    assert isinstance(conn.next_event(), Request)
+    data = conn.next_event()
+    assert isinstance(data, Data)
+    assert data.data == b"hello"
+
+
 # -- cycles and pipelining ---------------------------------------------------------------------
 
 

@@ -9,6 +9,7 @@ import pytest
 from bastion.gateway.contract import Headers
 from bastion.gateway.headers import HeaderRules
 from bastion.gateway.headers import TrustedProxies
+from bastion.gateway.headers import claim_value
 from bastion.gateway.headers import forward_headers
 from bastion.gateway.headers import identity_headers
 from bastion.gateway.headers import identity_value
@@ -16,6 +17,7 @@ from bastion.gateway.headers import reply_headers
 from bastion.gateway.headers import response_filter
 from bastion.gateway.headers import scan_request
 from bastion.gateway.headers import trusted_request_id
+from bastion.gateway.headers import unsettable_header
 
 PROXIES = TrustedProxies([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")])
 RULES = HeaderRules(strip=frozenset({b"x-user-id"}), proxies=PROXIES)
@@ -232,3 +234,58 @@ def test_forwarded_hops_are_normalised_addresses() -> None:
     assert PROXIES.client_ip("10.0.0.1", [b"203.0.113.9, fe80::1%a b"]) == "10.0.0.1"
     assert PROXIES.client_ip("10.0.0.1", [b"::ffff:203.0.113.9"]) == "203.0.113.9"
     assert PROXIES.client_ip("10.0.0.1", [b"203.0.113.9, ::ffff:10.0.0.7"]) == "203.0.113.9"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("alice@example.com", b"alice@example.com"),
+        ("John Smith", b"John%20Smith"),
+        ("a\r\nX-Bastion-Subject: admin", b"a%0D%0AX-Bastion-Subject:%20admin"),
+        ("nul\x00del\x7f", b"nul%00del%7F"),
+        ("100%", b"100%25"),
+        ("Zoë", b"Zo%C3%AB"),
+        (["admin", "ops"], b'["admin","ops"]'),
+        (["a, b", "c\nd"], b'["a,%20b","c\\nd"]'),
+        (["é"], b'["%C3%A9"]'),
+        ({"tier": "gold"}, b'{"tier":"gold"}'),
+        (42, b"42"),
+        (True, b"true"),
+        ([], b"[]"),
+        ("", b""),
+        (None, None),
+    ],
+)
+def test_claim_values_are_strings_or_json_and_never_split_a_header(
+    value: object, expected: bytes | None
+) -> None:
+    rendered = claim_value(value)
+    assert rendered == expected
+    if rendered is not None:
+        assert all(0x21 <= byte <= 0x7E for byte in rendered)
+
+
+@pytest.mark.parametrize(
+    ("name", "unsettable"),
+    [
+        ("X-Bastion-Roles", False),
+        ("X-User-Email", False),
+        ("X-Tenant", False),
+        ("X-Bastion-Subject", True),
+        ("x-bastion-scopes", True),
+        ("X-Bastion-Client", True),
+        ("Authorization", True),
+        ("Cookie", True),
+        ("Host", True),
+        ("Content-Length", True),
+        ("Transfer-Encoding", True),
+        ("Connection", True),
+        ("X-Forwarded-For", True),
+        ("X-Real-IP", True),
+        ("X-Request-Id", True),
+        ("Forwarded", True),
+        ("X_Forwarded_For", True),
+    ],
+)
+def test_headers_a_claim_may_not_set(name: str, unsettable: bool) -> None:
+    assert unsettable_header(name) is unsettable

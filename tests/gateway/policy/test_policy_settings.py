@@ -105,6 +105,35 @@ def test_auth_none_routes_need_no_issuer() -> None:
         ({"prefix": "/a", "scopes": {"GET": ["a b"]}}, "invalid scope"),
         ({"prefix": "/a", "scopes": {"GET": ['a"']}}, "invalid scope"),
         ({"prefix": "/a", "read_timeout": 0}, "greater than 0"),
+        ({"prefix": "/a", "methods": ["get"]}, "upper-case method"),
+        ({"prefix": "/a", "methods": []}, "at least one method"),
+        ({"prefix": "/a", "methods": ["GET", "GET"]}, "more than once"),
+        ({"prefix": "/a", "methods": ["TRACE"]}, "never forwarded"),
+        ({"prefix": "/a", "methods": ["CONNECT"]}, "never forwarded"),
+        (
+            {"prefix": "/a", "methods": ["GET", "POST"], "scopes": {"GET": ["r"]}},
+            "method POST is in methods but the scopes table does not cover it",
+        ),
+        ({"prefix": "/a", "content_types": ["json"]}, "not a media type"),
+        ({"prefix": "/a", "content_types": ["application/json; charset=utf-8"]}, "not a media type"),
+        ({"prefix": "/a", "content_types": []}, "at least one media type"),
+        ({"prefix": "/a", "max_body": -1}, "greater than or equal to 0"),
+        ({"prefix": "/a", "max_header_bytes": 0}, "greater than or equal to 1"),
+        ({"prefix": "/a", "match": "regex"}, "'prefix' or 'exact'"),
+        ({"prefix": "/a", "claim_headers": {"email": "X Email"}}, "not a header name"),
+        ({"prefix": "/a", "claim_headers": {"email": "X_User_Email"}}, "has '_'"),
+        ({"prefix": "/a", "claim_headers": {"sub": "X-Bastion-Subject"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"x": "X-Forwarded-For"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"x": "Authorization"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"x": "Cookie"}}, "the gateway owns"),
+        ({"prefix": "/a", "claim_headers": {"": "X-A"}}, "claim name is empty"),
+        ({"prefix": "/a", "claim_headers": {"a": "X-A", "b": "x-a"}}, "set from two claims"),
+        ({"prefix": "/a", "host": "api.example.com:8080"}, "not a host name"),
+        ({"prefix": "/a", "host": "*.example.com"}, "not a host name"),
+        ({"prefix": "/a", "host": "https://api.example.com"}, "not a host name"),
+        ({"prefix": "/a", "host": "a..example"}, "not a host name"),
+        ({"prefix": "/a", "host": ""}, "not a host name"),
+        ({"prefix": "/a", "host": "[::1]:80"}, "not a host name"),
     ],
 )
 def test_invalid_routes(route: dict[str, Any], message: str) -> None:
@@ -154,6 +183,80 @@ def test_a_scope_table_denies_the_methods_it_does_not_cover(method: str) -> None
     assert listed.scopes_for("PUT") == ("w",)
     # No table at all: any valid token is enough, for every method.
     assert RouteSettings(prefix="/a", upstream="u").scopes_for(method) == ()
+
+
+def test_a_route_limit_cannot_exceed_the_gateways() -> None:
+    route = {"prefix": "/a", "upstream": "catalog", "auth": "none"}
+    with pytest.raises(ValidationError, match=r"route '/a': max_body is above gateway\.limits\.max_body"):
+        gateway(limits={"max_body": 100}, routes=[{**route, "max_body": 101}])
+    with pytest.raises(ValidationError, match="max_header_bytes is above"):
+        gateway(limits={"max_header_bytes": 2048}, routes=[{**route, "max_header_bytes": 2049}])
+    ok = gateway(limits={"max_body": 100}, routes=[{**route, "max_body": 100}])
+    assert ok.routes[0].max_body == 100
+
+
+def test_route_names_tell_host_and_kind() -> None:
+    assert RouteSettings(prefix="/a", upstream="u").name == "/a"
+    assert RouteSettings(prefix="/a", upstream="u", match="exact").name == "=/a"
+    host = RouteSettings(prefix="/a", upstream="u", host="API.Example.com.")
+    assert host.host == "api.example.com"
+    assert host.name == "api.example.com/a"
+    assert RouteSettings(prefix="/a", upstream="u", host="[2001:DB8::1]").host == "[2001:db8::1]"
+
+
+def test_routes_are_duplicates_only_with_the_same_host_kind_and_path() -> None:
+    route = {"prefix": "/a", "upstream": "catalog", "auth": "none"}
+    ok = gateway(routes=[route, {**route, "match": "exact"}, {**route, "host": "x.example"}])
+    assert [r.name for r in ok.routes] == ["/a", "=/a", "x.example/a"]
+    with pytest.raises(ValidationError, match=r"route 'x\.example/a': duplicate"):
+        gateway(routes=[{**route, "host": "x.example"}, {**route, "host": "X.EXAMPLE"}])
+
+
+def test_claim_headers_are_stripped_on_every_route() -> None:
+    settings = gateway(
+        strip_headers=["X-User-Id"],
+        routes=[
+            {
+                "prefix": "/a",
+                "upstream": "catalog",
+                "claim_headers": {"email": "X-User-Email", "roles": "X-Bastion-Roles"},
+            },
+            {"prefix": "/b", "upstream": "catalog", "claim_headers": {"email": "X-User-Email"}},
+        ],
+    )
+    assert settings.routes[0].claim_headers == {"email": "x-user-email", "roles": "x-bastion-roles"}
+    assert settings.stripped_headers == ("x-user-id", "x-user-email", "x-bastion-roles")
+    with pytest.raises(ValidationError, match="claim_headers needs auth"):
+        gateway(
+            routes=[{"prefix": "/a", "upstream": "catalog", "auth": "none", "claim_headers": {"e": "X-E"}}]
+        )
+
+
+def test_content_types_are_lower_cased_once() -> None:
+    route = RouteSettings(prefix="/a", upstream="u", content_types=("Application/JSON", "application/json"))
+    assert route.content_types == ("application/json",)
+
+
+@pytest.mark.parametrize(
+    ("route", "allowed"),
+    [
+        ({}, None),
+        ({"scopes": {"GET": ["r"], "*": ["w"]}}, None),
+        ({"scopes": {"POST": ["w"], "GET": ["r"]}}, ("POST", "GET", "HEAD")),
+        ({"scopes": {"HEAD": ["h"], "GET": ["r"]}}, ("HEAD", "GET")),
+        ({"methods": ["GET", "PUT"]}, ("GET", "HEAD", "PUT")),
+        ({"methods": ["POST"], "scopes": {"*": ["w"]}}, ("POST",)),
+        ({"methods": ["GET"], "scopes": {"GET": ["r"], "*": ["w"]}}, ("GET", "HEAD")),
+        # Without authentication the scope table is not consulted, so it does not restrict.
+        ({"auth": "none", "scopes": {"GET": ["r"]}}, None),
+    ],
+)
+def test_one_place_computes_the_allowed_methods(
+    route: dict[str, Any], allowed: tuple[str, ...] | None
+) -> None:
+    assert (
+        RouteSettings.model_validate({"prefix": "/a", "upstream": "u", **route}).allowed_methods() == allowed
+    )
 
 
 def _models() -> list[type[BaseModel]]:
