@@ -16,6 +16,10 @@ Per request, :class:`GatewayHandler` (a :data:`~bastion.gateway.contract.Handler
 4. runs the route's policy chain (:mod:`~bastion.gateway.policies`), synchronously while it can;
 5. answers with a ``Reply`` or a ``Forward`` whose ``on_complete`` logs and counts.
 
+With ``[gateway.forward_auth]`` enabled, a request for its endpoint from a trusted proxy is
+answered by :mod:`~bastion.gateway.forward_auth`, which runs steps 1-4 (:meth:`GatewayHandler.decide`)
+on the original request the proxy describes and turns the decision into its answer.
+
 Reload builds a complete new handler from new settings, reusing the upstream groups and token
 verifiers whose settings did not change (keeping their pools, JWKS and token caches), and swaps
 it in with the engine's ``set_handler``: requests already running finish on the old handler.
@@ -49,6 +53,7 @@ from bastion.gateway.contract import Outcome
 from bastion.gateway.contract import Reply
 from bastion.gateway.contract import RequestHead
 from bastion.gateway.contract import UpstreamGroup
+from bastion.gateway.forward_auth import ForwardAuth
 from bastion.gateway.headers import HeaderRules
 from bastion.gateway.headers import forward_headers
 from bastion.gateway.headers import identity_headers
@@ -135,12 +140,19 @@ VerifierFactory = Callable[[IssuerSettings], TokenVerifier]
 class GatewayHandler:
     """The per-request entry point the engine calls (one instance per route table)."""
 
-    __slots__ = ("_identities", "_log", "_metrics", "_rules", "_table")
+    __slots__ = ("_forward_auth", "_identities", "_log", "_metrics", "_rules", "_table")
 
     def __init__(
-        self, table: RouteTable, rules: HeaderRules, metrics: GatewayMetrics, log: AccessLog
+        self,
+        table: RouteTable,
+        rules: HeaderRules,
+        metrics: GatewayMetrics,
+        log: AccessLog,
+        forward_auth: ForwardAuth | None = None,
     ) -> None:
-        """Serve ``table`` with ``rules``, counting in ``metrics`` and logging to ``log``."""
+        """Serve ``table`` with ``rules``, counting in ``metrics`` and logging to ``log``; answer
+        ``forward_auth``'s endpoint when it is given."""
+        self._forward_auth = forward_auth
         self._table = table
         self._identities: dict[int, tuple[Principal, Headers]] = {}
         self._rules = rules
@@ -154,6 +166,16 @@ class GatewayHandler:
 
     def __call__(self, head: RequestHead) -> Decision | Awaitable[Decision]:
         """Decide what to do with one request (see the module docstring)."""
+        forward_auth = self._forward_auth
+        if forward_auth is not None and forward_auth.claims(head.target):
+            return forward_auth.check(head, self.decide, self._refuse)
+        return self.decide(head)
+
+    def _refuse(self, reply: Reply, head: RequestHead, reason: str) -> Reply:
+        return self._reply(reply, None, head, None, refused=reason)
+
+    def decide(self, head: RequestHead) -> Decision | Awaitable[Decision]:
+        """The proxy's decision for ``head``: steps 1-5 of the module docstring."""
         try:
             target = parse_target(head.target)
         except PathError as exc:
@@ -253,6 +275,7 @@ class GatewayHandler:
             # (identity, X-Forwarded-*) must reach the upstream whatever the client names.
             connection_filtered=True,
             max_body=settings.max_body,
+            identity=identity,
         )
 
     def _reply(
@@ -430,13 +453,15 @@ class Gateway:
                 )
                 for route in settings.routes
             ]
+            rules = HeaderRules.build(
+                settings.stripped_headers, settings.trusted_proxies, settings.server_header
+            )
             handler = GatewayHandler(
                 RouteTable(routes),
-                HeaderRules.build(
-                    settings.stripped_headers, settings.trusted_proxies, settings.server_header
-                ),
+                rules,
                 self.metrics,
                 self.access_log,
+                ForwardAuth(settings.forward_auth, rules.proxies) if settings.forward_auth.enabled else None,
             )
         except BaseException:
             for obj in created:

@@ -105,6 +105,9 @@ class Forward:
     #: below the engine's own ``max_body``; counted while streaming, so a chunked body is cut
     #: with 413 too. ``None``: the engine's limit alone.
     max_body: int | None = None
+    #: The headers of :attr:`headers` that speak for the verified identity (``X-Bastion-*`` and
+    #: the route's claim headers), apart, for forward-auth answers; ``None``: no identity.
+    identity: Headers | None = None
 
 
 Decision = Reply | Forward

@@ -51,6 +51,7 @@ from bastion.tokens import MAX_LEEWAY
 
 __all__ = [
     "BreakerSettings",
+    "ForwardAuthSettings",
     "GatewaySettings",
     "HealthCheckSettings",
     "IntrospectionSettings",
@@ -214,6 +215,39 @@ class LimitsSettings(_Frozen):
     """Bytes per second a request body must average after ``body_timeout`` (each byte buys
     1/rate more seconds), so a client dribbling a byte at a time cannot hold a request open;
     ``0`` turns it off."""
+
+
+class ForwardAuthSettings(_Frozen):
+    """Forward-auth mode (``[gateway.forward_auth]``): an endpoint that tells a proxy in front
+    (nginx ``auth_request``, Traefik ``ForwardAuth``, Envoy's HTTP ``ext_authz``) whether the
+    request it holds may pass, and with which identity, instead of proxying it.
+
+    The endpoint answers only peers in ``trusted_proxies``: the original method and URI come
+    from headers a client must not choose. See ``docs/gateway.md`` ("Forward-auth")."""
+
+    enabled: bool = False
+    """Serve the forward-auth endpoint on the public listener (needs ``trusted_proxies``)."""
+    path: str = "/_bastion/auth"
+    """Canonical path of the endpoint; requests to it never reach a route."""
+    mode: Literal["headers", "path_prefix"] = "headers"
+    """Where the original request is read from. ``headers``: ``X-Original-Method`` and
+    ``X-Original-URI`` (nginx, set in its config) or ``X-Forwarded-Method`` and
+    ``X-Forwarded-Uri`` (Traefik), one pair exactly, both fields once; ``path_prefix``: the
+    request's own method, and the target below ``path`` (Envoy ``ext_authz`` with
+    ``path_prefix``: ``/_bastion/auth/orders/42?x=1`` checks ``GET /orders/42?x=1``). The host,
+    which picks host routes, is ``X-Forwarded-Host``: required in ``headers`` mode, in
+    ``path_prefix`` mode ``Host`` when it is absent."""
+
+    @field_validator("path")
+    @classmethod
+    def _canonical_path(cls, value: str) -> str:
+        try:
+            canonical = parse_target(value.encode("ascii")).path
+        except (PathError, UnicodeEncodeError) as exc:
+            raise ValueError(f"{value!r} is not a canonical path: {exc}") from exc
+        if canonical != value or "?" in value or value == "/" or value.endswith("/"):
+            raise ValueError(f"{value!r} must be a canonical path below '/', without a trailing '/'")
+        return value
 
 
 class UpstreamSettings(_Frozen):
@@ -475,6 +509,8 @@ class GatewaySettings(_Frozen):
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     """CIDRs of proxies in front of the gateway whose ``X-Forwarded-For``, ``X-Forwarded-Proto``,
     ``X-Forwarded-Host`` and ``X-Request-Id`` are believed. Empty: the socket peer is the client."""
+    forward_auth: ForwardAuthSettings = ForwardAuthSettings()
+    """Forward-auth mode for a proxy in front (``[gateway.forward_auth]``); off by default."""
     ip_allow: Networks = ()
     """Client networks (CIDR, IPv4 and IPv6) served on every route; any other client is refused
     with 403. The client address is the one resolved through ``trusted_proxies``; an
@@ -567,6 +603,15 @@ class GatewaySettings(_Frozen):
                     raise ValueError(f"{where}: unknown issuer {name!r}")
                 if route.audience is None and issuers[name].audience is None:
                     raise ValueError(f"{where}: no audience (set the route's audience or issuer {name!r}'s)")
+        return self
+
+    @model_validator(mode="after")
+    def _forward_auth_needs_proxies(self) -> Self:
+        if self.forward_auth.enabled and not self.trusted_proxies:
+            raise ValueError(
+                "forward_auth.enabled needs trusted_proxies: the endpoint believes the original "
+                "method and URI only from the proxies listed there"
+            )
         return self
 
     @property
