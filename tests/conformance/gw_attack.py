@@ -223,6 +223,14 @@ class RecordingUpstream:
                 b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                 b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\nhijack!"
             )
+        elif how == b"cors":
+            # A service with its own (too wide) CORS answer: a gateway's CORS route must not
+            # let it through.
+            writer.write(
+                b"HTTP/1.1 200 OK\r\naccess-control-allow-origin: *\r\n"
+                b"access-control-allow-credentials: true\r\naccess-control-expose-headers: x-secret\r\n"
+                b"access-control-allow-methods: *\r\nvary: accept-encoding\r\ncontent-length: 2\r\n\r\nok"
+            )
         elif how == b"bad-length":
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok!")
         elif how == b"internal-error":

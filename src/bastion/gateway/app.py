@@ -53,6 +53,7 @@ from bastion.gateway.contract import Outcome
 from bastion.gateway.contract import Reply
 from bastion.gateway.contract import RequestHead
 from bastion.gateway.contract import UpstreamGroup
+from bastion.gateway.cors import upstream_filter
 from bastion.gateway.forward_auth import ForwardAuth
 from bastion.gateway.headers import HeaderRules
 from bastion.gateway.headers import forward_headers
@@ -269,7 +270,9 @@ class GatewayHandler:
             read_timeout=settings.read_timeout,
             total_timeout=settings.total_timeout,
             retry=route.may_retry(exchange.method),
-            response_headers=response_filter(request_id, self._rules.server),
+            response_headers=response_filter(request_id, self._rules.server)
+            if settings.cors is None
+            else upstream_filter(response_filter(request_id, self._rules.server), exchange.response_headers),
             on_complete=functools.partial(self._complete, route, exchange, None, None),
             # scan_request dropped the client fields named in Connection; the headers set here
             # (identity, X-Forwarded-*) must reach the upstream whatever the client names.
@@ -300,6 +303,8 @@ class GatewayHandler:
             reply.on_complete = functools.partial(self._complete_refused, head, request_id, refused)
         else:
             reply.headers.extend(reply_headers(request_id, self._rules.server))
+            if exchange.response_headers:
+                reply.headers.extend(exchange.response_headers)
             reply.on_complete = functools.partial(self._complete, route, exchange, error, reply)
         return reply
 

@@ -13,8 +13,13 @@ Each route gets an ordered tuple of :class:`Policy` objects, built from its sett
 Built-in policies, in chain order:
 
 =======================  ==================================================================
+``CorsPolicy``           the route's ``cors``: the CORS response headers for the request's
+                         ``Origin``, on whatever answers it (never refuses;
+                         :mod:`~bastion.gateway.cors`)
 ``IpPolicy``             the gateway's and the route's ``ip_allow``/``ip_deny`` on the client
                          address resolved through ``trusted_proxies``: 403
+``PreflightPolicy``      the route's ``cors``: a CORS preflight answered here, 204 or 403,
+                         before the method filter and any token work; never forwarded
 ``ContentFilterPolicy``  the route's ``methods`` (405 with ``Allow``), ``max_header_bytes``
                          (431), ``max_body`` (413 for a declared length; the engine cuts a
                          streamed body at it) and ``content_types`` (415), before any token
@@ -53,6 +58,9 @@ import orjson
 from bastion.gateway.contract import Headers
 from bastion.gateway.contract import Reply
 from bastion.gateway.contract import RequestHead
+from bastion.gateway.cors import CorsPolicy
+from bastion.gateway.cors import CorsRules
+from bastion.gateway.cors import PreflightPolicy
 from bastion.gateway.headers import ScannedHeaders
 from bastion.gateway.headers import claim_value
 from bastion.gateway.limits import header_block_bytes
@@ -132,6 +140,9 @@ class Exchange:
     auth_failure: str | None = None
     #: Headers policies add for the upstream, after the identity headers (claims of the token).
     upstream_headers: Headers | None = None
+    #: Headers policies add to the client's response, whoever answers: the gateway's own replies
+    #: and the upstream's responses alike (CORS).
+    response_headers: Headers | None = None
 
 
 class Policy(Protocol):
@@ -591,6 +602,18 @@ def _ip(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
     return (IpPolicy(checks),) if checks else ()
 
 
+def _cors(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if route.cors is None:
+        return ()
+    return (CorsPolicy(CorsRules(route)),)
+
+
+def _cors_preflight(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
+    if route.cors is None:
+        return ()
+    return (PreflightPolicy(CorsRules(route)),)
+
+
 def _filters(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]:
     if (
         route.methods is None
@@ -635,7 +658,7 @@ def _claim_headers(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]
 
 def default_factories() -> list[PolicyFactory]:
     """The built-in policy factories in chain order (a new list each call, to extend freely)."""
-    return [_ip, _filters, _query_token, _bearer, _scopes, _claim_headers]
+    return [_cors, _ip, _cors_preflight, _filters, _query_token, _bearer, _scopes, _claim_headers]
 
 
 def build_chain(

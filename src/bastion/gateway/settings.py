@@ -51,6 +51,7 @@ from bastion.tokens import MAX_LEEWAY
 
 __all__ = [
     "BreakerSettings",
+    "CorsSettings",
     "ForwardAuthSettings",
     "GatewaySettings",
     "HealthCheckSettings",
@@ -73,6 +74,14 @@ _HOST_NAME_RE = re.compile(r"^(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_]
 _HOST_IP6_RE = re.compile(r"^\[[0-9a-f:.]+\]$")
 #: Methods the gateway never forwards (see ``app.py``); a route cannot allow them.
 _NEVER_FORWARDED = frozenset({"CONNECT", "TRACE"})
+
+#: A CORS origin as browsers serialise it (the Fetch standard's "ASCII serialization of an
+#: origin"): scheme, host (a DNS name or an IP literal), optional port; no path, no wildcard.
+_ORIGIN_RE = re.compile(
+    r"^(https?)://((?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+    r"|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?$"
+)
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
@@ -271,6 +280,103 @@ class UpstreamSettings(_Frozen):
         return value
 
 
+def _cors_origin(value: str) -> str:
+    """``value`` as the browser's ``Origin`` header spells it: lower case, no default port."""
+    origin = value.lower()
+    match = _ORIGIN_RE.match(origin)
+    if match is None:
+        raise ValueError(
+            f"origins: {value!r} is not an origin (scheme://host[:port] with http or https, "
+            "no path, not even '/', no wildcard)"
+        )
+    scheme, host, port = match.groups()
+    if port is not None and not 0 < int(port) <= 65535:
+        raise ValueError(f"origins: {value!r} has an invalid port")
+    if port == _DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"  # browsers leave the default port out of Origin
+    return origin
+
+
+class CorsSettings(_Frozen):
+    """Cross-origin resource sharing on one route (``[gateway.routes.cors]``; the Fetch
+    standard's CORS protocol).
+
+    Preflights (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) are answered
+    by the gateway itself, without a token and without reaching the upstream. Every response on
+    the route carries ``Vary: Origin``, those to an allowed origin the CORS headers; the
+    upstream's own ``Access-Control-*`` headers are dropped, so it cannot widen the policy."""
+
+    origins: tuple[str, ...] = Field(min_length=1)
+    """Origins allowed to read responses, exactly as browsers send them
+    (``"https://app.example.com"``, ``"http://localhost:5173"``): scheme, host, port; no path,
+    no wildcard. ``["*"]`` alone allows any origin, only with ``credentials = false``. The
+    ``null`` origin (sandboxed frames, ``file:`` pages) is never allowed."""
+    methods: tuple[str, ...] | None = None
+    """Methods a preflight may ask for; each must be one the route accepts. ``None``: the
+    methods the route accepts (its ``methods``, else its ``scopes`` table)."""
+    headers: tuple[str, ...] = ()
+    """Request headers a cross-origin request may send beyond the CORS-safelisted ones
+    (``["Content-Type", "X-Trace"]``; ``Content-Type`` is needed for JSON bodies).
+    ``Authorization`` is always allowed on a route with ``auth = "required"``."""
+    expose_headers: tuple[str, ...] = ()
+    """Response headers script may read beyond the CORS-safelisted ones (``["ETag",
+    "Location"]``). The gateway's own ``WWW-Authenticate``, ``Retry-After``, ``RateLimit``,
+    ``RateLimit-Policy`` and ``X-Request-Id`` are always exposed, so an application can read why
+    it was refused."""
+    credentials: bool = False
+    """Send ``Access-Control-Allow-Credentials: true``: the browser then sends cookies and
+    reads the response of a credentialed request. Needs explicit ``origins`` (never ``*``)."""
+    max_age: int = Field(default=600, ge=0, le=86400)
+    """Seconds a browser may cache a preflight's answer (``Access-Control-Max-Age``; Chromium
+    caps it at 7200)."""
+
+    @field_validator("origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if "*" in value:
+            if len(value) != 1:
+                raise ValueError("origins: '*' stands alone (list origins, or '*' only)")
+            return value
+        out = []
+        for origin in value:
+            if origin.lower() == "null":
+                raise ValueError("origins: 'null' is never allowed (any sandboxed page sends it)")
+            if "*" in origin:
+                raise ValueError(f"origins: {origin!r} has a wildcard (list each origin)")
+            out.append(_cors_origin(origin))
+        return tuple(dict.fromkeys(out))
+
+    @field_validator("methods")
+    @classmethod
+    def _cors_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("methods must name at least one method (or be left out)")
+        for method in value:
+            if not _TOKEN_RE.match(method) or method != method.upper():
+                raise ValueError(f"method {method!r} must be an upper-case method name")
+            if method in _NEVER_FORWARDED:
+                raise ValueError(f"{method} is never forwarded by the gateway")
+        return tuple(dict.fromkeys(value))
+
+    @field_validator("headers", "expose_headers")
+    @classmethod
+    def _cors_headers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _TOKEN_RE.match(name) or name == "*":
+                raise ValueError(f"{name!r} is not a header name (list each header, no '*')")
+        return tuple(dict.fromkeys(name.lower() for name in value))
+
+    @model_validator(mode="after")
+    def _no_wildcard_with_credentials(self) -> Self:
+        if self.credentials and self.origins == ("*",):
+            # Fetch standard, CORS check: with credentials, "*" never matches; a gateway that
+            # reflected any origin instead would let every site read the user's responses.
+            raise ValueError("origins = ['*'] cannot go with credentials = true (list the origins)")
+        return self
+
+
 class RouteSettings(_Frozen):
     """One ``[[gateway.routes]]`` entry: a path prefix, its upstream and its policies."""
 
@@ -351,6 +457,9 @@ class RouteSettings(_Frozen):
     """Largest header block on this route, in bytes (names and values plus 4 per field, as
     ``gateway.limits.max_header_bytes`` counts); larger: 431. At most the gateway's limit (which
     applies when this is ``None``)."""
+    cors: CorsSettings | None = None
+    """Cross-origin requests from browsers (``[gateway.routes.cors]``, see :class:`CorsSettings`);
+    ``None``: no CORS, preflights are ordinary ``OPTIONS`` requests."""
 
     @field_validator("prefix", "rewrite_prefix")
     @classmethod
@@ -450,6 +559,16 @@ class RouteSettings(_Frozen):
                         f"method {method} is in methods but the scopes table does not cover it "
                         "(add an entry for it or a '*' entry)"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _cors_methods_accepted(self) -> Self:
+        if self.cors is None or self.cors.methods is None:
+            return self
+        accepted = self.allowed_methods()
+        for method in self.cors.methods:
+            if accepted is not None and method not in accepted:
+                raise ValueError(f"cors.methods: {method} is not a method this route accepts")
         return self
 
     @property

@@ -2,7 +2,8 @@
 
 The machine endpoints (``/token``, ``/introspect``, ``/revoke``) are dispatched before the
 router (see :mod:`bastion.server.endpoints`); everything else is a Starlette app: metadata,
-JWKS, health, and the interactive routes of sign-in.
+JWKS, health, and the interactive routes of sign-in. In front of both, CORS for browser-based
+clients on the endpoints they call (:mod:`bastion.server.cors`).
 
 ``/healthz`` is liveness: it answers while the process runs and touches nothing. ``/readyz`` is
 readiness: it checks the database and the fast-state store and answers 503 naming the one that
@@ -26,6 +27,9 @@ from starlette.routing import Route
 
 from bastion.protocol import rfc8414
 from bastion.server import endpoints
+from bastion.server.cors import BrowserOrigins
+from bastion.server.cors import CorsMiddleware
+from bastion.server.cors import client_endpoints
 from bastion.services.container import Services
 from bastion.storage.protocols import StorageError
 from bastion.types import Receive
@@ -134,8 +138,18 @@ class AuthorizationServer:
             lifespan=lifespan,
             exception_handlers={StorageError: storage_unavailable},
         )
+        # CORS for browser-based clients on the endpoints they call (see bastion.server.cors).
+        self.browser_origins = BrowserOrigins(
+            services.clients, ttl=services.settings.client_cache_ttl, clock=services.clock
+        )
+        services.clients.on_changed.append(self.browser_origins.invalidate)
+        served = [*self._fast, *(str(getattr(route, "path", "")) for route in self.app.routes)]
+        self._cors = CorsMiddleware(self._dispatch, client_endpoints(served), self.browser_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._cors(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             endpoint = self._fast.get(scope["path"])
             if endpoint is not None:

@@ -60,6 +60,9 @@ class ClientService:
         #: Called with ``(client_id, when)`` after a client is disabled and the record written:
         #: the token service announces it so that validators refuse the client's tokens.
         self.on_disabled: list[Callable[[str, float], Awaitable[None]]] = []
+        #: Called with the client id whenever this process creates, changes or deletes a client
+        #: (what is derived from every client, such as the CORS origins, drops its copy).
+        self.on_changed: list[Callable[[str], None]] = []
 
     async def get(self, client_id: str) -> Client | None:
         """The client record (possibly up to ``cache_ttl`` seconds old); ``None`` for an id that
@@ -79,6 +82,8 @@ class ClientService:
     def forget(self, client_id: str) -> None:
         """Drop a cached record (after this process changed it)."""
         self._cache.pop(client_id, None)
+        for changed in self.on_changed:
+            changed(client_id)
 
     async def authenticate(
         self, params: Mapping[str, str], authorization: str | None, *, allow_public: bool = False
@@ -219,7 +224,9 @@ class ClientService:
     async def delete(self, client_id: str) -> bool:
         """Delete a client record."""
         self.forget(client_id)
-        return await self._store.delete_client(client_id)
+        deleted = await self._store.delete_client(client_id)
+        self.forget(client_id)  # and whatever was read while the delete ran
+        return deleted
 
     async def list(self) -> list[Client]:
         """Every client."""
