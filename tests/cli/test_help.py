@@ -110,3 +110,18 @@ def test_unknown_command_suggests_help() -> None:
     assert result.exit_code == 2
     assert "No such command 'clientz'" in result.output
     assert "bastion --help" in result.output
+
+
+@pytest.mark.parametrize("command", ["set-password", "disable", "delete"])
+def test_user_commands_say_they_end_sessions_and_revoke_tokens(command: str) -> None:
+    # Each of these ends every login session of the user and revokes their refresh tokens with
+    # the access tokens issued from them (services/users.py end_user_access): the help says all
+    # of it, not "refresh tokens" alone.
+    text = " ".join(_help("users", command).split())
+    assert "Every login session of the user ends" in text
+    assert "authorization codes not yet redeemed die with their session" in text
+    assert "every refresh token of the user is revoked with the access tokens issued from it" in text
+    listing = " ".join(_help("users").split())
+    summary = cli.commands["users"].commands[command].get_short_help_str(limit=100)  # type: ignore[attr-defined]
+    assert "login sessions" in summary or "sign them out everywhere" in summary
+    assert summary in listing

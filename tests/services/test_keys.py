@@ -4,6 +4,8 @@ a revoked key is withdrawn at once; an imported key verifies what it signed befo
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -23,8 +25,10 @@ from bastion.services.keys import KeyState
 from bastion.services.keys import NoSigningKey
 from bastion.storage.fast.memory import MemoryState
 from bastion.storage.open import Stores
+from bastion.storage.open import open_state
 from bastion.storage.protocols import Conflict
 from bastion.storage.protocols import NotFound
+from tests.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.anyio
 
@@ -442,3 +446,60 @@ async def test_the_store_names_a_duplicate_kid(stores: Stores) -> None:
     record = _record(keys, keys.signing_key("ES256").kid)
     with pytest.raises(Conflict, match=f"kid '{record.kid}' already exists"):
         await stores.keys.add_key(record, b"x")
+
+
+# -- the key feed under faults ----------------------------------------------------------------
+
+#: With Redis away for well under a second, the follower's backoff (0.1 s doubling) has reached
+#: at most a few seconds; reconnecting, proving the subscription and reloading take far less.
+CATCH_UP_BOUND = 10.0
+
+
+async def test_a_change_made_while_the_feed_was_down_is_seen_after_reconnect(
+    stores: Stores, tmp_path: Path
+) -> None:
+    # Two processes on one durable store and one (private) Redis; the periodic refresh is
+    # hourly, so only the feed's catch-up (a reload from the durable store) can tell b.
+    redis = PrivateRedis(tmp_path)
+    state_a, state_b = open_state(redis.url), open_state(redis.url)
+    clock = Clock()
+    a = await _started(clock, stores, state=state_a, refresh_interval=3600)
+    b = await _started(clock, stores, state=state_b, refresh_interval=3600)
+    b.start()
+    try:
+        # Healthy: b hears of a rotation at once.
+        rotated = await a.rotate("ES256")
+        await _eventually(lambda: rotated.kid in _kids(b), "b publishes the rotated key")
+
+        redis.kill()  # every connection drops; the announcement below reaches nobody
+        old = a.signing_key("RS256")
+        done = await a.revoke(old.kid)
+        assert done.replacement is not None
+        assert old.kid in _kids(b), "b cannot know yet"
+        redis.start()  # empty: nothing of the lost announcement survives there
+
+        start = time.monotonic()
+        await _eventually(lambda: b.is_revoked(old.kid), "b catches up after the reconnect", CATCH_UP_BOUND)
+        took = time.monotonic() - start
+        assert took < CATCH_UP_BOUND
+        assert old.kid not in _kids(b)
+        assert b.public_key(old.kid) is None, "its tokens no longer verify at b"
+        assert b.signing_key("RS256").kid == done.replacement.kid
+        assert done.replacement.kid in _kids(b)
+
+        # And the feed is live again: the next change reaches b at once.
+        again = await a.rotate("ES256")
+        await _eventually(lambda: again.kid in _kids(b), "b follows again after the reconnect")
+    finally:
+        await b.close()
+        await state_a.close()
+        await state_b.close()
+        redis.kill()
+
+
+async def _eventually(check: Any, what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)

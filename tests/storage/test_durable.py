@@ -56,6 +56,23 @@ async def test_client_round_trip(stores: Stores) -> None:
         await stores.clients.update_client(changed)
 
 
+async def test_revocation_list_queries(stores: Stores) -> None:
+    # What POST /revocations reads: jtis revoked after a time, clients disabled after a time.
+    await stores.tokens.record_revoked_jti("early", expires_at=500.0, now=10.0)
+    await stores.tokens.record_revoked_jti("late", expires_at=500.0, now=30.0)
+    await stores.tokens.record_revoked_jti("gone", expires_at=40.0, now=30.0)
+    assert sorted(await stores.tokens.revoked_jtis_since(20.0, now=35.0)) == [("gone", 40.0), ("late", 500.0)]
+    assert await stores.tokens.revoked_jtis_since(20.0, now=45.0) == [("late", 500.0)]
+    assert await stores.tokens.revoked_jtis_since(30.0, now=45.0) == [], "strictly after"
+
+    await stores.clients.create_client(CLIENT)
+    await stores.clients.create_client(dataclasses.replace(CLIENT, client_id="on", updated_at=50.0))
+    assert await stores.clients.disabled_clients(0.0) == []
+    await stores.clients.update_client(dataclasses.replace(CLIENT, disabled=True, updated_at=60.0))
+    assert await stores.clients.disabled_clients(59.0) == [("svc", 60.0)]
+    assert await stores.clients.disabled_clients(60.0) == []
+
+
 async def test_keys_round_trip_and_generation_conflict(stores: Stores) -> None:
     key = SigningKey(
         kid="k1", alg="ES256", public_jwk={"kty": "EC"}, created_at=1.0, activates_at=1.0, generation=1

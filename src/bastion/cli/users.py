@@ -123,11 +123,16 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
         )
 
 
-@users.command("disable", short_help="Disable a user and revoke their refresh tokens.")
+@users.command("disable", short_help="Disable a user, end their login sessions, revoke their tokens.")
 @click.argument("username")
 @click.pass_context
 def users_disable(ctx: click.Context, username: str) -> None:
-    """Disable a user: sign-in is refused and their refresh tokens are revoked."""
+    """Disable a user: sign-in is refused from now on.
+
+    Every login session of the user ends (each browser must sign in again, and authorization
+    codes not yet redeemed die with their session), and every refresh token of the user is
+    revoked with the access tokens issued from it. Re-enabling brings none of them back.
+    """
     with_services(ctx, lambda s: service.set_disabled(s, username, True))
     click.echo(f"disabled {username}")
 
@@ -141,12 +146,17 @@ def users_enable(ctx: click.Context, username: str) -> None:
     click.echo(f"enabled {username}")
 
 
-@users.command("set-password")
+@users.command("set-password", short_help="Replace a user's password and sign them out everywhere.")
 @click.argument("username")
 @_password_option
 @click.pass_context
 def users_set_password(ctx: click.Context, username: str, password_stdin: bool) -> None:
-    """Replace a user's password (their refresh tokens are revoked)."""
+    """Replace a user's password and sign them out everywhere.
+
+    Every login session of the user ends (each browser must sign in again, with the new
+    password, and authorization codes not yet redeemed die with their session), and every
+    refresh token of the user is revoked with the access tokens issued from it.
+    """
     password = _read_password(password_stdin)
     with_services(ctx, lambda s: service.set_password(s, username, password))
     click.echo(f"password of {username} changed")
@@ -162,11 +172,16 @@ def users_set_roles(ctx: click.Context, username: str, roles: tuple[str, ...]) -
     click.echo(f"{username}: roles={','.join(sorted(user.roles)) or '-'}")
 
 
-@users.command("delete")
+@users.command("delete", short_help="Delete a user, end their login sessions, revoke their tokens.")
 @click.argument("username")
 @click.pass_context
 def users_delete(ctx: click.Context, username: str) -> None:
-    """Delete a user, their consents and grants."""
+    """Delete a user, their consents and grants.
+
+    Every login session of the user ends first (each browser is signed out, and authorization
+    codes not yet redeemed die with their session), then every refresh token of the user is
+    revoked with the access tokens issued from it, and the user's record is removed.
+    """
     if not with_services(ctx, lambda s: service.delete_user(s, username)):
         raise click.ClickException(f"no user named {username!r}")
     click.echo(f"deleted {username}")

@@ -84,6 +84,18 @@ def is_probe(message: bytes) -> bool:
     return message.startswith(_PROBE_PREFIX)
 
 
+async def _settle(read: asyncio.Future[bytes]) -> None:
+    """Cancel a pending read, or collect the error of one that failed: a failed read nobody
+    awaits would be reported as "Task exception was never retrieved" (the subscription's error,
+    e.g. Redis going away while a probe was being published, is already handled as a drop)."""
+    if not read.done():
+        read.cancel()
+        with contextlib.suppress(BaseException):
+            await read
+    elif not read.cancelled():
+        read.exception()
+
+
 class FeedTimeout(Exception):
     """A fresh subscription did not deliver its own probe in time."""
 
@@ -205,10 +217,8 @@ class Follower:
                 pending = asyncio.ensure_future(anext(messages))
                 await self._deliver(message)
         finally:
-            if pending is not None and not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+            if pending is not None:
+                await _settle(pending)
             with contextlib.suppress(Exception):
                 await messages.aclose()  # type: ignore[attr-defined]
 
@@ -234,10 +244,7 @@ class Follower:
                     raise FeedTimeout(f"no probe back within {self._probe_timeout} s")
                 interval = min(interval * 2, 0.5)
         except BaseException:
-            if not pending.done():
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
+            await _settle(pending)
             raise
 
     async def _deliver(self, message: bytes) -> None:

@@ -1,6 +1,6 @@
 """The authorization server's ASGI application.
 
-The machine endpoints (``/token``, ``/introspect``, ``/revoke``) are dispatched before the
+The machine endpoints (``/token``, ``/introspect``, ``/revoke``, ``/revocations``) are dispatched before the
 router (see :mod:`bastion.server.endpoints`); everything else is a Starlette app: metadata,
 JWKS, health, and the interactive routes of sign-in. In front of both, CORS for browser-based
 clients on the endpoints they call (:mod:`bastion.server.cors`).
@@ -55,7 +55,9 @@ def metadata_document(services: Services) -> dict[str, object]:
     return rfc8414.metadata(
         settings.issuer,
         grant_types=["client_credentials", *services.grant_handlers],
-        extra=services.metadata_extra,
+        # Bastion's own (RFC 8414 §2 allows additional metadata): the revocation list polled
+        # by bastion.tokens.PollingRevocations.
+        extra={"revocation_list_endpoint": f"{settings.issuer}/revocations", **services.metadata_extra},
     )
 
 
@@ -123,6 +125,7 @@ class AuthorizationServer:
             "/token": endpoints.FormEndpoint(services, endpoints.token, "token"),
             "/introspect": endpoints.FormEndpoint(services, endpoints.introspect, "introspect"),
             "/revoke": endpoints.FormEndpoint(services, endpoints.revoke, "revoke"),
+            "/revocations": endpoints.FormEndpoint(services, endpoints.revocations, "revocations"),
         }
 
         @contextlib.asynccontextmanager

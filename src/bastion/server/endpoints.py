@@ -1,6 +1,6 @@
-"""The token, introspection and revocation endpoints as raw ASGI callables.
+"""The token, introspection, revocation and revocation-list endpoints as raw ASGI callables.
 
-These three carry the machine traffic, so they skip the router and the request object: read
+These carry the machine traffic, so they skip the router and the request object: read
 the body (bounded), parse the form strictly, authenticate the client, call a service, render.
 Every failure leaves as an RFC 6749 §5.2 error; nothing leaves as a traceback.
 """
@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from typing import Any
 
+from bastion.protocol.errors import AccessDenied
 from bastion.protocol.errors import InvalidRequest
 from bastion.protocol.errors import OAuthError
 from bastion.protocol.errors import ServerError
@@ -29,6 +30,8 @@ from bastion.server.responses import error_response
 from bastion.server.responses import send_json
 from bastion.services.container import Services
 from bastion.services.keys import NoSigningKey
+from bastion.services.revocation_list import REVOCATIONS_SCOPE
+from bastion.services.revocation_list import revocation_page
 from bastion.storage.protocols import StorageError
 from bastion.types import Receive
 from bastion.types import Scope
@@ -149,6 +152,27 @@ async def revoke(services: Services, params: dict[str, str], authorization: str 
         raise UnsupportedTokenType(f"token_type_hint {hint} is not supported")
     await services.tokens.revoke(value, client)
     return {}
+
+
+async def revocations(
+    services: Services, params: dict[str, str], authorization: str | None
+) -> dict[str, Any]:
+    """The revocation list, for services that validate tokens themselves and share no store
+    with this server (``bastion.tokens.PollingRevocations`` polls it).
+
+    Client authentication as for introspection (RFC 7662 §2.1: confidential clients,
+    ``client_secret_basic`` or ``client_secret_post``); only a client registered with the scope
+    :data:`~bastion.services.revocation_list.REVOCATIONS_SCOPE` may read it, anyone else is
+    refused with 403 ``access_denied``. ``cursor`` (optional) is the one the previous answer
+    gave: the answer then holds only what changed since.
+    """
+    client = await _confidential(services, params, authorization)
+    if REVOCATIONS_SCOPE not in client.scopes:
+        raise AccessDenied(
+            f"this client may not read the revocation list (it needs the scope {REVOCATIONS_SCOPE})"
+        )
+    page = await revocation_page(services, params.get("cursor"))
+    return page.to_json()
 
 
 class FormEndpoint:

@@ -50,6 +50,10 @@ class ClientStore(Protocol):
     async def delete_client(self, client_id: str) -> bool:
         """Delete a client; ``False`` if there was none."""
 
+    async def disabled_clients(self, changed_after: float) -> Sequence[tuple[str, float]]:
+        """``(client_id, updated_at)`` of every disabled client last changed after
+        ``changed_after``: what the revocation list reports as disabled clients."""
+
 
 class KeyStore(Protocol):
     """Signing keys: public records plus the encrypted private key."""
@@ -91,6 +95,10 @@ class TokenStore(Protocol):
         """Every revoked ``jti`` still remembered at ``now``, with the time it may be
         forgotten (its token's ``exp`` plus leeway): what a fast store or a gateway that lost
         the revocation feed catches up from."""
+
+    async def revoked_jtis_since(self, revoked_after: float, now: float) -> Sequence[tuple[str, float]]:
+        """Like :meth:`revoked_jtis`, only those revoked after ``revoked_after`` (by the
+        ``now`` given to :meth:`record_revoked_jti`): an incremental poll of the list."""
 
     async def record_family_jti(self, jti: str, family_id: str, expires_at: float) -> None:
         """Remember that JWT ``jti`` was issued from refresh-token family ``family_id``."""

@@ -3,7 +3,8 @@
 Validate JWT access tokens (RFC 9068) with :class:`TokenValidator` and opaque ones with
 :class:`Introspector`; both return a :class:`Principal` or raise a :class:`TokenError` whose
 ``reason`` is a metrics label and whose :meth:`~TokenError.challenge` is the RFC 6750
-``WWW-Authenticate`` value. Imports only ``cryptography``, ``orjson`` and ``aiohttp``.
+``WWW-Authenticate`` value. :class:`FastStateRevocations` and :class:`PollingRevocations` tell
+validators of revocations. Imports only ``cryptography``, ``orjson`` and ``aiohttp``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from bastion.tokens._keys import KeySet
 from bastion.tokens._keys import KeySource
 from bastion.tokens._keys import StaticKeys
 from bastion.tokens._keys import VerificationKey
+from bastion.tokens._polling import PollingRevocations
 from bastion.tokens._principal import Principal
 from bastion.tokens._revocation import ClientRevocationSource
 from bastion.tokens._revocation import FastStateRevocations
@@ -56,6 +58,7 @@ __all__ = [
     "KeySet",
     "KeySource",
     "MalformedToken",
+    "PollingRevocations",
     "Principal",
     "RevocationSource",
     "SharedState",

@@ -92,3 +92,12 @@ class SQLClientStore:
         async with self._db.write() as conn:
             result = await conn.execute(delete(clients).where(clients.c.client_id == client_id))
         return bool(result.rowcount)
+
+    async def disabled_clients(self, changed_after: float) -> list[tuple[str, float]]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(clients.c.client_id, clients.c.updated_at).where(
+                    clients.c.disabled.is_(True), clients.c.updated_at > changed_after
+                )
+            )
+            return [(row.client_id, float(row.updated_at)) for row in rows]

@@ -80,6 +80,8 @@ revoked_jtis = Table(
     Column("expires_at", Float, nullable=False),
     Column("revoked_at", Float, nullable=False),
     Index("ix_revoked_jtis_expires_at", "expires_at"),
+    # Incremental polls of the revocation list (POST /revocations) read by revocation time.
+    Index("ix_revoked_jtis_revoked_at", "revoked_at"),
 )
 
 #: JWT access tokens issued from a refresh-token family, so revoking the family revokes them.

@@ -98,6 +98,15 @@ class SQLTokenStore:
             )
             return [(row.jti, float(row.expires_at)) for row in rows]
 
+    async def revoked_jtis_since(self, revoked_after: float, now: float) -> list[tuple[str, float]]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(revoked_jtis.c.jti, revoked_jtis.c.expires_at).where(
+                    revoked_jtis.c.revoked_at > revoked_after, revoked_jtis.c.expires_at > now
+                )
+            )
+            return [(row.jti, float(row.expires_at)) for row in rows]
+
     async def record_family_jti(self, jti: str, family_id: str, expires_at: float) -> None:
         async with self._db.write() as conn:
             await conn.execute(
