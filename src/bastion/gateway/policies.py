@@ -19,6 +19,8 @@ Built-in policies, in chain order:
                          (431), ``max_body`` (413 for a declared length; the engine cuts a
                          streamed body at it) and ``content_types`` (415), before any token
                          work: they look only at the request's form
+``RateLimitPolicy``      the route's rate limits keyed by address, route or header
+                         (:mod:`~bastion.gateway.ratelimit`): 429
 ``QueryTokenPolicy``     refuses ``access_token`` in the query (OAuth 2.1 §5.2: bearer
                          tokens go in the ``Authorization`` header only): 401, or 400
                          beside an ``Authorization`` header (two credentials)
@@ -26,6 +28,7 @@ Built-in policies, in chain order:
                          against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
 ``ScopePolicy``          every scope the route requires for the method (RFC 6750 §3.1);
                          ``HEAD`` as ``GET``; a method the table does not cover → 405
+``RateLimitPolicy``      the route's rate limits keyed by client or subject: 429
 ``ClaimHeadersPolicy``   the route's ``claim_headers``: chosen claims of the verified token
                          as headers for the upstream (never refuses)
 =======================  ==================================================================
@@ -44,6 +47,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Final
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
@@ -72,6 +76,9 @@ from bastion.tokens import Principal
 from bastion.tokens import TokenError
 from bastion.tokens import TokenTooLarge
 from bastion.tokens import bearer_challenge
+
+if TYPE_CHECKING:
+    from bastion.ratelimit import Limiter
 
 __all__ = [
     "AddressCheck",
@@ -152,6 +159,8 @@ class PolicyContext:
     #: Verifiers by issuer (``iss``); shared by every route.
     verifiers: Mapping[str, TokenVerifier]
     metrics: GatewayMetrics
+    #: Where rate-limit buckets live (:mod:`bastion.ratelimit`); ``None``: no rate limits.
+    limiter: Limiter | None = None
 
 
 #: Builds zero or more policies for a route; factories run in order and their policies are
@@ -635,7 +644,18 @@ def _claim_headers(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]
 
 def default_factories() -> list[PolicyFactory]:
     """The built-in policy factories in chain order (a new list each call, to extend freely)."""
-    return [_ip, _filters, _query_token, _bearer, _scopes, _claim_headers]
+    from bastion.gateway import ratelimit  # imports this module
+
+    return [
+        _ip,
+        _filters,
+        ratelimit.before_auth,
+        _query_token,
+        _bearer,
+        _scopes,
+        ratelimit.after_auth,
+        _claim_headers,
+    ]
 
 
 def build_chain(
