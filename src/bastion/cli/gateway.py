@@ -31,6 +31,7 @@ from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.tls import make_server_ssl_context
 from bastion.ops.feeds import FeedMetrics
 from bastion.ops.feeds import Follower
+from bastion.ratelimit import Limiter
 from bastion.services.keys import KEYS_CHANNEL
 from bastion.services.tokens import REVOCATION_CHANNEL
 from bastion.services.tokens import revoked_key
@@ -287,13 +288,33 @@ def listener_server_factory(settings: GatewaySettings, listener: socket.socket) 
 _LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
+def open_limiter(state_url: str) -> Limiter:
+    """Where the gateway's rate-limit buckets live, beside the fast state of ``state_url``:
+    Redis (shared by every gateway), the SQLite state file (shared by the workers of this
+    machine), or this process's memory for ``memory://``."""
+    if state_url.startswith("sqlite:///"):
+        from bastion.ratelimit.sqlite import SQLiteLimiter
+
+        return SQLiteLimiter(state_url.removeprefix("sqlite:///"))
+    if state_url.startswith(("redis://", "rediss://", "unix://")):
+        from bastion.ratelimit.redis import RedisLimiter
+
+        return RedisLimiter(state_url)
+    from bastion.ratelimit.local import LocalLimiter
+
+    return LocalLimiter()
+
+
 class RunningGateway:
     """The gateway and its feed followers, closed together."""
 
-    def __init__(self, gateway: Gateway, feeds: GatewayFeeds, worker: int) -> None:
+    def __init__(
+        self, gateway: Gateway, feeds: GatewayFeeds, worker: int, limiter: Limiter | None = None
+    ) -> None:
         self.gateway = gateway
         self.feeds = feeds
         self._worker = worker
+        self._limiter = limiter
 
     async def reload(self, settings: GatewaySettings) -> None:
         await self.gateway.reload(for_worker(settings, self._worker))
@@ -301,6 +322,8 @@ class RunningGateway:
     async def close(self) -> None:
         await self.feeds.stop()
         await self.gateway.close()
+        if self._limiter is not None:
+            await self._limiter.close()
 
 
 async def start_gateway(
@@ -327,6 +350,7 @@ async def start_gateway(
     registry = CollectorRegistry(auto_describe=True)
     revocations = StateRevocations(stores.state, stores)
     feeds = GatewayFeeds(stores, revocations, registry)
+    limiter = open_limiter(settings.resolved_state_url())
     gateway = create_gateway(
         config,
         verifiers=token_verifier_factory(
@@ -338,12 +362,14 @@ async def start_gateway(
         access_log=access_log_for(config, settings.data_dir),
         server_factory=None if listener is None else listener_server_factory(config, listener),
         registry=registry,
+        rate_limiter=limiter,
     )
     feeds.start()
     try:
         await gateway.start()
     except BaseException as exc:
         await feeds.stop()
+        await limiter.close()
         if isinstance(exc, OSError):
             await gateway.close()
             # The admin listener starts first, so a bind failure with no admin port is its own.
@@ -352,4 +378,4 @@ async def start_gateway(
 
                 raise listen_error(config.admin_listen, "gateway.admin_listen", exc) from None
         raise
-    return RunningGateway(gateway, feeds, worker)
+    return RunningGateway(gateway, feeds, worker, limiter)

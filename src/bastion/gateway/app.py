@@ -85,6 +85,8 @@ from bastion.gateway.settings import IssuerSettings
 from bastion.gateway.settings import LimitsSettings
 from bastion.gateway.settings import UpstreamSettings
 from bastion.gateway.upstream import UpstreamGroup as EngineGroup
+from bastion.ratelimit import Limiter
+from bastion.ratelimit.local import LocalLimiter
 from bastion.tokens import Introspector
 from bastion.tokens import Principal
 from bastion.tokens import RevocationSource
@@ -387,8 +389,10 @@ class Gateway:
         metrics: GatewayMetrics,
         policy_factories: Sequence[PolicyFactory],
         owns_verifiers: bool = True,
+        rate_limiter: Limiter | None = None,
     ) -> None:
         """Use :func:`create_gateway`; this constructor builds the first handler eagerly."""
+        self.rate_limiter = rate_limiter
         self._owns_verifiers = owns_verifiers
         self._verifier_factory = verifier_factory
         self._upstream_factory = upstream_factory
@@ -449,6 +453,7 @@ class Gateway:
                 gateway=settings,
                 verifiers={name: verifier for name, (_, verifier) in verifiers.items()},
                 metrics=self.metrics,
+                limiter=self.rate_limiter,
             )
             routes = [
                 Route(
@@ -735,6 +740,7 @@ def create_gateway(
     registry: CollectorRegistry | None = None,
     policy_factories: Sequence[PolicyFactory] | None = None,
     clock: Callable[[], float] = time.time,
+    rate_limiter: Limiter | None = None,
 ) -> Gateway:
     """Build a :class:`Gateway` from settings and injected parts.
 
@@ -754,6 +760,9 @@ def create_gateway(
         registry: Prometheus registry for the metrics; a fresh one by default.
         policy_factories: The policy chain factories; :func:`default_factories` by default.
         clock: Wall clock for log timestamps.
+        rate_limiter: Where rate-limit buckets live (:mod:`bastion.ratelimit`); this process's
+            memory (:class:`~bastion.ratelimit.local.LocalLimiter`) by default. The caller
+            closes it.
 
     Returns:
         A gateway ready to :meth:`~Gateway.start`.
@@ -787,6 +796,7 @@ def create_gateway(
         metrics=GatewayMetrics(registry),
         policy_factories=policy_factories if policy_factories is not None else default_factories(),
         owns_verifiers=owns,
+        rate_limiter=rate_limiter if rate_limiter is not None else LocalLimiter(),
     )
 
 

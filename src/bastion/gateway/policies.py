@@ -18,6 +18,9 @@ Built-in policies, in chain order:
                          :mod:`~bastion.gateway.cors`)
 ``IpPolicy``             the gateway's and the route's ``ip_allow``/``ip_deny`` on the client
                          address resolved through ``trusted_proxies``: 403
+``RateLimitPolicy``      the route's rate limits keyed by address, route or header
+                         (:mod:`~bastion.gateway.ratelimit`): 429, counting every request
+                         that reaches it, preflights and refused forms included
 ``PreflightPolicy``      the route's ``cors``: a CORS preflight answered here, 204 or 403,
                          before the method filter and any token work; never forwarded
 ``ContentFilterPolicy``  the route's ``methods`` (405 with ``Allow``), ``max_header_bytes``
@@ -31,12 +34,13 @@ Built-in policies, in chain order:
                          against the route's issuers and audience (RFC 6750 §2.1, RFC 9068)
 ``ScopePolicy``          every scope the route requires for the method (RFC 6750 §3.1);
                          ``HEAD`` as ``GET``; a method the table does not cover → 405
+``RateLimitPolicy``      the route's rate limits keyed by client or subject: 429
 ``ClaimHeadersPolicy``   the route's ``claim_headers``: chosen claims of the verified token
                          as headers for the upstream (never refuses)
 =======================  ==================================================================
 
-Rate limits and bans plug in as further factories (a ban set as an :class:`AddressCheck` of
-``IpPolicy``); they see the resolved client address and, after ``BearerAuthPolicy``, the
+Bans plug in as a further factory (a ban set as an :class:`AddressCheck` of ``IpPolicy``);
+like every policy they see the resolved client address and, after ``BearerAuthPolicy``, the
 principal.
 """
 
@@ -49,6 +53,7 @@ from collections.abc import Callable
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from typing import Final
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
@@ -80,6 +85,9 @@ from bastion.tokens import Principal
 from bastion.tokens import TokenError
 from bastion.tokens import TokenTooLarge
 from bastion.tokens import bearer_challenge
+
+if TYPE_CHECKING:
+    from bastion.ratelimit import Limiter
 
 __all__ = [
     "AddressCheck",
@@ -163,6 +171,8 @@ class PolicyContext:
     #: Verifiers by issuer (``iss``); shared by every route.
     verifiers: Mapping[str, TokenVerifier]
     metrics: GatewayMetrics
+    #: Where rate-limit buckets live (:mod:`bastion.ratelimit`); ``None``: no rate limits.
+    limiter: Limiter | None = None
 
 
 #: Builds zero or more policies for a route; factories run in order and their policies are
@@ -658,7 +668,20 @@ def _claim_headers(route: RouteSettings, ctx: PolicyContext) -> Sequence[Policy]
 
 def default_factories() -> list[PolicyFactory]:
     """The built-in policy factories in chain order (a new list each call, to extend freely)."""
-    return [_cors, _ip, _cors_preflight, _filters, _query_token, _bearer, _scopes, _claim_headers]
+    from bastion.gateway import ratelimit  # imports this module
+
+    return [
+        _cors,
+        _ip,
+        ratelimit.before_auth,
+        _cors_preflight,
+        _filters,
+        _query_token,
+        _bearer,
+        _scopes,
+        ratelimit.after_auth,
+        _claim_headers,
+    ]
 
 
 def build_chain(

@@ -57,8 +57,10 @@ __all__ = [
     "HealthCheckSettings",
     "IntrospectionSettings",
     "IssuerSettings",
+    "LimitSettings",
     "LimitsSettings",
     "PoolSettings",
+    "RateLimitSettings",
     "RouteSettings",
     "UpstreamSettings",
 ]
@@ -377,6 +379,71 @@ class CorsSettings(_Frozen):
         return self
 
 
+class LimitSettings(_Frozen):
+    """One rate limit: ``requests`` per ``per`` seconds for each bucket of ``key``.
+
+    Decided with GCRA (:mod:`bastion.ratelimit.gcra`): over any interval of ``t`` seconds, a
+    bucket admits at most ``burst + t × requests / per`` requests — ``burst`` at once after an
+    idle period, then one every ``per / requests`` seconds."""
+
+    requests: int = Field(ge=1, le=1_000_000_000)
+    """Requests admitted per ``per`` seconds (the ``q`` of ``RateLimit-Policy``)."""
+    per: float = Field(gt=0, le=86_400 * 366)
+    """The period, in seconds (``1``, ``60``, ``3600``; the ``w`` of ``RateLimit-Policy``)."""
+    burst: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    """Most requests admitted at once after an idle period; ``None``: ``requests``."""
+    key: Literal["client", "subject", "ip", "route", "header"] = "ip"
+    """What a bucket is per: the token's ``client_id``, its ``sub``, the client address (as
+    resolved through ``trusted_proxies``; IPv6 addresses grouped by /64), the route as a whole,
+    or the value of ``header``. ``client`` and ``subject`` need ``auth = "required"`` and are
+    decided after the token is checked; the others before it, so a flood is refused before any
+    token work."""
+    header: str | None = None
+    """The header whose value is the bucket, with ``key = "header"`` (requests without it share
+    one bucket)."""
+    name: str | None = Field(default=None, pattern=r"^[\x20\x21\x23-\x5b\x5d-\x7e]{1,64}$")
+    """The policy's name in the ``RateLimit-Policy`` and ``RateLimit`` fields; ``None``:
+    ``{requests}-per-{per}s`` (``10-per-1s``)."""
+
+    @model_validator(mode="after")
+    def _header_key(self) -> Self:
+        if (self.key == "header") != (self.header is not None):
+            raise ValueError('set header with key = "header" (and only then)')
+        if self.header is not None and not _TOKEN_RE.match(self.header):
+            raise ValueError(f"{self.header!r} is not a header name")
+        return self
+
+    @property
+    def policy_name(self) -> str:
+        """``name``, or the default ``{requests}-per-{per}s``."""
+        return self.name if self.name is not None else f"{self.requests}-per-{self.per:g}s"
+
+
+class RateLimitSettings(_Frozen):
+    """Rate limits of a route, or the gateway's default for routes that set none (``rate_limit``).
+
+    A request over a limit is refused with 429, ``Retry-After`` and the ``RateLimit`` and
+    ``RateLimit-Policy`` fields (draft-ietf-httpapi-ratelimit-headers-12). Buckets live in the
+    fast-state store: Redis (shared by every gateway), the SQLite state file (shared by the
+    workers of one machine) or, with ``memory://``, this process."""
+
+    limits: tuple[LimitSettings, ...] = ()
+    """The limits; a request must fit every one (``[{ requests = 10, per = 1 }, { requests =
+    1000, per = 3600 }]``). Empty: no rate limit."""
+    on_error: Literal["closed", "open"] = "closed"
+    """When the store cannot decide (Redis down): ``closed`` refuses the request with 503,
+    ``open`` lets it through. Each fallback is logged and counted
+    (``bastion_gateway_rate_limit_errors_total``)."""
+
+    @field_validator("limits")
+    @classmethod
+    def _distinct_names(cls, value: tuple[LimitSettings, ...]) -> tuple[LimitSettings, ...]:
+        names = [limit.policy_name for limit in value]
+        if len(set(names)) != len(names):
+            raise ValueError("two limits have the same name (set name on one of them)")
+        return value
+
+
 class RouteSettings(_Frozen):
     """One ``[[gateway.routes]]`` entry: a path prefix, its upstream and its policies."""
 
@@ -460,6 +527,9 @@ class RouteSettings(_Frozen):
     cors: CorsSettings | None = None
     """Cross-origin requests from browsers (``[gateway.routes.cors]``, see :class:`CorsSettings`);
     ``None``: no CORS, preflights are ordinary ``OPTIONS`` requests."""
+    rate_limit: RateLimitSettings | None = None
+    """The route's rate limits (``{ limits = [{ requests = 10, per = 1 }], on_error = "open"
+    }``); ``None``: the gateway's ``rate_limit``. ``{ limits = [] }`` turns the default off."""
 
     @field_validator("prefix", "rewrite_prefix")
     @classmethod
@@ -664,6 +734,9 @@ class GatewaySettings(_Frozen):
     routes: tuple[RouteSettings, ...] = ()
     """Routes (``[[gateway.routes]]``); order does not matter: a route of the request's host
     before a host-less one, then an exact route, then the longest prefix."""
+    rate_limit: RateLimitSettings = RateLimitSettings()
+    """Rate limits of every route that sets no ``rate_limit`` of its own
+    (``[gateway.rate_limit]``)."""
 
     @field_validator("listen", "admin_listen")
     @classmethod
@@ -710,6 +783,12 @@ class GatewaySettings(_Frozen):
                 raise ValueError(f"{where}: max_body is above gateway.limits.max_body")
             if route.max_header_bytes is not None and route.max_header_bytes > self.limits.max_header_bytes:
                 raise ValueError(f"{where}: max_header_bytes is above gateway.limits.max_header_bytes")
+            limits = (route.rate_limit or self.rate_limit).limits
+            if route.auth == "none" and any(limit.key in ("client", "subject") for limit in limits):
+                raise ValueError(
+                    f'{where}: a rate limit keyed by client or subject needs auth = "required"'
+                    + ("" if route.rate_limit else " (the default rate_limit: give the route its own)")
+                )
             if route.auth == "none":
                 if route.claim_headers:
                     raise ValueError(f'{where}: claim_headers needs auth = "required"')
