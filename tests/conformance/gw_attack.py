@@ -350,11 +350,19 @@ async def stop_stack(stack: Stack) -> None:
     await stack.issuer.stop()
 
 
+@contextlib.asynccontextmanager
+async def running_stack(**overrides: Any) -> AsyncIterator[Stack]:
+    """A started stack (see :func:`start_stack`), stopped on exit: a test module's fixture is
+    ``async with running_stack(routes=ROUTES) as stack: yield stack``."""
+    stack = await start_stack(**overrides)
+    try:
+        yield stack
+    finally:
+        await stop_stack(stack)
+
+
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
     """A running :class:`Stack` with the default settings."""
-    running = await start_stack()
-    try:
+    async with running_stack() as running:
         yield running
-    finally:
-        await stop_stack(running)

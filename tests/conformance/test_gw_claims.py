@@ -14,8 +14,7 @@ import pytest
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import bearer
 from tests.conformance.gw_attack import get
-from tests.conformance.gw_attack import start_stack
-from tests.conformance.gw_attack import stop_stack
+from tests.conformance.gw_attack import running_stack
 
 ROUTES = [
     {
@@ -37,11 +36,8 @@ SPOOFS = (
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    running = await start_stack(routes=ROUTES)
-    try:
+    async with running_stack(routes=ROUTES) as running:
         yield running
-    finally:
-        await stop_stack(running)
 
 
 @pytest.mark.anyio

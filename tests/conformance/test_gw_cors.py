@@ -17,8 +17,7 @@ from bastion.gateway.settings import GatewaySettings
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import bearer
 from tests.conformance.gw_attack import request
-from tests.conformance.gw_attack import start_stack
-from tests.conformance.gw_attack import stop_stack
+from tests.conformance.gw_attack import running_stack
 from tests.gateway.engine.servers import Reply
 
 APP = b"https://app.example"
@@ -61,11 +60,8 @@ ROUTES: list[dict[str, Any]] = [
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    running = await start_stack(routes=ROUTES)
-    try:
+    async with running_stack(routes=ROUTES) as running:
         yield running
-    finally:
-        await stop_stack(running)
 
 
 def preflight(target: bytes, origin: bytes, method: bytes, headers: bytes | None = None) -> bytes:

@@ -16,8 +16,7 @@ import pytest
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import bearer
 from tests.conformance.gw_attack import request
-from tests.conformance.gw_attack import start_stack
-from tests.conformance.gw_attack import stop_stack
+from tests.conformance.gw_attack import running_stack
 
 ROUTES = [
     {
@@ -45,11 +44,8 @@ JSON = b"Content-Type: application/json"
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    running = await start_stack(routes=ROUTES)
-    try:
+    async with running_stack(routes=ROUTES) as running:
         yield running
-    finally:
-        await stop_stack(running)
 
 
 def post(target: bytes, body: bytes, *headers: bytes) -> bytes:

@@ -24,9 +24,8 @@ from bastion.gateway.http1 import ResponseReader
 from bastion.gateway.http1 import UpstreamProtocolError
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import get
+from tests.conformance.gw_attack import running_stack
 from tests.conformance.gw_attack import stack
-from tests.conformance.gw_attack import start_stack
-from tests.conformance.gw_attack import stop_stack
 
 __all__ = ["stack"]
 
@@ -171,11 +170,8 @@ FAST_LIMITS = {"header_timeout": 0.3, "body_timeout": 0.3, "keepalive_timeout": 
 @pytest.fixture
 async def quick() -> AsyncIterator[Stack]:
     """The stack with short client timeouts."""
-    running = await start_stack(limits=FAST_LIMITS)
-    try:
+    async with running_stack(limits=FAST_LIMITS) as running:
         yield running
-    finally:
-        await stop_stack(running)
 
 
 async def _read_all(client: object, timeout: float = 3.0) -> bytes:

@@ -14,8 +14,7 @@ import pytest
 
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import bearer
-from tests.conformance.gw_attack import start_stack
-from tests.conformance.gw_attack import stop_stack
+from tests.conformance.gw_attack import running_stack
 
 ROUTES = [
     {"prefix": "/", "upstream": "app", "auth": "none", "read_timeout": 1.0},
@@ -41,11 +40,8 @@ ROUTES = [
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    running = await start_stack(routes=ROUTES)
-    try:
+    async with running_stack(routes=ROUTES) as running:
         yield running
-    finally:
-        await stop_stack(running)
 
 
 def req(target: bytes, host: bytes = b"api.example", *headers: bytes) -> bytes:

@@ -16,8 +16,7 @@ import pytest
 from tests.conformance.gw_attack import Stack
 from tests.conformance.gw_attack import bearer
 from tests.conformance.gw_attack import request
-from tests.conformance.gw_attack import start_stack
-from tests.conformance.gw_attack import stop_stack
+from tests.conformance.gw_attack import running_stack
 
 ROUTES = [
     {"prefix": "/reports", "upstream": "app", "scopes": {"GET": ["reports:read"]}, "read_timeout": 1.0},
@@ -33,11 +32,8 @@ UNCOVERED = [b"POST", b"OPTIONS", b"PROPFIND", b"PURGE"]
 
 @pytest.fixture
 async def stack() -> AsyncIterator[Stack]:
-    running = await start_stack(routes=ROUTES)
-    try:
+    async with running_stack(routes=ROUTES) as running:
         yield running
-    finally:
-        await stop_stack(running)
 
 
 @pytest.mark.anyio
