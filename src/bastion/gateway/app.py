@@ -41,6 +41,8 @@ from typing import Protocol
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from bastion.gateway.autoban import BanGuard
+from bastion.gateway.autoban import kind_of
 from bastion.gateway.contract import Decision
 from bastion.gateway.contract import Forward
 from bastion.gateway.contract import Handler
@@ -135,12 +137,20 @@ VerifierFactory = Callable[[IssuerSettings], TokenVerifier]
 class GatewayHandler:
     """The per-request entry point the engine calls (one instance per route table)."""
 
-    __slots__ = ("_identities", "_log", "_metrics", "_rules", "_table")
+    __slots__ = ("_bans", "_identities", "_log", "_metrics", "_rules", "_table")
 
     def __init__(
-        self, table: RouteTable, rules: HeaderRules, metrics: GatewayMetrics, log: AccessLog
+        self,
+        table: RouteTable,
+        rules: HeaderRules,
+        metrics: GatewayMetrics,
+        log: AccessLog,
+        *,
+        bans: BanGuard | None = None,
     ) -> None:
-        """Serve ``table`` with ``rules``, counting in ``metrics`` and logging to ``log``."""
+        """Serve ``table`` with ``rules``, counting in ``metrics`` and logging to ``log``;
+        ``bans`` refuses banned clients first and counts their failures."""
+        self._bans = bans
         self._table = table
         self._identities: dict[int, tuple[Principal, Headers]] = {}
         self._rules = rules
@@ -157,9 +167,15 @@ class GatewayHandler:
         try:
             target = parse_target(head.target)
         except PathError as exc:
+            bans = self._bans
+            client_ip = self._client_ip(head) if bans is not None else ""
+            if bans is not None and bans.refuses(client_ip):
+                return self._reply(bans.reply(), None, head, None, refused="banned")
             self._metrics.refused_path(exc.reason)
             reply = problem(400, "Bad Request", "The request target is not acceptable")
-            return self._reply(reply, None, head, None, refused=exc.reason)
+            return self._counted(
+                self._reply(reply, None, head, None, refused=exc.reason), client_ip, "refused"
+            )
         scanned = scan_request(head.headers, self._rules)
         proxies = self._rules.proxies
         peer = head.client[0]
@@ -173,6 +189,10 @@ class GatewayHandler:
             client_ip=proxies.client_ip(peer, scanned.forwarded_for) if peer_trusted else peer,
             request_id=trusted_request_id(scanned, peer_trusted),
         )
+        bans = self._bans
+        if bans is not None and bans.refuses(exchange.client_ip):
+            # First of all: a banned client learns nothing, not even which routes exist.
+            return self._reply(bans.reply(), None, head, exchange, error="banned")
         if exchange.method in _REFUSED_METHODS:
             reply = problem(405, "Method Not Allowed", headers=[(b"allow", _ALLOW)])
             return self._reply(reply, None, head, exchange)
@@ -184,7 +204,8 @@ class GatewayHandler:
             # upstream: refused like any other ambiguous target.
             self._metrics.refused_path("route_confusion")
             reply = problem(400, "Bad Request", "The request target is not acceptable")
-            return self._reply(reply, None, head, exchange, error="route_confusion")
+            reply = self._reply(reply, None, head, exchange, error="route_confusion")
+            return self._counted(reply, exchange.client_ip, "refused")
         try:
             result = run_chain(route.policies, exchange)
         except Exception:  # a policy bug must not take the connection down unanswered
@@ -192,8 +213,29 @@ class GatewayHandler:
         if result is None:
             return self._forward(route, exchange)
         if isinstance(result, Reply):
-            return self._reply(result, route, head, exchange)
+            return self._settle(self._reply(result, route, head, exchange), exchange)
         return self._later(result, route, head, exchange)
+
+    def _client_ip(self, head: RequestHead) -> str:
+        """The client address of a request refused before its :class:`Exchange` was built."""
+        proxies = self._rules.proxies
+        peer = head.client[0]
+        if not proxies.is_trusted(peer):
+            return peer
+        return proxies.client_ip(peer, scan_request(head.headers, self._rules).forwarded_for)
+
+    def _settle(self, reply: Reply, exchange: Exchange) -> Reply | Awaitable[Reply]:
+        """``reply``, after counting it against the client when it is a counted failure."""
+        if self._bans is None:
+            return reply
+        kind = kind_of(reply.status, exchange.auth_failure)
+        return reply if kind is None else self._counted(reply, exchange.client_ip, kind)
+
+    def _counted(self, reply: Reply, client_ip: str, kind: str) -> Reply | Awaitable[Reply]:
+        """``reply``, once a ``kind`` failure of ``client_ip`` is counted (and a ban reached at
+        it is in force here): so the client that sees its N-th failure answered is banned."""
+        pending = self._bans.count(client_ip, kind) if self._bans is not None else None
+        return reply if pending is None else _after(pending, reply)
 
     async def _later(
         self, pending: Awaitable[PolicyResult], route: Route, head: RequestHead, exchange: Exchange
@@ -204,7 +246,8 @@ class GatewayHandler:
             return self._error(route, head, exchange)
         if result is None:
             return self._forward(route, exchange)
-        return self._reply(result, route, head, exchange)
+        settled = self._settle(self._reply(result, route, head, exchange), exchange)
+        return settled if isinstance(settled, Reply) else await settled
 
     def _error(self, route: Route, head: RequestHead, exchange: Exchange) -> Reply:
         exc = sys.exception()
@@ -344,6 +387,11 @@ class GatewayHandler:
         )
 
 
+async def _after(pending: Awaitable[None], reply: Reply) -> Reply:
+    await pending
+    return reply
+
+
 class Gateway:
     """A running (or startable) gateway: handler, engine server, admin server, reload."""
 
@@ -359,8 +407,10 @@ class Gateway:
         metrics: GatewayMetrics,
         policy_factories: Sequence[PolicyFactory],
         owns_verifiers: bool = True,
+        bans: BanGuard | None = None,
     ) -> None:
         """Use :func:`create_gateway`; this constructor builds the first handler eagerly."""
+        self.bans = bans
         self._owns_verifiers = owns_verifiers
         self._verifier_factory = verifier_factory
         self._upstream_factory = upstream_factory
@@ -437,6 +487,7 @@ class Gateway:
                 ),
                 self.metrics,
                 self.access_log,
+                bans=self.bans,
             )
         except BaseException:
             for obj in created:
@@ -459,6 +510,8 @@ class Gateway:
         await self._prefetch()
         await self._activate_upstreams()
         server = self._server_factory(self.handler, self._ssl)
+        if self.bans is not None and hasattr(server, "on_rejected"):
+            server.on_rejected = self.bans.engine_rejected  # the front's 400s count too
         host, _, port = settings.listen.rpartition(":")
         try:
             await server.start(host.strip("[]"), int(port))
@@ -499,6 +552,8 @@ class Gateway:
             if getattr(old, key) != getattr(settings, key):
                 raise ReloadError(f"gateway.{key} cannot change on reload; restart the gateway")
         async with self._lock:
+            if self.bans is not None:
+                self.bans.configure(settings.bans, settings.trusted_proxies)
             handler, retired = self._build(settings)
             self.handler = handler
             self.settings = settings
@@ -705,6 +760,7 @@ def create_gateway(
     registry: CollectorRegistry | None = None,
     policy_factories: Sequence[PolicyFactory] | None = None,
     clock: Callable[[], float] = time.time,
+    bans: BanGuard | None = None,
 ) -> Gateway:
     """Build a :class:`Gateway` from settings and injected parts.
 
@@ -724,6 +780,8 @@ def create_gateway(
         registry: Prometheus registry for the metrics; a fresh one by default.
         policy_factories: The policy chain factories; :func:`default_factories` by default.
         clock: Wall clock for log timestamps.
+        bans: Refuses banned clients and counts failures toward automatic bans
+            (:mod:`bastion.gateway.autoban`); none by default.
 
     Returns:
         A gateway ready to :meth:`~Gateway.start`.
@@ -757,6 +815,7 @@ def create_gateway(
         metrics=GatewayMetrics(registry),
         policy_factories=policy_factories if policy_factories is not None else default_factories(),
         owns_verifiers=owns,
+        bans=bans,
     )
 
 
