@@ -115,7 +115,7 @@ def bans() -> None:
     """
 
 
-@bans.command("list")
+@bans.command("list", short_help="List the bans in force.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
 @click.pass_context
 def bans_list(ctx: click.Context, as_json: bool) -> None:
