@@ -30,9 +30,9 @@ Built-in policies, in chain order:
                          as headers for the upstream (never refuses)
 =======================  ==================================================================
 
-Rate limits and bans plug in as further factories (a ban set as an :class:`AddressCheck` of
-``IpPolicy``); they see the resolved client address and, after ``BearerAuthPolicy``, the
-principal.
+Rate limits plug in as further factories; they see the resolved client address and, after
+``BearerAuthPolicy``, the principal. Bans are checked before the chain, for every request
+(:mod:`bastion.gateway.autoban`); their set is an :class:`AddressCheck` too.
 """
 
 from __future__ import annotations
