@@ -90,7 +90,7 @@ def audit_events(data: Path, deadline: float = 5.0) -> list[dict[str, object]]:
 def test_a_ban_earned_on_one_process_is_enforced_by_the_other_and_lifted_on_both(
     tmp_path: Path, state_env: dict[str, str]
 ) -> None:
-    stack = GatewayStack(tmp_path / "a", routes=ROUTES + BANS, env=state_env)
+    stack = GatewayStack(tmp_path / "a", routes=ROUTES, bans=BANS, env=state_env)
     other = None
     try:
         other, other_port = second_process(stack, tmp_path / "b", stack.bastion.env)
