@@ -107,7 +107,13 @@ auth = "none"
 
 
 def gateway_toml(
-    issuer: str, gateway_port: int, admin_port: int, upstream_port: int, routes: str, issuer_options: str = ""
+    issuer: str,
+    gateway_port: int,
+    admin_port: int,
+    upstream_port: int,
+    routes: str,
+    issuer_options: str = "",
+    bans: str = "",
 ) -> str:
     """The ``[gateway]`` section: the authorization server itself is the only issuer, its JWKS
     found through its RFC 8414 metadata."""
@@ -127,6 +133,7 @@ audience = "{AUDIENCE}"
 [gateway.upstreams.app]
 targets = ["127.0.0.1:{upstream_port}"]
 {routes}
+{bans}
 """
 
 
@@ -151,8 +158,10 @@ class GatewayStack:
         env: dict[str, str] | None = None,
         issuer_options: str = "",
         admin_port: int | None = None,
+        bans: str = "",
     ) -> None:
-        """Start everything; ``issuer_options`` are extra TOML lines for the gateway's issuer."""
+        """Start everything; ``issuer_options`` are extra TOML lines for the gateway's issuer,
+        ``bans`` the ``[gateway.bans]`` tables (the defaults when empty)."""
         tmp.mkdir(parents=True, exist_ok=True)
         self.upstream = UpstreamProcess(tmp)
         self.gateway_port = free_port()
@@ -170,6 +179,7 @@ class GatewayStack:
                     self.upstream.port,
                     routes,
                     issuer_options,
+                    bans,
                 )
             )
             self.reader = self._client("reader", "orders:read")

@@ -23,6 +23,10 @@ from tests.e2e.gw_stack import ROUTES
 from tests.e2e.gw_stack import GatewayStack
 from tests.e2e.gw_stack import free_port_run
 
+#: Every request comes from 127.0.0.1: thousands of 429s would earn it an automatic ban (tested
+#: in test_bans_serve), and the 403s after it would hide what the limiter decided.
+NO_BANS = "[gateway.bans]\nenabled = false\n"
+
 
 def limited_route(prefix: str, requests: int, per: float) -> str:
     return (
@@ -103,6 +107,7 @@ def test_a_limit_holds_for_the_whole_server_with_two_workers_on_the_embedded_def
         serve_args=("--workers", "2"),
         admin_port=admin,
         routes=limited_route("/limited", 100, 3600),
+        bans=NO_BANS,
     )
     stacks.append(stack)
     _, _, results = hammer([stack.gateway_port], "/limited", 1.5, threads=16)
@@ -122,7 +127,7 @@ def test_two_gateways_sharing_redis_admit_the_configured_count_within_one_percen
     prefix = f"/limited-{secrets.token_hex(4)}"  # its own buckets on the shared Redis
     routes = limited_route(prefix, 50, 1) + f'\n[storage]\nstate_url = "{url}"\n'
     for name in ("one", "two"):
-        stacks.append(GatewayStack(tmp_path / name, routes=routes))
+        stacks.append(GatewayStack(tmp_path / name, routes=routes, bans=NO_BANS))
     ports = [stack.gateway_port for stack in stacks]
     burst, rate = 50, 50.0
     start, end, results = hammer(ports, prefix, 4.0, threads=12)

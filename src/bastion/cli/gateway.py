@@ -18,11 +18,13 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry
 
+from bastion.cli.bans import GatewayBans
 from bastion.gateway.app import Gateway
 from bastion.gateway.app import IssuerVerifier
 from bastion.gateway.app import ServerFactory
 from bastion.gateway.app import create_gateway
 from bastion.gateway.app import token_verifier_factory
+from bastion.gateway.bans import Audit
 from bastion.gateway.contract import Handler
 from bastion.gateway.limits import EngineLimits
 from bastion.gateway.observe import AccessLog
@@ -84,6 +86,8 @@ class GatewayFeeds:
         self._stores = stores
         self.verifiers: list[IssuerVerifier] = []
         metrics = FeedMetrics(registry)
+        #: Shared with the other feeds of the process (one metric family per registry).
+        self.metrics = metrics
         self.revocations = Follower(
             "revocations",
             stores.state,
@@ -309,25 +313,40 @@ class RunningGateway:
     """The gateway and its feed followers, closed together."""
 
     def __init__(
-        self, gateway: Gateway, feeds: GatewayFeeds, worker: int, limiter: Limiter | None = None
+        self,
+        gateway: Gateway,
+        feeds: GatewayFeeds,
+        worker: int,
+        limiter: Limiter | None = None,
+        bans: GatewayBans | None = None,
     ) -> None:
         self.gateway = gateway
         self.feeds = feeds
         self._worker = worker
         self._limiter = limiter
+        self.bans = bans
 
     async def reload(self, settings: GatewaySettings) -> None:
         await self.gateway.reload(for_worker(settings, self._worker))
 
     async def close(self) -> None:
         await self.feeds.stop()
+        if self.bans is not None:
+            await self.bans.feed.stop()
         await self.gateway.close()
         if self._limiter is not None:
             await self._limiter.close()
+        if self.bans is not None:
+            await self.bans.guard.close()
 
 
 async def start_gateway(
-    settings: Settings, stores: Stores, *, worker: int = 0, listener: socket.socket | None = None
+    settings: Settings,
+    stores: Stores,
+    *,
+    worker: int = 0,
+    listener: socket.socket | None = None,
+    audit: Audit | None = None,
 ) -> RunningGateway:
     """Build and start the gateway of ``settings`` (which must have a ``[gateway]`` section).
 
@@ -337,6 +356,7 @@ async def start_gateway(
         worker: The worker number (its admin listener is ``admin_listen`` plus it).
         listener: The public listening socket bound by the supervisor; ``None`` binds
             ``gateway.listen`` here.
+        audit: Where automatic bans are audited (``ip.banned``).
 
     Raises:
         ListenError: the admin listener's address cannot be listened on.
@@ -351,6 +371,9 @@ async def start_gateway(
     revocations = StateRevocations(stores.state, stores)
     feeds = GatewayFeeds(stores, revocations, registry)
     limiter = open_limiter(settings.resolved_state_url())
+    bans = None
+    if config.bans.enabled:
+        bans = GatewayBans(config, stores, registry=registry, feed_metrics=feeds.metrics, audit=audit)
     gateway = create_gateway(
         config,
         verifiers=token_verifier_factory(
@@ -363,13 +386,18 @@ async def start_gateway(
         server_factory=None if listener is None else listener_server_factory(config, listener),
         registry=registry,
         rate_limiter=limiter,
+        bans=bans.guard if bans is not None else None,
     )
     feeds.start()
+    if bans is not None:
+        bans.start()
     try:
         await gateway.start()
     except BaseException as exc:
         await feeds.stop()
         await limiter.close()
+        if bans is not None:
+            await bans.stop()
         if isinstance(exc, OSError):
             await gateway.close()
             # The admin listener starts first, so a bind failure with no admin port is its own.
@@ -378,4 +406,4 @@ async def start_gateway(
 
                 raise listen_error(config.admin_listen, "gateway.admin_listen", exc) from None
         raise
-    return RunningGateway(gateway, feeds, worker, limiter)
+    return RunningGateway(gateway, feeds, worker, limiter, bans)

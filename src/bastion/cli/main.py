@@ -14,6 +14,7 @@ from typing import TypeVar
 import click
 
 from bastion import __version__
+from bastion.cli.bans import bans
 from bastion.cli.common import run
 from bastion.cli.common import settings_from
 from bastion.cli.context import open_services
@@ -422,5 +423,6 @@ def main() -> None:
 
 
 cli.add_command(keys)
+cli.add_command(bans)
 cli.add_command(users)
 cli.add_command(roles)

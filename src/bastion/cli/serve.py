@@ -146,7 +146,9 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
         if settings.gateway is not None:
             from bastion.cli.gateway import start_gateway
 
-            gateway = await start_gateway(settings, stores, worker=worker, listener=listeners.gateway)
+            gateway = await start_gateway(
+                settings, stores, worker=worker, listener=listeners.gateway, audit=audit
+            )
 
         async def reloader() -> None:
             from bastion.cli.config import ConfigError

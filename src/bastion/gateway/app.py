@@ -45,6 +45,8 @@ from typing import Protocol
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from bastion.gateway.autoban import BanGuard
+from bastion.gateway.autoban import kind_of
 from bastion.gateway.contract import Decision
 from bastion.gateway.contract import Forward
 from bastion.gateway.contract import Handler
@@ -143,7 +145,7 @@ VerifierFactory = Callable[[IssuerSettings], TokenVerifier]
 class GatewayHandler:
     """The per-request entry point the engine calls (one instance per route table)."""
 
-    __slots__ = ("_forward_auth", "_identities", "_log", "_metrics", "_rules", "_table")
+    __slots__ = ("_bans", "_forward_auth", "_identities", "_log", "_metrics", "_rules", "_table")
 
     def __init__(
         self,
@@ -152,10 +154,14 @@ class GatewayHandler:
         metrics: GatewayMetrics,
         log: AccessLog,
         forward_auth: ForwardAuth | None = None,
+        *,
+        bans: BanGuard | None = None,
     ) -> None:
         """Serve ``table`` with ``rules``, counting in ``metrics`` and logging to ``log``; answer
-        ``forward_auth``'s endpoint when it is given."""
+        ``forward_auth``'s endpoint when it is given; ``bans`` refuses banned clients first and
+        counts their failures."""
         self._forward_auth = forward_auth
+        self._bans = bans
         self._table = table
         self._identities: dict[int, tuple[Principal, Headers]] = {}
         self._rules = rules
@@ -182,9 +188,15 @@ class GatewayHandler:
         try:
             target = parse_target(head.target)
         except PathError as exc:
+            bans = self._bans
+            client_ip = self._client_ip(head) if bans is not None else ""
+            if bans is not None and bans.refuses(client_ip):
+                return self._reply(bans.reply(), None, head, None, refused="banned")
             self._metrics.refused_path(exc.reason)
             reply = problem(400, "Bad Request", "The request target is not acceptable")
-            return self._reply(reply, None, head, None, refused=exc.reason)
+            return self._counted(
+                self._reply(reply, None, head, None, refused=exc.reason), client_ip, "refused"
+            )
         scanned = scan_request(head.headers, self._rules)
         proxies = self._rules.proxies
         peer = head.client[0]
@@ -198,6 +210,10 @@ class GatewayHandler:
             client_ip=proxies.client_ip(peer, scanned.forwarded_for) if peer_trusted else peer,
             request_id=trusted_request_id(scanned, peer_trusted),
         )
+        bans = self._bans
+        if bans is not None and bans.refuses(exchange.client_ip):
+            # First of all: a banned client learns nothing, not even which routes exist.
+            return self._reply(bans.reply(), None, head, exchange, error="banned")
         if exchange.method in _REFUSED_METHODS:
             reply = problem(405, "Method Not Allowed", headers=[(b"allow", _ALLOW)])
             return self._reply(reply, None, head, exchange)
@@ -209,7 +225,8 @@ class GatewayHandler:
             # upstream: refused like any other ambiguous target.
             self._metrics.refused_path("route_confusion")
             reply = problem(400, "Bad Request", "The request target is not acceptable")
-            return self._reply(reply, None, head, exchange, error="route_confusion")
+            reply = self._reply(reply, None, head, exchange, error="route_confusion")
+            return self._counted(reply, exchange.client_ip, "refused")
         try:
             result = run_chain(route.policies, exchange)
         except Exception:  # a policy bug must not take the connection down unanswered
@@ -217,8 +234,29 @@ class GatewayHandler:
         if result is None:
             return self._forward(route, exchange)
         if isinstance(result, Reply):
-            return self._reply(result, route, head, exchange)
+            return self._settle(self._reply(result, route, head, exchange), exchange)
         return self._later(result, route, head, exchange)
+
+    def _client_ip(self, head: RequestHead) -> str:
+        """The client address of a request refused before its :class:`Exchange` was built."""
+        proxies = self._rules.proxies
+        peer = head.client[0]
+        if not proxies.is_trusted(peer):
+            return peer
+        return proxies.client_ip(peer, scan_request(head.headers, self._rules).forwarded_for)
+
+    def _settle(self, reply: Reply, exchange: Exchange) -> Reply | Awaitable[Reply]:
+        """``reply``, after counting it against the client when it is a counted failure."""
+        if self._bans is None:
+            return reply
+        kind = kind_of(reply.status, exchange.auth_failure)
+        return reply if kind is None else self._counted(reply, exchange.client_ip, kind)
+
+    def _counted(self, reply: Reply, client_ip: str, kind: str) -> Reply | Awaitable[Reply]:
+        """``reply``, once a ``kind`` failure of ``client_ip`` is counted (and a ban reached at
+        it is in force here): so the client that sees its N-th failure answered is banned."""
+        pending = self._bans.count(client_ip, kind) if self._bans is not None else None
+        return reply if pending is None else _after(pending, reply)
 
     async def _later(
         self, pending: Awaitable[PolicyResult], route: Route, head: RequestHead, exchange: Exchange
@@ -229,7 +267,8 @@ class GatewayHandler:
             return self._error(route, head, exchange)
         if result is None:
             return self._forward(route, exchange)
-        return self._reply(result, route, head, exchange)
+        settled = self._settle(self._reply(result, route, head, exchange), exchange)
+        return settled if isinstance(settled, Reply) else await settled
 
     def _error(self, route: Route, head: RequestHead, exchange: Exchange) -> Reply:
         exc = sys.exception()
@@ -374,6 +413,11 @@ class GatewayHandler:
         )
 
 
+async def _after(pending: Awaitable[None], reply: Reply) -> Reply:
+    await pending
+    return reply
+
+
 class Gateway:
     """A running (or startable) gateway: handler, engine server, admin server, reload."""
 
@@ -390,9 +434,11 @@ class Gateway:
         policy_factories: Sequence[PolicyFactory],
         owns_verifiers: bool = True,
         rate_limiter: Limiter | None = None,
+        bans: BanGuard | None = None,
     ) -> None:
         """Use :func:`create_gateway`; this constructor builds the first handler eagerly."""
         self.rate_limiter = rate_limiter
+        self.bans = bans
         self._owns_verifiers = owns_verifiers
         self._verifier_factory = verifier_factory
         self._upstream_factory = upstream_factory
@@ -472,6 +518,7 @@ class Gateway:
                 self.metrics,
                 self.access_log,
                 ForwardAuth(settings.forward_auth, rules.proxies) if settings.forward_auth.enabled else None,
+                bans=self.bans,
             )
         except BaseException:
             for obj in created:
@@ -494,6 +541,8 @@ class Gateway:
         await self._prefetch()
         await self._activate_upstreams()
         server = self._server_factory(self.handler, self._ssl)
+        if self.bans is not None and hasattr(server, "on_rejected"):
+            server.on_rejected = self.bans.engine_rejected  # the front's 400s count too
         host, _, port = settings.listen.rpartition(":")
         try:
             await server.start(host.strip("[]"), int(port))
@@ -534,6 +583,8 @@ class Gateway:
             if getattr(old, key) != getattr(settings, key):
                 raise ReloadError(f"gateway.{key} cannot change on reload; restart the gateway")
         async with self._lock:
+            if self.bans is not None:
+                self.bans.configure(settings.bans, settings.trusted_proxies)
             handler, retired = self._build(settings)
             self.handler = handler
             self.settings = settings
@@ -741,6 +792,7 @@ def create_gateway(
     policy_factories: Sequence[PolicyFactory] | None = None,
     clock: Callable[[], float] = time.time,
     rate_limiter: Limiter | None = None,
+    bans: BanGuard | None = None,
 ) -> Gateway:
     """Build a :class:`Gateway` from settings and injected parts.
 
@@ -763,6 +815,8 @@ def create_gateway(
         rate_limiter: Where rate-limit buckets live (:mod:`bastion.ratelimit`); this process's
             memory (:class:`~bastion.ratelimit.local.LocalLimiter`) by default. The caller
             closes it.
+        bans: Refuses banned clients and counts failures toward automatic bans
+            (:mod:`bastion.gateway.autoban`); none by default.
 
     Returns:
         A gateway ready to :meth:`~Gateway.start`.
@@ -797,6 +851,7 @@ def create_gateway(
         policy_factories=policy_factories if policy_factories is not None else default_factories(),
         owns_verifiers=owns,
         rate_limiter=rate_limiter if rate_limiter is not None else LocalLimiter(),
+        bans=bans,
     )
 
 

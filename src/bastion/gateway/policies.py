@@ -39,9 +39,9 @@ Built-in policies, in chain order:
                          as headers for the upstream (never refuses)
 =======================  ==================================================================
 
-Bans plug in as a further factory (a ban set as an :class:`AddressCheck` of ``IpPolicy``);
-like every policy they see the resolved client address and, after ``BearerAuthPolicy``, the
-principal.
+Like every policy, later ones see the resolved client address and, after ``BearerAuthPolicy``,
+the principal. Bans are checked before the chain, for every request
+(:mod:`bastion.gateway.autoban`); their set is an :class:`AddressCheck` too.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import logging
 import socket
 import ssl as ssl_module
 import time
+from collections.abc import Callable
 from typing import Final
 from typing import cast
 
@@ -73,6 +74,9 @@ class GatewayServer:
     ) -> None:
         self.handler = handler
         self.limits = limits if limits is not None else EngineLimits()
+        #: Told ``(peer address, status)`` of every request the front refuses itself (malformed
+        #: framing, smuggling attempts, oversized heads), e.g. to count toward a ban.
+        self.on_rejected: Callable[[str, int], None] | None = None
         self.ssl = ssl
         self.closing = False
         self.connections: set[FrontProtocol] = set()
@@ -380,6 +384,12 @@ class FrontProtocol(asyncio.Protocol):
         exchange.run(self.server.handler)
 
     def _rejected(self, rejected: Rejected) -> None:
+        hook = self.server.on_rejected
+        if hook is not None:
+            try:
+                hook(self._client[0], rejected.status)
+            except Exception:  # an observer's bug must not keep the refusal from being sent
+                _log.exception("on_rejected hook failed")
         exchange = self.exchange
         if exchange is not None:
             exchange.client_rejected(rejected.status, rejected.detail)

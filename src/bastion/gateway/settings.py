@@ -33,6 +33,7 @@ error names the route.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated
 from typing import Literal
@@ -50,6 +51,8 @@ from bastion.gateway.paths import parse_target
 from bastion.tokens import MAX_LEEWAY
 
 __all__ = [
+    "BanRuleSettings",
+    "BansSettings",
     "BreakerSettings",
     "CorsSettings",
     "ForwardAuthSettings",
@@ -682,6 +685,61 @@ class RouteSettings(_Frozen):
         return found if found is not None else scopes.get("*")
 
 
+class BanRuleSettings(_Frozen):
+    """When one kind of failure bans a client address, and for how long (``[gateway.bans.KIND]``)."""
+
+    threshold: int = Field(default=20, ge=0, le=1_000_000)
+    """Failures of this kind from one address (an IPv6 client's ``/64``) that earn a ban, counted
+    in a window that opens at the first of them; ``0`` never bans for this kind."""
+    window: float = Field(default=60.0, gt=0, le=86400)
+    """Seconds the count runs from its first failure; a new count starts after it."""
+    duration: float = Field(default=600.0, gt=0, le=365 * 86400)
+    """Seconds the first ban lasts; at least ``window``."""
+    factor: float = Field(default=2.0, ge=1, le=100)
+    """Each further ban of the address within ``gateway.bans.repeat_window`` lasts this many times
+    the one before (``1``: no escalation)."""
+    max_duration: float = Field(default=86400.0, gt=0, le=365 * 86400)
+    """The longest an escalated ban lasts."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.max_duration < self.duration:
+            raise ValueError("max_duration must be at least duration")
+        if self.duration < self.window:
+            raise ValueError("duration must be at least window (a count outlives no ban)")
+        return self
+
+    def ban_seconds(self, repeat: int) -> float:
+        """How long the ``repeat``-th ban (1 for the first) lasts: ``duration × factor^(repeat−1)``,
+        at most ``max_duration``."""
+        exponent = max(0, repeat - 1)
+        if self.factor > 1 and exponent * math.log(self.factor) > math.log(self.max_duration / self.duration):
+            return self.max_duration
+        return min(self.max_duration, self.duration * self.factor**exponent)
+
+
+class BansSettings(_Frozen):
+    """Automatic bans of client addresses (``[gateway.bans]``): too many authentication failures,
+    rate-limit refusals or refused requests from one address ban it for a while, across every
+    gateway process sharing the fast-state store."""
+
+    enabled: bool = True
+    """Count failures and enforce bans (``bastion bans add`` bans are enforced only when on)."""
+    auth: BanRuleSettings = BanRuleSettings()
+    """Authentication failures: a 401 for a refused, malformed or misplaced token, or a 400
+    for two credentials (a request without any credential is not counted)."""
+    rate_limit: BanRuleSettings = BanRuleSettings(threshold=50, duration=300.0)
+    """Rate-limit refusals (429)."""
+    refused: BanRuleSettings = BanRuleSettings()
+    """Refused requests: a request target refused by the strict path rules or as route confusion
+    (400), and requests the HTTP front refuses as malformed or smuggling attempts (400)."""
+    repeat_window: float = Field(default=7 * 86400.0, gt=0, le=365 * 86400)
+    """Seconds an address's ban count is remembered after its last automatic ban, for escalation."""
+    exempt: Networks = ()
+    """Client networks (CIDR) never banned automatically nor by ``bastion bans add`` (monitoring,
+    the office). ``gateway.trusted_proxies`` are never banned either."""
+
+
 class GatewaySettings(_Frozen):
     """The ``[gateway]`` table."""
 
@@ -737,6 +795,8 @@ class GatewaySettings(_Frozen):
     rate_limit: RateLimitSettings = RateLimitSettings()
     """Rate limits of every route that sets no ``rate_limit`` of its own
     (``[gateway.rate_limit]``)."""
+    bans: BansSettings = BansSettings()
+    """Automatic and manual bans of client addresses (``[gateway.bans]``)."""
 
     @field_validator("listen", "admin_listen")
     @classmethod

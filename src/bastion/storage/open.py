@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 from typing import Literal
 
 from bastion.storage.protocols import FastState
 from bastion.storage.protocols import StorageError
+from bastion.storage.sql.bans import SQLBanStore
 from bastion.storage.sql.clients import SQLClientStore
 from bastion.storage.sql.engine import Database
 from bastion.storage.sql.engine import failure_reason
@@ -39,6 +41,11 @@ class Stores:
     keys: SQLKeyStore
     tokens: SQLTokenStore
     state: FastState
+    #: The gateway's address bans (durable record), on :attr:`db`.
+    bans: SQLBanStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.bans = SQLBanStore(self.db)
 
     async def check(self) -> dict[Store, str | None]:
         """Whether each store answers now: ``None`` when it does, else the reason it does not.
