@@ -105,9 +105,9 @@ class ClientAuthThrottleSettings(Section):
     Each attempt is counted before its secret is checked, through three gates in turn: the
     client id from this address, this address across client ids, this client id from every
     address. An attempt over a gate's limit is answered 429 ``temporarily_unavailable`` with
-    ``Retry-After`` (the seconds left in that gate's window) and is not counted at the gates
-    after it. A successful authentication takes back only its own attempt at each gate; the
-    failures before it stay counted until their window ends. Addresses are the socket peer, or
+    ``Retry-After`` (the seconds left in that gate's window) and counts nowhere. A successful
+    authentication takes back only its own attempt at each gate; the failures before it stay
+    counted until their window ends. Addresses are the socket peer, or
     the client named by ``X-Forwarded-For`` behind ``trusted_proxies``; IPv6 by /64."""
 
     enabled: bool = True

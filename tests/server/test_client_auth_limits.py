@@ -325,3 +325,28 @@ async def test_the_request_rate_is_generous_by_default(door: Door) -> None:
     assert door.services.settings.client_rate_limit == ClientRateLimitSettings(
         requests=100, per=1.0, burst=200
     )
+
+
+async def test_a_rate_limit_backend_that_cannot_decide_is_503_not_a_waiver(tmp_path: Path) -> None:
+    from bastion.ratelimit.redis import RedisLimiter
+    from tests.e2e.harness import free_port
+
+    stores = open_stores(f"sqlite:///{tmp_path / 'bastion.db'}", "memory://")
+    await migrate(stores.db)
+    audit = AuditLog(tmp_path / "audit.log")
+    unreachable = RedisLimiter(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
+    services = Services.create(
+        AuthorizationServerSettings(issuer=ISSUER), stores, Sealer(b"k" * 48), audit, limiter=unreachable
+    )
+    door = Door(create_app(services), services, CountingSealer(b"k" * 48), [])
+    try:
+        billing = await door.client("billing")
+        async with door.http() as http:
+            response = await call(http, "/introspect", "billing", billing)
+        assert response.status_code == 503
+        assert response.json()["error"] == "temporarily_unavailable"
+        assert response.headers["retry-after"] == "5"
+    finally:
+        await audit.close()
+        await unreachable.close()
+        await stores.close()
