@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from bastion.net import address_bucket
 from bastion.net import is_loopback_host
 from bastion.settings import AuthorizationServerSettings
 
@@ -62,3 +63,20 @@ def test_http_issuer_on_a_loopback_host_is_accepted(issuer: str) -> None:
 def test_http_issuer_on_a_name_starting_like_loopback_is_refused(issuer: str) -> None:
     with pytest.raises(ValidationError, match="http is allowed only on loopback hosts"):
         AuthorizationServerSettings(issuer=issuer)
+
+
+@pytest.mark.parametrize(
+    ("address", "bucket"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("unknown", "?"),
+        ("", "?"),
+    ],
+)
+def test_address_buckets_are_ipv4_addresses_and_ipv6_64s(address: str, bucket: str) -> None:
+    assert address_bucket(address) == bucket

@@ -182,3 +182,18 @@ class NetworkSet:
         """Whether the address ``key`` (from :func:`address_key`) lies in one of the networks."""
         version, value = key
         return any(value >> shift in found for shift, found in self._by_version[version])
+
+
+@functools.lru_cache(maxsize=65_536)
+def address_bucket(text: str) -> str:
+    """The address a per-address limit counts ``text`` under: an IPv4 address as it is (an
+    IPv4-mapped IPv6 address read as IPv4), an IPv6 address as its /64 network
+    (``2001:db8:1:2::/64``: one subscriber usually holds a whole /64, so single addresses would
+    be free buckets for it); anything that is not an address shares the bucket ``"?"``."""
+    key = address_key(text)
+    if key is None:
+        return "?"
+    version, value = key
+    if version == 4:
+        return str(ipaddress.IPv4Address(value))
+    return f"{ipaddress.IPv6Address(value >> 64 << 64)}/64"

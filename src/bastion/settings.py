@@ -96,6 +96,67 @@ class LoginThrottleSettings(Section):
     """A client address may fail ``ip_factor`` times as often as one account."""
 
 
+class ClientAuthThrottleSettings(Section):
+    """Limits on failed client authentication at ``/token``, ``/introspect``, ``/revoke`` and
+    ``/revocations`` (RFC 6749 §10.10: the server "MUST prevent attackers from guessing ...
+    client credentials"), counted in the fast-state store, so they hold for every worker and
+    every process sharing it.
+
+    Each attempt is counted before its secret is checked, through three gates in turn: the
+    client id from this address, this address across client ids, this client id from every
+    address. An attempt over a gate's limit is answered 429 ``temporarily_unavailable`` with
+    ``Retry-After`` (the seconds left in that gate's window) and counts nowhere. A successful
+    authentication takes back only its own attempt at each gate; the failures before it stay
+    counted until their window ends. Addresses are the socket peer, or
+    the client named by ``X-Forwarded-For`` behind ``trusted_proxies``; IPv6 by /64."""
+
+    enabled: bool = True
+    """Count failures and refuse over the limits. DANGEROUS when false: client secrets can then
+    be guessed as fast as the server answers."""
+
+    window: float = Field(default=900.0, ge=10, le=86400)
+    """Seconds over which a gate counts attempts; the window starts at the first one."""
+
+    per_client_address: int = Field(default=50, ge=1, le=1_000_000)
+    """Failed authentications of one client id from one address per window. Attempts in flight
+    count until they are decided, so this also caps how many authentications of one client from
+    one address run at once: more wait for room (up to a second), then get 429 with
+    ``Retry-After: 1``. Keep it above the concurrent requests one client sends from one
+    address."""
+
+    per_address: int = Field(default=250, ge=1, le=1_000_000)
+    """Failed authentications from one address per window, whatever the client id (one address
+    trying many client ids)."""
+
+    per_client: int = Field(default=500, ge=1, le=1_000_000)
+    """Failed authentications of one client id per window, from every address (guessing spread
+    over many addresses). Over it, the client is refused from everywhere until the window
+    ends, so keep it well above ``per_client_address``: one address alone cannot reach it."""
+
+
+class ClientRateLimitSettings(Section):
+    """The request rate of each authenticated client at ``/introspect``, ``/revoke`` and
+    ``/revocations`` (one bucket per client for the three), decided with GCRA on the rate-limit
+    buckets of the fast-state store (a SQLite file, or Redis), shared by every worker.
+
+    Over any ``t`` seconds a client is served at most ``burst + t × requests / per`` requests;
+    more are answered 429 ``temporarily_unavailable`` with ``Retry-After``. A public client
+    (revoking its own token) is counted per client id and address. Checked after the client has
+    authenticated, so nobody can spend another client's rate."""
+
+    enabled: bool = True
+    """Limit the request rate of each client."""
+
+    requests: int = Field(default=100, ge=1, le=1_000_000_000)
+    """Requests per ``per`` seconds."""
+
+    per: float = Field(default=1.0, gt=0, le=86400)
+    """The period, in seconds."""
+
+    burst: int = Field(default=200, ge=1, le=1_000_000_000)
+    """Most requests served at once after an idle period."""
+
+
 class AuthorizationServerSettings(Section):
     """The OAuth 2.1 / OpenID Connect authorization server."""
 
@@ -162,9 +223,16 @@ class AuthorizationServerSettings(Section):
     login_throttle: LoginThrottleSettings = LoginThrottleSettings()
     """Throttling of the login form."""
 
+    client_auth_throttle: ClientAuthThrottleSettings = ClientAuthThrottleSettings()
+    """Limits on failed client authentication."""
+
+    client_rate_limit: ClientRateLimitSettings = ClientRateLimitSettings()
+    """The request rate of each client at introspection and revocation."""
+
     trusted_proxies: tuple[str, ...] = ()
     """Networks (CIDR) of reverse proxies whose ``X-Forwarded-For`` names the client address
-    (used by login throttling). Empty: the socket peer is the client."""
+    (used by login throttling and the client-authentication limits). Empty: the socket peer is
+    the client."""
 
     allow_insecure_http_issuer: bool = False
     """DANGEROUS: allow an http issuer on a non-loopback host (RFC 9700 requires TLS)."""

@@ -30,6 +30,7 @@ from bastion.cli.context import kek_for
 from bastion.cli.context import ready_stores
 from bastion.cli.context import stores_for
 from bastion.cli.gateway import for_worker
+from bastion.cli.gateway import open_limiter
 from bastion.cli.listen import listen_socket
 from bastion.cli.listen import probe
 from bastion.settings import Settings
@@ -125,9 +126,15 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
     tasks: list[asyncio.Task[Any]] = []
     server: uvicorn.Server | None = None
     gateway = None
+    limiter = None
     try:
         if settings.authorization_server.enabled:
-            services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
+            # The clients' request-rate buckets beside the fast state, shared by every worker
+            # (failed authentications are counted in the fast state itself).
+            limiter = open_limiter(settings.resolved_state_url())
+            services = Services.create(
+                settings.authorization_server, stores, Sealer(kek), audit, limiter=limiter
+            )
             app = create_app(services, extra_routes=people_routes(services))
             config = uvicorn.Config(
                 app,
@@ -189,6 +196,8 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
         for task in tasks:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
+        if limiter is not None:
+            await limiter.close()
         await audit.close()
         await stores.close()
 

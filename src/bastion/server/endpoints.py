@@ -11,8 +11,11 @@ import logging
 import re
 from collections.abc import Awaitable
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from bastion.net import TrustedProxies
+from bastion.net import parse_networks
 from bastion.protocol.errors import AccessDenied
 from bastion.protocol.errors import InvalidRequest
 from bastion.protocol.errors import OAuthError
@@ -43,7 +46,18 @@ _SENSITIVE_QUERY = re.compile(
     rb"(?:^|&)(?:client_secret|token|refresh_token|code|code_verifier|password)=", re.I
 )
 
-Handler = Callable[[Services, dict[str, str], str | None], Awaitable[dict[str, Any]]]
+
+@dataclass(frozen=True, slots=True)
+class FormRequest:
+    """What a machine endpoint's handler reads: the form, the ``Authorization`` header and the
+    client address (resolved through ``trusted_proxies``)."""
+
+    params: dict[str, str]
+    authorization: str | None
+    ip: str
+
+
+Handler = Callable[[Services, FormRequest], Awaitable[dict[str, Any]]]
 
 
 class BodyTooLarge(InvalidRequest):
@@ -69,9 +83,11 @@ async def read_body(receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def _headers(scope: Scope) -> tuple[str | None, str | None]:
-    """``Content-Type`` and ``Authorization``, in one pass; either repeated is refused."""
+def _headers(scope: Scope) -> tuple[str | None, str | None, list[bytes]]:
+    """``Content-Type``, ``Authorization`` and the ``X-Forwarded-For`` values, in one pass;
+    ``Content-Type`` or ``Authorization`` repeated is refused."""
     content_type = authorization = None
+    forwarded: list[bytes] = []
     for key, value in scope["headers"]:
         if key == b"content-type":
             if content_type is not None:
@@ -81,19 +97,33 @@ def _headers(scope: Scope) -> tuple[str | None, str | None]:
             if authorization is not None:
                 raise InvalidRequest("header authorization is repeated")
             authorization = value.decode("latin-1")
-    return content_type, authorization
+        elif key == b"x-forwarded-for":
+            forwarded.append(value)
+    return content_type, authorization, forwarded
 
 
-async def token(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+async def _authenticate(services: Services, request: FormRequest, *, allow_public: bool = False) -> Client:
+    """The request's client (counted and throttled, see :mod:`bastion.services.client_auth`)."""
+    return await services.clients.authenticate(
+        request.params, request.authorization, ip=request.ip, allow_public=allow_public
+    )
+
+
+async def _within_rate(services: Services, client: Client, request: FormRequest) -> None:
+    """Count the authenticated client's request against its rate, or refuse it (HTTP 429)."""
+    if services.client_requests is not None:
+        await services.client_requests.admit(client, request.ip)
+
+
+async def token(services: Services, request: FormRequest) -> dict[str, Any]:
     """RFC 6749 §3.2 token endpoint."""
+    params = request.params
     grant_type = params.get("grant_type")
     if grant_type is None:
         raise InvalidRequest("grant_type is required")
     if grant_type != GrantType.CLIENT_CREDENTIALS and grant_type not in services.grant_handlers:
         raise UnsupportedGrantType(f"grant_type {grant_type} is not supported")
-    client = await services.clients.authenticate(
-        params, authorization, allow_public=grant_type != GrantType.CLIENT_CREDENTIALS
-    )
+    client = await _authenticate(services, request, allow_public=grant_type != GrantType.CLIENT_CREDENTIALS)
     now = services.clock()
     if grant_type != GrantType.CLIENT_CREDENTIALS:
         return await services.grant_handlers[grant_type](services, client, params, now)
@@ -127,23 +157,22 @@ async def introspect_token(services: Services, token: str, client: Client | None
     return result
 
 
-async def _confidential(services: Services, params: dict[str, str], authorization: str | None) -> Client:
-    return await services.clients.authenticate(params, authorization)
-
-
-async def introspect(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+async def introspect(services: Services, request: FormRequest) -> dict[str, Any]:
     """RFC 7662 §2: "the protected resource calls the introspection endpoint" with its own
     credentials; unknown, expired or revoked tokens are ``{"active": false}``."""
-    client = await _confidential(services, params, authorization)
-    value = params.get("token")
+    client = await _authenticate(services, request)
+    await _within_rate(services, client, request)
+    value = request.params.get("token")
     if value is None:
         raise InvalidRequest("token is required")
     return await introspect_token(services, value, client)
 
 
-async def revoke(services: Services, params: dict[str, str], authorization: str | None) -> dict[str, Any]:
+async def revoke(services: Services, request: FormRequest) -> dict[str, Any]:
     """RFC 7009 §2: revoke a token the client holds; 200 whether or not it was valid."""
-    client = await services.clients.authenticate(params, authorization, allow_public=True)
+    client = await _authenticate(services, request, allow_public=True)
+    await _within_rate(services, client, request)
+    params = request.params
     value = params.get("token")
     if value is None:
         raise InvalidRequest("token is required")
@@ -154,9 +183,7 @@ async def revoke(services: Services, params: dict[str, str], authorization: str 
     return {}
 
 
-async def revocations(
-    services: Services, params: dict[str, str], authorization: str | None
-) -> dict[str, Any]:
+async def revocations(services: Services, request: FormRequest) -> dict[str, Any]:
     """The revocation list, for services that validate tokens themselves and share no store
     with this server (``bastion.tokens.PollingRevocations`` polls it).
 
@@ -166,12 +193,13 @@ async def revocations(
     refused with 403 ``access_denied``. ``cursor`` (optional) is the one the previous answer
     gave: the answer then holds only what changed since.
     """
-    client = await _confidential(services, params, authorization)
+    client = await _authenticate(services, request)
+    await _within_rate(services, client, request)
     if REVOCATIONS_SCOPE not in client.scopes:
         raise AccessDenied(
             f"this client may not read the revocation list (it needs the scope {REVOCATIONS_SCOPE})"
         )
-    page = await revocation_page(services, params.get("cursor"))
+    page = await revocation_page(services, request.params.get("cursor"))
     return page.to_json()
 
 
@@ -183,6 +211,7 @@ class FormEndpoint:
         self.handler = handler
         self.name = name
         self._realm = services.settings.issuer
+        self._proxies = TrustedProxies(parse_networks(services.settings.trusted_proxies))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = self.services
@@ -199,12 +228,14 @@ class FormEndpoint:
                 # RFC 6749 §2.3.1: credentials "MUST NOT be included in the request URI"; the
                 # same holds for tokens (RFC 6750 §5.3: URLs end up in logs and histories).
                 raise InvalidRequest("send parameters in the request body, not in the URL")
-            content_type, authorization = _headers(scope)
+            content_type, authorization, forwarded = _headers(scope)
             if not is_form_content_type(content_type):
                 raise InvalidRequest("the body must be application/x-www-form-urlencoded")
             body = await read_body(receive, services.settings.max_body_bytes)
             params = parse_form(body)
-            result = await self.handler(services, params, authorization)
+            peer = scope.get("client")
+            ip = self._proxies.client_ip(peer[0] if peer else "unknown", forwarded)
+            result = await self.handler(services, FormRequest(params, authorization, ip))
         except OAuthError as error:
             status, body_json, headers = error_response(error, self._realm)
             if self.name == "token":

@@ -1,4 +1,5 @@
-"""Registered clients: creation, secrets, authentication with a short in-memory cache."""
+"""Registered clients: creation, secrets, authentication (throttled, see
+:mod:`bastion.services.client_auth`) with a short in-memory cache."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from bastion.protocol.models import Client
 from bastion.protocol.models import GrantType
 from bastion.protocol.models import TokenFormat
 from bastion.protocol.rfc6749.client_auth import AuthMethod
+from bastion.protocol.rfc6749.client_auth import ClientCredentials
 from bastion.protocol.rfc6749.client_auth import extract_credentials
+from bastion.services.client_auth import ClientAuthThrottle
 from bastion.services.crypto import Sealer
 from bastion.services.crypto import new_secret
 from bastion.storage.protocols import ClientStore
@@ -51,8 +54,11 @@ class ClientService:
         *,
         cache_ttl: float = 2.0,
         clock: Callable[[], float] = time.time,
+        throttle: ClientAuthThrottle | None = None,
     ) -> None:
         self._store = store
+        #: Counts each authentication attempt before its secret is checked; ``None``: unlimited.
+        self.throttle = throttle
         self._sealer = sealer
         self._ttl = cache_ttl
         self._clock = clock
@@ -86,20 +92,44 @@ class ClientService:
             changed(client_id)
 
     async def authenticate(
-        self, params: Mapping[str, str], authorization: str | None, *, allow_public: bool = False
+        self,
+        params: Mapping[str, str],
+        authorization: str | None,
+        *,
+        ip: str,
+        allow_public: bool = False,
     ) -> Client:
-        """The authenticated client of a request (RFC 6749 §2.3).
+        """The authenticated client of a request from ``ip`` (RFC 6749 §2.3).
 
         Confidential clients must prove their secret; public clients are accepted (identified, not
-        authenticated) only where ``allow_public``.
+        authenticated) only where ``allow_public``. With a :attr:`throttle`, the attempt is counted
+        before anything about the client is looked at; a failure stays counted, a success gives
+        its attempt back.
 
         Raises:
             InvalidClient: unknown, disabled, wrong secret, or a public client where not allowed.
             InvalidRequest: more than one authentication method.
+            SlowDown: too many failures for this client or address (HTTP 429); nothing checked.
         """
         creds = extract_credentials(params, authorization)
-        used_basic = creds.method is AuthMethod.BASIC
+        # The record is looked up before the attempt is counted (it holds no answer to a guess):
+        # the span between count and give-back then waits on nothing but the fast-state store,
+        # so a client's own concurrent requests hold few counts at once.
         client = await self.get(creds.client_id)
+        throttle = self.throttle
+        if throttle is None:
+            return self._check(creds, client, allow_public)
+        attempt = await throttle.attempt(creds.client_id, ip)
+        try:
+            checked = self._check(creds, client, allow_public)
+        except InvalidClient:
+            await throttle.failed(attempt)  # stays counted: the failure the limits are about
+            raise
+        await throttle.give_back(attempt)
+        return checked
+
+    def _check(self, creds: ClientCredentials, client: Client | None, allow_public: bool) -> Client:
+        used_basic = creds.method is AuthMethod.BASIC
         if client is None or client.disabled:
             # Same work as a real check, so timing does not reveal which ids exist.
             self._sealer.verify_secret(creds.secret or "", _DUMMY_HASH)

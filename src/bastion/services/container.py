@@ -15,6 +15,12 @@ from typing import Any
 from bastion.ops.audit import AuditLog
 from bastion.ops.background import Background
 from bastion.protocol.models import Client
+from bastion.ratelimit import Limiter
+from bastion.ratelimit import Rate
+from bastion.ratelimit.local import LocalLimiter
+from bastion.services.client_auth import ClientAuthPolicy
+from bastion.services.client_auth import ClientAuthThrottle
+from bastion.services.client_auth import ClientRequestLimit
 from bastion.services.clients import ClientService
 from bastion.services.crypto import Sealer
 from bastion.services.keys import KeyPolicy
@@ -31,6 +37,8 @@ log = logging.getLogger("bastion.server")
 GrantHandler = Callable[["Services", Client, Mapping[str, str], float], Awaitable[dict[str, Any]]]
 
 _LEEWAY = 60
+#: The rate-limit namespace of the clients' request rate (no ``|``: none of the gateway's).
+CLIENT_REQUESTS = "authorization_server.client_requests"
 
 
 @dataclass
@@ -52,6 +60,8 @@ class Services:
     #: Periodic clean-ups of expired records: ``async (now) -> rows removed``.
     purgers: list[Callable[[float], Awaitable[int]]] = field(default_factory=list)
     purge_interval: float = 600.0
+    #: Each client's request rate at introspection and revocation; ``None``: unlimited.
+    client_requests: ClientRequestLimit | None = None
 
     @classmethod
     def create(
@@ -62,8 +72,14 @@ class Services:
         audit: AuditLog,
         *,
         clock: Callable[[], float] = time.time,
+        limiter: Limiter | None = None,
     ) -> Services:
-        """Wire the services over opened stores (no I/O)."""
+        """Wire the services over opened stores (no I/O).
+
+        ``limiter`` keeps the buckets of the clients' request rate; it belongs to the caller,
+        who closes it. ``None``: this process's memory (enough for one process; ``bastion
+        serve`` passes the one beside its fast state, shared by every worker).
+        """
         policy = KeyPolicy(
             algorithms=algorithms_for((settings.access_token_algorithm, settings.id_token_algorithm)),
             rotation_period=settings.key_rotation_days * 86400,
@@ -72,15 +88,41 @@ class Services:
             jwks_max_age=settings.jwks_max_age,
         )
         keys = KeyService(stores.keys, sealer, policy, clock=clock, state=stores.state, audit=audit)
+        failures = settings.client_auth_throttle
+        throttle = (
+            ClientAuthThrottle(
+                stores.state,
+                ClientAuthPolicy(
+                    window=failures.window,
+                    per_client_address=failures.per_client_address,
+                    per_address=failures.per_address,
+                    per_client=failures.per_client,
+                ),
+                audit=audit,
+            )
+            if failures.enabled
+            else None
+        )
+        rate = settings.client_rate_limit
+        client_requests = (
+            ClientRequestLimit(
+                (limiter or LocalLimiter()).bind(CLIENT_REQUESTS, [Rate(rate.requests, rate.per, rate.burst)])
+            )
+            if rate.enabled
+            else None
+        )
         services = cls(
             settings=settings,
             stores=stores,
             sealer=sealer,
             keys=keys,
-            clients=ClientService(stores.clients, sealer, cache_ttl=settings.client_cache_ttl, clock=clock),
+            clients=ClientService(
+                stores.clients, sealer, cache_ttl=settings.client_cache_ttl, clock=clock, throttle=throttle
+            ),
             tokens=TokenService(settings, keys, stores.tokens, stores.state, audit, clock=clock),
             audit=audit,
             clock=clock,
+            client_requests=client_requests,
         )
         services.purgers.append(stores.tokens.purge_expired)
         services.clients.on_disabled.append(services.tokens.revoke_client)
