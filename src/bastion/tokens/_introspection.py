@@ -20,7 +20,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from types import MappingProxyType
-from types import TracebackType
 from typing import Any
 from typing import Final
 from urllib.parse import quote
@@ -41,6 +40,7 @@ from bastion.tokens._errors import WrongType
 from bastion.tokens._http import DEFAULT_TIMEOUT
 from bastion.tokens._http import Http
 from bastion.tokens._http import discover
+from bastion.tokens._lifecycle import AsyncResource
 from bastion.tokens._principal import Principal
 from bastion.tokens._rules import DEFAULT_MAX_TOKEN_BYTES
 
@@ -62,7 +62,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-class Introspector:
+class Introspector(AsyncResource):
     """Checks opaque access tokens with the issuer's introspection endpoint.
 
     .. versionadded:: 0.1
@@ -280,15 +280,3 @@ class Introspector:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self._http.close()
-
-    async def __aenter__(self) -> Introspector:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -27,7 +27,6 @@ import random
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 from typing import Final
 
@@ -38,6 +37,7 @@ from bastion.tokens._http import DEFAULT_TIMEOUT
 from bastion.tokens._http import Http
 from bastion.tokens._http import discover
 from bastion.tokens._introspection import _basic_auth
+from bastion.tokens._lifecycle import AsyncResource
 from bastion.tokens._revocation import RevocationList
 from bastion.tokens._revocation import _Revocable
 
@@ -84,7 +84,7 @@ def parse_page(document: Any) -> _Page:
     return revoked, disabled, cursor
 
 
-class PollingRevocations:
+class PollingRevocations(AsyncResource):
     """A ready :class:`RevocationSource` that polls the authorization server's revocation list.
 
     Use it where a service shares no store with the authorization server; where it can read
@@ -309,15 +309,3 @@ class PollingRevocations:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._http.close()
-
-    async def __aenter__(self) -> PollingRevocations:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from collections.abc import Collection
-from types import TracebackType
 from typing import Final
 
 import aiohttp
@@ -43,6 +42,7 @@ from bastion.tokens._jwks import DEFAULT_REFETCH_COOLDOWN
 from bastion.tokens._jwks import JWKSKeySource
 from bastion.tokens._keys import KeySet
 from bastion.tokens._keys import KeySource
+from bastion.tokens._lifecycle import AsyncResource
 from bastion.tokens._principal import Principal
 from bastion.tokens._principal import issued_before as _issued_before
 from bastion.tokens._principal import principal_from_claims
@@ -65,7 +65,7 @@ MAX_LEEWAY: Final = 300.0
 DEFAULT_REVOCATION_TTL: Final = 86_400.0
 
 
-class TokenValidator:
+class TokenValidator(AsyncResource):
     """Validates JWT access tokens from one trusted issuer.
 
     Use one per issuer, as an async context manager or with :meth:`start` / :meth:`close`::
@@ -409,15 +409,3 @@ class TokenValidator:
         caller's to close)."""
         if self._owns_source and isinstance(self._source, JWKSKeySource):
             await self._source.close()
-
-    async def __aenter__(self) -> TokenValidator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
