@@ -285,6 +285,18 @@ class UpstreamSettings(_Frozen):
         return value
 
 
+def _method_names(value: tuple[str, ...]) -> tuple[str, ...]:
+    """``value`` checked as a non-empty list of upper-case method names the gateway forwards."""
+    if not value:
+        raise ValueError("methods must name at least one method (or be left out)")
+    for method in value:
+        if not _TOKEN_RE.match(method) or method != method.upper():
+            raise ValueError(f"method {method!r} must be an upper-case method name")
+        if method in _NEVER_FORWARDED:
+            raise ValueError(f"{method} is never forwarded by the gateway")
+    return value
+
+
 def _cors_origin(value: str) -> str:
     """``value`` as the browser's ``Origin`` header spells it: lower case, no default port."""
     origin = value.lower()
@@ -354,16 +366,7 @@ class CorsSettings(_Frozen):
     @field_validator("methods")
     @classmethod
     def _cors_methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
-        if not value:
-            raise ValueError("methods must name at least one method (or be left out)")
-        for method in value:
-            if not _TOKEN_RE.match(method) or method != method.upper():
-                raise ValueError(f"method {method!r} must be an upper-case method name")
-            if method in _NEVER_FORWARDED:
-                raise ValueError(f"{method} is never forwarded by the gateway")
-        return tuple(dict.fromkeys(value))
+        return None if value is None else tuple(dict.fromkeys(_method_names(value)))
 
     @field_validator("headers", "expose_headers")
     @classmethod
@@ -598,14 +601,7 @@ class RouteSettings(_Frozen):
     def _methods(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if value is None:
             return None
-        if not value:
-            raise ValueError("methods must name at least one method (or be left out)")
-        for method in value:
-            if not _TOKEN_RE.match(method) or method != method.upper():
-                raise ValueError(f"method {method!r} must be an upper-case method name")
-            if method in _NEVER_FORWARDED:
-                raise ValueError(f"{method} is never forwarded by the gateway")
-        if len(set(value)) != len(value):
+        if len(set(_method_names(value))) != len(value):
             raise ValueError("methods are listed more than once")
         return value
 
