@@ -34,8 +34,11 @@ SERVER_MODULES: Final = frozenset(
 def main() -> None:
     """The ``bastion`` console script: run the CLI, or explain the missing ``server`` extra."""
     try:
-        # Imported here, not at the top: the server extra may be missing.
+        # Imported here, not at the top: the server extra may be missing. Commands import some
+        # of it only when they run, so running is inside the ``try`` too.
         from bastion.cli.main import main as run
+
+        run()
     except ModuleNotFoundError as exc:
         missing = (exc.name or "").partition(".")[0]
         if missing not in SERVER_MODULES:
@@ -47,4 +50,3 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(1) from None
-    run()

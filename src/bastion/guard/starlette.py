@@ -45,6 +45,8 @@ from bastion.tokens import TokenError
 
 __all__ = ["GuardMiddleware", "current_principal", "require_scopes"]
 
+_GUARDED = "bastion.guard"
+
 
 class GuardMiddleware:
     """Validates the bearer token of every HTTP and WebSocket request (pure ASGI).
@@ -97,6 +99,9 @@ class GuardMiddleware:
                 started = True
             await send(message)
 
+        # Marks the request as guarded, for current_principal() to tell a public path (no
+        # principal: 401) from an application that forgot the middleware (a bug).
+        scope[_GUARDED] = True
         try:
             if not self._public(scope["path"]):
                 scope.setdefault("state", {})["principal"] = await self._authenticate(scope)
@@ -138,10 +143,9 @@ def current_principal(connection: HTTPConnection) -> Principal:
         MissingToken: none (a public path): answered 401 with a bare challenge.
         RuntimeError: the middleware is not installed.
     """
-    state = connection.scope.get("state")
-    if state is None:
+    if not connection.scope.get(_GUARDED):
         raise RuntimeError("GuardMiddleware is not installed on this application")
-    principal = state.get("principal")
+    principal = connection.scope.get("state", {}).get("principal")
     if not isinstance(principal, Principal):
         raise MissingToken("no principal on a public path")
     return principal
