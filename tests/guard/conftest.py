@@ -10,6 +10,7 @@ import pytest
 
 from bastion.storage.open import open_state
 from bastion.storage.protocols import FastState
+from tests.private_redis import PrivateRedis
 from tests.tokens.tokens_helpers import Clock
 from tests.tokens.tokens_helpers import Issuer
 
@@ -28,9 +29,14 @@ async def issuer() -> AsyncIterator[Issuer]:
     await server.stop()
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 async def state(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FastState]:
-    url = f"sqlite:///{tmp_path / 'state.db'}" if request.param == "sqlite" else "memory://"
-    opened = open_state(url)
+    """The embedded default (a SQLite state file), memory, and a private ``redis-server`` (the
+    machine's shared Redis is never used: revocations are announced on a fixed channel)."""
+    redis = PrivateRedis(tmp_path) if request.param == "redis" else None
+    urls = {"sqlite": f"sqlite:///{tmp_path / 'state.db'}", "memory": "memory://"}
+    opened = open_state(redis.url if redis is not None else urls[request.param])
     yield opened
     await opened.close()
+    if redis is not None:
+        redis.kill()

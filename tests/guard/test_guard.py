@@ -263,8 +263,9 @@ async def revoke_as_the_authorization_server(state: FastState, jti: str, exp: fl
 
 @pytest.mark.parametrize(
     ("framework", "state"),
-    # A memory store lives on one event loop; Flask's guard runs its validator on its own.
-    [(framework, "sqlite") for framework in FRAMEWORKS] + [("starlette", "memory"), ("fastapi", "memory")],
+    # Memory and Redis clients live on one event loop; Flask's guard runs its validator on its own.
+    [(framework, "sqlite") for framework in FRAMEWORKS]
+    + [(framework, store) for framework in ("starlette", "fastapi") for store in ("memory", "redis")],
     indirect=["state"],
 )
 async def test_a_revoked_token_is_refused_by_the_service(
