@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[postgres,redis]'
+	$(BIN)/pip install --quiet -e '.[server,postgres,redis]'
 	touch $@
 
 $(TEST_STAMP): $(STAMP)

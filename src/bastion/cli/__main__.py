@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from bastion.cli.main import main
+from bastion.cli import main
 
 main()
