@@ -82,7 +82,7 @@ def _serve_in_thread(
     app: Any, sock: socket.socket, cleanup: Callable[[], Any] | None = None
 ) -> Callable[[], None]:
     server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.install_signal_handlers = lambda: None  # type: ignore[attr-defined,unused-ignore]
 
     async def serve() -> None:
         try:
@@ -254,13 +254,21 @@ class Browser:
         return status, headers
 
 
+def _fields(html: str) -> dict[str, str]:
+    csrf = CSRF_RE.search(html)
+    tx = TX_RE.search(html)
+    assert csrf is not None, html
+    assert tx is not None, html
+    return {"csrf_token": csrf.group(1), "tx": tx.group(1)}
+
+
 def sign_in_at_server(url: str, username: str = "alice") -> str:
     """Submit the authorization server's login (and consent) forms; the redirect to the client."""
     issuer = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
     with requests.Session() as browser:
         page = browser.get(url, timeout=10)
         assert page.status_code == 200, page.text
-        fields = {"csrf_token": CSRF_RE.search(page.text).group(1), "tx": TX_RE.search(page.text).group(1)}  # type: ignore[union-attr]
+        fields = _fields(page.text)
         response = browser.post(
             f"{issuer}/login",
             data={**fields, "username": username, "password": PASSWORD},
@@ -275,10 +283,7 @@ def sign_in_at_server(url: str, username: str = "alice") -> str:
             target = location if location.startswith("http") else issuer + location
             if target.startswith(f"{issuer}/consent"):
                 page = browser.get(target, timeout=10)
-                fields = {
-                    "csrf_token": CSRF_RE.search(page.text).group(1),
-                    "tx": TX_RE.search(page.text).group(1),
-                }  # type: ignore[union-attr]
+                fields = _fields(page.text)
                 response = browser.post(
                     f"{issuer}/consent",
                     data={**fields, "decision": "allow"},
@@ -300,7 +305,7 @@ async def serve_bff(
         app = create_app(settings, state=state, http=http, client_secret=client_secret, clock=clock)
         sock = bound()
         server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False))
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server.install_signal_handlers = lambda: None  # type: ignore[attr-defined,unused-ignore]
         task = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started:
             await asyncio.sleep(0.01)
