@@ -1,6 +1,7 @@
-"""``bastion serve`` with ``[bff]``: the BFF starts beside the authorization server, reads its
-client secret from the environment, signs a user in, forwards API calls without the browser's
-cookies, and a logged-out cookie replays to nothing."""
+"""``bastion serve`` with ``[bff]`` and ``[gateway]``: the BFF starts beside the authorization
+server and the gateway, reads its client secret from the environment, signs a user in, calls
+the API through the real gateway (which validates the session's access token) without the
+browser's cookies, and a logged-out cookie replays to nothing."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tests.bff.harness import Browser
 from tests.bff.harness import recording_upstream
 from tests.people.flows import PASSWORD
 
+from .gw_stack import AUDIENCE
+from .gw_stack import gateway_toml
 from .harness import BASTION
 from .harness import Bastion
 from .harness import free_port
@@ -29,8 +32,10 @@ SESSION = "__Host-bastion-bff"
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Bastion, str, list[dict[str, object]]]]:
-    with recording_upstream() as (gateway, seen):
+    with recording_upstream() as (upstream, seen):
         port = free_port()
+        gateway_port = free_port()
+        gateway = f"http://127.0.0.1:{gateway_port}"
         bff = f"""
 [bff]
 listen = "127.0.0.1:{port}"
@@ -42,14 +47,21 @@ scopes = ["openid", "profile", "offline_access"]
 post_logout_redirect_uri = "{GOODBYE}"
 """
         bastion = Bastion(tmp_path, extra_config="")
+        routes = '[[gateway.routes]]\nprefix = "/orders"\nupstream = "app"\n'
+        upstream_port = int(upstream.rpartition(":")[2])
+        gateway_section = gateway_toml(bastion.issuer, gateway_port, free_port(), upstream_port, routes)
         bastion.config.write_text(
-            bastion.config.read_text() + bff.replace("[bff]", f'[bff]\nissuer = "{bastion.issuer}"')
+            bastion.config.read_text()
+            + bff.replace("[bff]", f'[bff]\nissuer = "{bastion.issuer}"')
+            + gateway_section
+            + "[gateway.bans]\nenabled = false\n"
         )
         created = bastion.cli_json(
             "clients", "create", "--name", "Shop", "--client-id", "bff",
             "--grant-type", "authorization_code", "--grant-type", "refresh_token",
             "--scope", "openid profile offline_access",
             "--redirect-uri", REDIRECT_URI, "--post-logout-redirect-uri", GOODBYE, "--first-party",
+            "--audience", AUDIENCE,
         )  # fmt: skip
         result = subprocess.run(
             [*BASTION, "--config", str(bastion.config), "users", "create", "alice", "--password-stdin"],
@@ -83,10 +95,18 @@ async def test_serve_runs_the_bff(stack: tuple[Bastion, str, list[dict[str, obje
             "POST", "/bff/api/orders", headers={"origin": ORIGIN, "x-csrf-token": csrf}
         )
         assert status == 200
-        (entry,) = seen
-        names = [name for name, _ in entry["headers"]]  # type: ignore[attr-defined]
-        assert "cookie" not in names
-        assert "authorization" in names
+        status, _, _ = await browser.request("GET", "/bff/api/orders/7?page=2")
+        assert status == 200
+        # Through the gateway, which checked the access token and says whose it is.
+        first, second = seen
+        assert first["method"] == "POST"
+        assert second["target"] == "/orders/7?page=2"
+        claims = json.loads(body)["claims"]
+        for entry in seen:
+            headers = dict(entry["headers"])  # type: ignore[call-overload]
+            assert "cookie" not in headers
+            assert headers["x-bastion-subject"] == claims["sub"]
+            assert browser.cookies[SESSION] not in json.dumps(entry)
         old = browser.cookies[SESSION]
         status, _, _ = await browser.request(
             "POST", "/bff/logout", headers={"origin": ORIGIN, "x-csrf-token": csrf}
