@@ -256,3 +256,17 @@ async def test_idle_and_absolute_lifetimes(server: AuthServer, state: FastState)
         clock.offset += 121  # idle too long
         status, _, _ = await browser.request("GET", "/bff/me")
         assert status == 401
+
+
+async def test_a_callback_with_another_state_is_refused(server: AuthServer, state: FastState) -> None:
+    """RFC 6749 §10.12: even this browser's own code is refused when ``state`` is not the one
+    bound to its pre-login cookie."""
+    async with serve_bff(bff_settings(server.issuer), state, server.client_secret) as (browser, _):
+        _, headers, _ = await browser.request("GET", "/bff/login")
+        callback = sign_in_at_server(headers["location"])
+        query = {k: v[0] for k, v in parse_qs(urlsplit(callback).query).items()}
+        query["state"] += "x"
+        status, _, body = await browser.request("GET", "/bff/callback", params=query)
+        assert status == 400
+        assert "does not belong to this browser" in json.loads(body)["detail"]
+        assert SESSION not in browser.cookies
