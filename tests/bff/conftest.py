@@ -28,3 +28,12 @@ async def state(tmp_path: Path) -> AsyncIterator[FastState]:
     close = getattr(store, "close", None)
     if close is not None:
         await close()
+
+
+@pytest.fixture(params=["sqlite", "memory", "redis"])
+async def any_state(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FastState]:
+    """Each fast-state backend: the embedded default (a SQLite file), memory, Redis."""
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    store = fast_state(request.param, tmp_path, redis_url)
+    yield store
+    await store.close()  # type: ignore[attr-defined]

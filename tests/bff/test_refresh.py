@@ -21,7 +21,6 @@ import pytest
 from bastion.bff.sessions import SessionStore
 from bastion.storage.fast.redis import RedisState
 from bastion.storage.protocols import FastState
-from tests.people.support import fast_state
 
 from .harness import AuthServer
 from .harness import Browser
@@ -40,12 +39,10 @@ def _bearers(seen: list[dict[str, Any]]) -> list[str]:
     return [v for entry in seen for k, v in entry["headers"] if k == "authorization"]
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "memory", "redis"])
 async def test_twenty_parallel_calls_at_expiry_make_one_refresh(
-    server: AuthServer, tmp_path: Path, kind: str, request: pytest.FixtureRequest
+    server: AuthServer, any_state: FastState
 ) -> None:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else ""
-    state = fast_state(kind, tmp_path, redis_url)
+    state = any_state
     clock = Clock()
     with recording_upstream() as (gateway, seen):
         async with serve_bff(bff_settings(server.issuer, gateway), state, server.client_secret, clock) as (
@@ -173,10 +170,9 @@ async def test_two_bff_processes_sharing_redis_still_refresh_once(
     assert _bearers(seen) == [f"Bearer {after.access_token}"] * 20
 
 
-async def test_the_lease_is_renewed_while_the_refresh_runs(tmp_path: Path) -> None:
+async def test_the_lease_is_renewed_while_the_refresh_runs(state: FastState) -> None:
     from bastion.bff.refresh import Refresher
 
-    state = fast_state("sqlite", tmp_path)
     store = SessionStore(state, idle=60, absolute=60, login_ttl=60, clock=time.time)
     refresher = Refresher(state, store, None, clock=time.time, margin=30, lease=0.3)  # type: ignore[arg-type]
     assert await state.add("bff:refresh:x", b"me", 0.3)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
@@ -15,7 +14,6 @@ import pytest
 from bastion.bff.cookies import CookiePolicy
 from bastion.bff.sessions import SessionStore
 from bastion.storage.protocols import FastState
-from tests.people.support import fast_state
 
 from .harness import GOODBYE
 from .harness import ORIGIN
@@ -109,12 +107,8 @@ async def test_login_uses_pkce_s256_state_and_nonce(server: AuthServer, state: F
     assert query["redirect_uri"] == f"{ORIGIN}/bff/callback"
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "memory", "redis"])
-async def test_me_gives_claims_and_csrf_never_a_token(
-    server: AuthServer, tmp_path: Path, kind: str, request: pytest.FixtureRequest
-) -> None:
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else ""
-    state = fast_state(kind, tmp_path, redis_url)
+async def test_me_gives_claims_and_csrf_never_a_token(server: AuthServer, any_state: FastState) -> None:
+    state = any_state
     async with serve_bff(bff_settings(server.issuer), state, server.client_secret) as (browser, _):
         await browser.sign_in()
         status, headers, body = await browser.request("GET", "/bff/me")
@@ -270,3 +264,5 @@ async def test_a_callback_with_another_state_is_refused(server: AuthServer, stat
         assert status == 400
         assert "does not belong to this browser" in json.loads(body)["detail"]
         assert SESSION not in browser.cookies
+        assert LOGIN not in browser.cookies  # cleared: its record was consumed
+        assert browser.set_cookies[-1].startswith(f"{LOGIN}=; ")

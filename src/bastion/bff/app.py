@@ -209,6 +209,13 @@ class BFF:
         pre = await self.store.take_login(login_cookie) if login_cookie else None
         if pre is None:
             return problem(400, "Bad Request", "no sign-in in progress in this browser (or it expired)")
+        response = await self._complete(request, pre)
+        if response.status_code >= 400:
+            # The pre-login record is consumed either way: the cookie is of no further use.
+            response.headers.append("set-cookie", self.cookies.header(cookies.LOGIN, "", 0))
+        return response
+
+    async def _complete(self, request: Request, pre: PreLogin) -> Response:
         params = request.query_params
         # RFC 6749 §10.12: the state binds the response to this browser's request.
         if not hmac.compare_digest(params.get("state", "").encode(), pre.state.encode()):
