@@ -284,6 +284,67 @@ class AuthorizationServerSettings(Section):
         return self.issuer.startswith("https://")
 
 
+class BFFSettings(Section):
+    """The backend-for-frontend: holds the browser's tokens server-side behind one session cookie.
+
+    The BFF is a confidential OAuth client of ``issuer``; its client secret is read from
+    ``client_secret_env`` or ``client_secret_file`` by the CLI, never from this file.
+    """
+
+    listen: str = "127.0.0.1:8300"
+    """``HOST:PORT`` the BFF listens on."""
+
+    issuer: str = "http://127.0.0.1:8000"
+    """The authorization server (its metadata is discovered from here)."""
+
+    client_id: str = "bff"
+    """The BFF's client id at the authorization server (a confidential client)."""
+
+    client_secret_env: str | None = None
+    """Name of the environment variable holding the client secret (resolved by the CLI)."""
+
+    client_secret_file: str | None = None
+    """Path of a file holding the client secret (resolved by the CLI)."""
+
+    redirect_uri: str = "http://127.0.0.1:8300/bff/callback"
+    """The BFF's callback URL, registered at the authorization server. Its origin is the BFF's
+    public origin: ``https`` gives ``__Host-`` ``Secure`` cookies; plain ``http`` is accepted
+    only on a loopback host (a demo), where the prefix and ``Secure`` are dropped with a
+    warning."""
+
+    gateway_url: str = "http://127.0.0.1:8080"
+    """Where ``/bff/api/*`` is forwarded, with the session's access token."""
+
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "offline_access")
+    """Scopes requested at sign-in (``openid`` is needed for the ID token's nonce check)."""
+
+    idle_timeout: int = Field(default=1800, ge=60, le=86400)
+    """Seconds a session survives without a request."""
+
+    absolute_timeout: int = Field(default=12 * 3600, ge=60, le=30 * 86400)
+    """Seconds a session survives at most since sign-in."""
+
+    login_timeout: int = Field(default=600, ge=30, le=3600)
+    """Seconds the pre-login cookie (state, nonce, PKCE verifier) stays valid."""
+
+    refresh_margin: int = Field(default=30, ge=0, le=3600)
+    """The access token is refreshed this many seconds before it expires."""
+
+    allowed_origins: tuple[str, ...] = ()
+    """Origins allowed to send unsafe requests (besides the ``redirect_uri``'s own origin)."""
+
+    post_logout_redirect_uri: str | None = None
+    """Where the authorization server sends the browser after RP-initiated logout (registered
+    with the client); ``None`` leaves the user on the server's signed-out page."""
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> BFFSettings:
+        if (self.client_secret_env is None) == (self.client_secret_file is None):
+            raise ValueError("set exactly one of client_secret_env or client_secret_file")
+        _listen(self.listen)
+        return self
+
+
 class LoggingSettings(Section):
     """Where events go."""
 
@@ -304,6 +365,9 @@ class Settings(Section):
     authorization_server: AuthorizationServerSettings = AuthorizationServerSettings()
     gateway: GatewaySettings | None = None
     """The API gateway; started by ``bastion serve`` when this section is present."""
+
+    bff: BFFSettings | None = None
+    """The backend-for-frontend (see ``docs/bff.md``)."""
 
     logging: LoggingSettings = LoggingSettings()
 

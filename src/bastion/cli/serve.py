@@ -62,10 +62,12 @@ class Listeners:
     """The authorization server's (``authorization_server.listen``)."""
     gateway: socket.socket | None = None
     """The gateway's public listener (``gateway.listen``)."""
+    bff: socket.socket | None = None
+    """The backend-for-frontend's (``bff.listen``)."""
 
     def close(self) -> None:
         """Close the supervisor's copies (workers hold their own)."""
-        for sock in (self.server, self.gateway):
+        for sock in (self.server, self.gateway, self.bff):
             if sock is not None:
                 sock.close()
 
@@ -91,6 +93,8 @@ def open_listeners(settings: Settings, workers: int) -> Listeners:
                     probe(
                         admin, "gateway.admin_listen" + (f" + {worker} for worker {worker}" if worker else "")
                     )
+        if settings.bff is not None:
+            listeners.bff = listen_socket(settings.bff.listen, "bff.listen")
     except BaseException:
         listeners.close()
         raise
@@ -126,6 +130,7 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
     tasks: list[asyncio.Task[Any]] = []
     server: uvicorn.Server | None = None
     gateway = None
+    bff = None
     limiter = None
     try:
         if settings.authorization_server.enabled:
@@ -156,6 +161,14 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
             gateway = await start_gateway(
                 settings, stores, worker=worker, listener=listeners.gateway, audit=audit
             )
+
+        if settings.bff is not None:
+            from bastion.cli.bff import start_bff
+
+            if listeners.bff is None:
+                raise RuntimeError("the supervisor bound no BFF listener")
+            bff = await start_bff(settings.bff, stores.state, listeners.bff)
+            tasks.append(bff.task)
 
         async def reloader() -> None:
             from bastion.cli.config import ConfigError
@@ -193,6 +206,8 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
             server.should_exit = True
         if gateway is not None:
             await gateway.close()
+        if bff is not None:
+            await bff.close()
         for task in tasks:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(task, 10)
@@ -285,8 +300,20 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
     """Run the configured components until SIGTERM/SIGINT; SIGHUP reloads gateway routes."""
     if config_path is not None:
         os.environ["BASTION_CONFIG"] = str(config_path.resolve())  # what a reload re-reads
-    if not settings.authorization_server.enabled and settings.gateway is None:
-        raise click.ClickException("nothing to serve: enable [authorization_server] or configure [gateway]")
+    if not settings.authorization_server.enabled and settings.gateway is None and settings.bff is None:
+        raise click.ClickException(
+            "nothing to serve: enable [authorization_server] or configure [gateway] or [bff]"
+        )
+    if settings.bff is not None:
+        from bastion.cli.bff import bff_secret
+
+        try:
+            bff_secret(settings.bff)  # a missing secret is a clear error before anything starts
+            from bastion.bff.cookies import CookiePolicy
+
+            CookiePolicy.for_origin(settings.bff.redirect_uri)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
     listeners = open_listeners(settings, workers)
     try:
         _serve(settings, listeners, workers=workers, migrate=migrate)
@@ -306,6 +333,8 @@ def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: b
         )
     if settings.gateway is not None:
         parts.append(f"gateway on {settings.gateway.listen}")
+    if settings.bff is not None:
+        parts.append(f"BFF on {settings.bff.listen}")
     click.echo(f"bastion {'; '.join(parts)}; {workers} worker(s). Ctrl-C to stop.", err=True)
     written = write_pid_file(settings)
     try:
