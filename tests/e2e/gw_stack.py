@@ -11,6 +11,7 @@ import base64
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,9 +29,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports (for ``--workers N`` admin listeners)."""
+    """The first of ``count`` consecutive free ports (for ``--workers N`` admin listeners).
+
+    Drawn below the kernel's ephemeral range (32768 and up by default): a port checked free and
+    released there can be taken by any outgoing connection before the server binds it, one below
+    it only by another explicit bind."""
     for _ in range(100):
-        first = free_port()
+        first = random.randrange(20_000, 32_000 - count)
         held = []
         try:
             for port in range(first, first + count):
