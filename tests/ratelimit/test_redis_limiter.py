@@ -48,6 +48,7 @@ async def test_concurrent_decisions_admit_exactly_the_burst_in_few_round_trips(
     bound = limiter.bind("route|ip|", [Rate(50, 60.0)])
     verdicts = await asyncio.gather(*(bound.decide("198.51.100.7") for _ in range(300)))
     assert verdicts.count(None) == 50
+    assert limiter.admitted == 50
     refusals = [v for v in verdicts if v is not None]
     assert len(refusals) == 250
     # one event-loop turn asked for all 300: one pipeline carried them

@@ -95,6 +95,8 @@ class RedisLimiter:
         self._tasks: set[asyncio.Task[None]] = set()
         #: Round trips made (batches sent), for tests and benchmarks.
         self.batches = 0
+        #: Requests admitted (and counted on Redis) so far by this process.
+        self.admitted = 0
 
     def bind(self, namespace: str, rates: Sequence[Rate]) -> _RedisBound:
         """The group ``rates`` under ``namespace``."""
@@ -141,7 +143,11 @@ class RedisLimiter:
                 future.set_exception(LimiterUnavailable(f"redis: {type(result).__name__}"))
             else:
                 index, wait = int(result[0]), int(result[1])
-                future.set_result(None if index < 0 else Refusal(index, wait))
+                if index < 0:
+                    self.admitted += 1
+                    future.set_result(None)
+                else:
+                    future.set_result(Refusal(index, wait))
 
     async def _evalsha(self, batch: list[_Pending]) -> list[Any]:
         async with self._redis.pipeline(transaction=False) as pipe:
