@@ -19,6 +19,7 @@ from gateway_suite import GatewayOptions
 from gateway_suite import RateLimitRow
 from gateway_suite import RedisBuckets
 from gateway_suite import check_limit_counts
+from gateway_suite import cpu_per_request
 from gateway_suite import round_ratios
 from procs import free_port
 from rounds import Target
@@ -124,6 +125,14 @@ def test_round_ratios_pair_the_rounds_of_row_and_baseline() -> None:
     base = Target("b", "b", None, "http://x/", "get.lua", results=[wrk(1000), wrk(2000), wrk(0)])
     row = Target("r", "r", None, "http://x/", "get.lua", results=[wrk(950), wrk(1000), wrk(10)])
     assert round_ratios(row, base) == [0.95, 0.5]
+
+
+def test_cpu_per_request_is_the_server_share_over_the_requests() -> None:
+    target = Target(
+        "r", "r", None, "http://x/", "get.lua", results=[wrk(1000), wrk(0)], server_cpu=[0.9, 0.5]
+    )
+    # 90 % of a core for 10 s over 10,000 requests: 900 µs each
+    assert cpu_per_request(target) == [pytest.approx(900.0)]
 
 
 def test_rows_are_selected_by_key_prefix() -> None:
