@@ -9,6 +9,7 @@ import secrets
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,22 @@ class GatewayService(Service):
         super().__init__(*args, **kwargs)
         self.admin_port = admin_port
         self.workers = workers
+
+    def metric_sum(self, name: str) -> float:
+        """The sum of every sample of metric ``name`` (all label sets) over the workers'
+        ``/metrics``; ``0`` when no worker exports it.
+
+        Raises:
+            OSError: a worker's admin listener did not answer.
+        """
+        pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
+        total = 0.0
+        for worker in range(self.workers):
+            url = f"http://127.0.0.1:{self.admin_port + worker}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+            total += sum(float(value) for value in pattern.findall(text))
+        return total
 
     def cache_counts(self) -> tuple[int, int]:
         """Verified-token cache (hits, misses) summed over the workers' ``/metrics``.
@@ -92,11 +109,15 @@ def gateway_config(
     upstream_port: int,
     cache: bool,
     tls: Any = None,
+    state_url: str | None = None,
+    rate_limit: Sequence[dict[str, Any]] | None = None,
 ) -> str:
     """The TOML of a gateway with one issuer (``alg`` only), one upstream and one route ``/``.
 
     The route requires the ``read`` scope for GET, so Bastion checks at least what HAProxy does
-    (alg, typ, signature, iss, aud, exp) plus ``nbf`` and scopes.
+    (alg, typ, signature, iss, aud, exp) plus ``nbf`` and scopes. ``state_url`` sets
+    ``storage.state_url`` (where rate-limit buckets live; default: the SQLite state file);
+    ``rate_limit`` the route's limits (``None``: the gateway's default, none).
     """
     gateway: dict[str, Any] = {"listen": f"127.0.0.1:{port}", "admin_listen": f"127.0.0.1:{admin_port}"}
     if tls is not None:
@@ -116,6 +137,7 @@ def gateway_config(
         "[authorization_server]",
         "enabled = false",
         "",
+        *(["[storage]", f"state_url = {_toml_value(state_url)}", ""] if state_url is not None else []),
         "[gateway]",
         *(f"{k} = {_toml_value(v)}" for k, v in gateway.items()),
         "",
@@ -133,6 +155,7 @@ def gateway_config(
         'prefix = "/"',
         'upstream = "origin"',
         f"scopes = {_toml_value({'GET': [SCOPE]})}",
+        *([f"rate_limit = {_toml_value({'limits': list(rate_limit)})}"] if rate_limit is not None else []),
         "",
     ]
     return "\n".join(lines)
@@ -149,6 +172,8 @@ def service(
     tls: Any,
     workers: int,
     cores: str,
+    state_url: str | None = None,
+    rate_limit: Sequence[dict[str, Any]] | None = None,
 ) -> GatewayService:
     """A :class:`GatewayService` running ``bastion serve --config <file> --workers N`` for the gateway.
 
@@ -170,6 +195,8 @@ def service(
             upstream_port=upstream_port,
             cache=cache,
             tls=tls,
+            state_url=state_url,
+            rate_limit=rate_limit,
         )
     )
     check = subprocess.run(

@@ -1,6 +1,6 @@
 """First-use installation of the benchmark's peers and load generator.
 
-Nothing is installed by hand: ``wrk``, ``haproxy`` and ``nginx`` come from Debian's packages
+Nothing is installed by hand: ``wrk``, ``haproxy``, ``nginx`` and ``redis-server`` come from Debian's packages
 (``apt-get`` only when a binary is missing), panva's ``oidc-provider`` 9 from npm into
 ``bench/.work/oidc_provider`` (gitignored), and ``py-spy`` from PyPI into the virtualenv when a
 profile is asked for.
@@ -20,7 +20,7 @@ OIDC_SOURCE = BENCH_DIR / "oidc_provider"
 OIDC_WORK = WORK_DIR / "oidc_provider"
 
 #: Debian package name for each binary the suites need.
-DEBIAN_PACKAGES = {"wrk": "wrk", "haproxy": "haproxy", "nginx": "nginx"}
+DEBIAN_PACKAGES = {"wrk": "wrk", "haproxy": "haproxy", "nginx": "nginx", "redis-server": "redis-server"}
 
 
 class InstallError(RuntimeError):
@@ -35,7 +35,7 @@ def binary(name: str) -> str:
     return found
 
 
-def ensure_debian_tools(names: tuple[str, ...] = ("wrk", "haproxy", "nginx")) -> None:
+def ensure_debian_tools(names: tuple[str, ...] = ("wrk", "haproxy", "nginx", "redis-server")) -> None:
     """Install the missing Debian packages among ``names`` with ``apt-get`` (we run as root).
 
     Raises:

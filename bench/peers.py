@@ -158,12 +158,39 @@ def haproxy(
     )
 
 
+def redis_server(port: int, work: Path, cores: str | None) -> Service:
+    """A private ``redis-server`` (no persistence) for the rows whose rate limits live on Redis;
+    private so the buckets a run leaves behind touch no one else's data."""
+    directory = work / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    return Service(
+        "redis",
+        [
+            binary("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+        ],
+        cores=cores,
+        port=port,
+        log_dir=work / "logs",
+    )
+
+
 def versions() -> dict[str, str]:
     """Versions of the peers, wrk, node and Bastion's Python, as short strings."""
     patterns = {
         "nginx": ([binary("nginx"), "-v"], r"nginx/(\S+)"),
         "haproxy": ([binary("haproxy"), "-v"], r"HAProxy version (\S+)"),
         "wrk": ([binary("wrk"), "-v"], r"wrk (\S+)"),
+        "redis-server": ([binary("redis-server"), "--version"], r"v=(\S+)"),
         "node": (["node", "--version"], r"v(\S+)"),
     }
     out: dict[str, str] = {"python": platform.python_version()}
@@ -175,7 +202,7 @@ def versions() -> dict[str, str]:
         found = re.search(pattern, proc.stdout + proc.stderr)
         if found:
             out[name] = found.group(1).removeprefix("debian/")
-    for package in ("bastion", "uvloop", "cryptography"):
+    for package in ("bastion", "uvloop", "cryptography", "redis", "hiredis"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             out[package] = importlib.metadata.version(package)
     return out

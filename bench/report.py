@@ -160,14 +160,15 @@ class Goal:
     """A target from the issue, checked against a table.
 
     ``kind`` ``"ratio"``: the row's req/s is at least ``target`` times the baseline's;
-    ``"rps"``: at least ``target`` req/s; ``"p99"``: the row's p99 is at most ``target`` times
-    the baseline's.
+    ``"paired"``: the same, as the median over the rounds of the row's req/s over the
+    baseline's in the same round (robust to a round that other work slowed down); ``"rps"``: at
+    least ``target`` req/s; ``"p99"``: the row's p99 is at most ``target`` times the baseline's.
     """
 
     text: str
     suite: str
     row: str
-    kind: Literal["ratio", "rps", "p99"]
+    kind: Literal["ratio", "paired", "rps", "p99"]
     target: float
     baseline: str | None = None
 
@@ -185,10 +186,20 @@ class Goal:
             return GoalResult(self, value, met, detail)
         if base is None:
             return GoalResult(self, None, None, "baseline not measured")
-        if self.kind == "ratio":
-            value = row.rps / base.rps
+        if self.kind in ("ratio", "paired"):
+            if self.kind == "paired":
+                pairs = [
+                    mine / theirs
+                    for mine, theirs in zip(row.rounds_rps, base.rounds_rps, strict=False)
+                    if theirs > 0
+                ]
+                value = statistics.median(pairs) if pairs else 0.0
+            else:
+                value = row.rps / base.rps
             met = value >= self.target
             detail = f"{value:.2f}x (target {self.target:.2f}x, {value / self.target:.0%} of it)"
+            if self.kind == "paired":
+                detail += "; median of per-round ratios " + ", ".join(f"{v:.2f}" for v in pairs)
         else:
             value = row.p99_ms / base.p99_ms
             met = value <= self.target

@@ -9,7 +9,8 @@ Suites:
 * ``token``: client_credentials grants/s at the token endpoint, panva's oidc-provider 9 vs
   ``bastion serve`` (one worker each), ES256 and RS256; then introspections/s with 2 workers.
 * ``gateway``: req/s through nginx (plain proxy), HAProxy 2.6 ``jwt_verify`` and Bastion's
-  gateway (cache on / cache off), RS256 and ES256, plus a TLS-termination row.
+  gateway (cache on / cache off), RS256 and ES256, plus a TLS-termination row; and the cache-hit
+  route with rate limits (in-process, SQLite file, Redis) beside the same route without one.
 
 The server under test runs alone on core 0; wrk and every upstream/helper on core 1. Each row is
 the median of interleaved rounds (default 3 × 10 s, each after a 2 s warm-up; ``--quick``: 3 × 3 s
@@ -60,6 +61,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-tls", action="store_true", help="skip the TLS-termination rows")
     parser.add_argument("--no-bastion", action="store_true", help="measure the peers only")
+    parser.add_argument("--no-rate-limits", action="store_true", help="skip the gateway's rate-limit rows")
+    parser.add_argument(
+        "--rows",
+        metavar="PREFIX[,PREFIX…]",
+        help="measure only the rows whose key starts with one of these, e.g. "
+        "bastion-rl,bastion-cache-rs256 (the rate-limit rows and their SQLite baseline)",
+    )
     parser.add_argument(
         "--soak",
         type=float,
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     timing = timing_from(args)
     suites = ("token", "gateway") if args.suite == "all" else (args.suite,)
     tables: dict[str, report.Table] = {}
+    rows = tuple(prefix.strip() for prefix in args.rows.split(",") if prefix.strip()) if args.rows else ()
     plans = []
     with contextlib.ExitStack() as stack:
         if "token" in suites:
@@ -117,9 +126,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "gateway" in suites:
             options = gateway_suite.GatewayOptions(
-                workers=args.workers, tokens=args.tokens, tls=not args.no_tls, bastion=not args.no_bastion
+                workers=args.workers,
+                tokens=args.tokens,
+                tls=not args.no_tls,
+                bastion=not args.no_bastion,
+                rows=rows,
+                rate_limits=not args.no_rate_limits,
             )
             plans.append(gateway_suite.prepare(run_dir, options, stack, log))
+        if rows:
+            plans = [(table, [t for t in targets if t.key.startswith(rows)]) for table, targets in plans]
         total = sum(len(targets) for _, targets in plans) * timing.rounds
         log(
             f"measuring {total} rounds: {timing.rounds} x {timing.seconds:g} s per row "

@@ -94,6 +94,23 @@ def test_goals_met_not_met_and_not_measured() -> None:
     assert Goal("x", "token", "bastion", "rps", 1.0).check(tables).met is None
 
 
+def test_paired_goal_takes_the_median_of_the_ratios_round_by_round() -> None:
+    table = Table("gateway", "Gateway")
+    # round by round the row is 0.90, 0.95 and 1.50 of its baseline: the median pair is 0.95x,
+    # where the medians of each row alone say 0.90x
+    table.rows.append(Row.from_rounds("base", "B", None, [result(1000), result(400), result(1000)]))
+    table.rows.append(
+        Row.from_rounds("row", "R", None, [result(900), result(380), result(1500)], baseline="base")
+    )
+    tables = {"gateway": table}
+    paired = Goal("x", "gateway", "row", "paired", 0.95, "base").check(tables)
+    assert paired.value == pytest.approx(0.95)
+    assert paired.met is True
+    assert "0.90, 0.95, 1.50" in paired.detail
+    assert Goal("x", "gateway", "row", "ratio", 0.95, "base").check(tables).value == pytest.approx(0.9)
+    assert Goal("x", "gateway", "row", "paired", 0.96, "base").check(tables).met is False
+
+
 def test_save_writes_rows_ratios_and_goals(tmp_path) -> None:
     from report import save
 

@@ -42,11 +42,15 @@ def test_decides_as_the_local_reference(
 ) -> None:
     clock = Clock()
     path = tmp_path / f"state-{uuid.uuid4().hex}.db"
-    shared = SQLiteLimiter(path, clock=clock).bind("ns", rates)
-    local = LocalLimiter(clock).bind("ns", rates)
+    shared_limiter = SQLiteLimiter(path, clock=clock)
+    local_limiter = LocalLimiter(clock)
+    shared = shared_limiter.bind("ns", rates)
+    local = local_limiter.bind("ns", rates)
     for advance, value in steps:
         clock.now += advance / MICROS
         assert shared.decide(value) == local.decide(value)
+    # both count what they admitted, and only that
+    assert shared_limiter.admitted == local_limiter.admitted
 
 
 def test_two_connections_share_the_buckets(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from bastion.gateway.settings import LimitSettings
 from bastion.gateway.settings import RouteSettings
 from bastion.net import address_key
 from bastion.ratelimit import BoundLimit
+from bastion.ratelimit import Limiter
 from bastion.ratelimit import LimiterUnavailable
 from bastion.ratelimit import Rate
 from bastion.ratelimit import Refusal
@@ -71,13 +72,17 @@ _BEFORE_AUTH: Final = frozenset({"ip", "route", "header"})
 
 
 class RateLimitMetrics(Collector):
-    """``bastion_gateway_rate_limited_total{route}`` (429s) and
-    ``bastion_gateway_rate_limit_errors_total{route,on_error}`` (backend fallbacks)."""
+    """``bastion_gateway_rate_limited_total{route}`` (429s),
+    ``bastion_gateway_rate_limit_errors_total{route,on_error}`` (backend fallbacks) and
+    ``bastion_gateway_rate_limit_admitted_total`` (requests the backend admitted and counted,
+    read from it when scraped, so an admitted request costs no counting here)."""
 
     def __init__(self) -> None:
         """Empty counters; registered by :func:`rate_limit_metrics`."""
         self.refused: dict[str, int] = {}
         self.errors: dict[tuple[str, str], int] = {}
+        #: The backend whose ``admitted`` count is exported (set when a route binds a limit).
+        self.limiter: Limiter | None = None
 
     def describe(self) -> Iterator[Any]:
         """Nothing up front."""
@@ -99,6 +104,12 @@ class RateLimitMetrics(Collector):
         for (route, mode), count in list(self.errors.items()):
             errors.add_metric([route, mode], count)
         yield errors
+        admitted = CounterMetricFamily(
+            "bastion_gateway_rate_limit_admitted",
+            "Requests admitted and counted by the rate-limit store, over every route.",
+        )
+        admitted.add_metric([], self.limiter.admitted if self.limiter is not None else 0)
+        yield admitted
 
 
 _METRICS: weakref.WeakKeyDictionary[GatewayMetrics, RateLimitMetrics] = weakref.WeakKeyDictionary()
@@ -241,6 +252,7 @@ def _groups(route: RouteSettings, ctx: PolicyContext, before: bool) -> Sequence[
             header = limit.header.lower() if limit.header is not None else None
             groups.setdefault((limit.key, header), []).append(limit)
     metrics = rate_limit_metrics(ctx.metrics)
+    metrics.limiter = limiter
     policies: list[Policy] = []
     for (key, header), limits in groups.items():
         namespace = f"{route.name}|{key}|{header or ''}"

@@ -49,6 +49,10 @@ class BoundLimit(Protocol):
 class Limiter(Protocol):
     """A backend: where the buckets' state lives."""
 
+    #: Requests this process's backend admitted and counted so far (over every bound group);
+    #: exported as ``bastion_gateway_rate_limit_admitted_total``.
+    admitted: int
+
     def bind(self, namespace: str, rates: Sequence[Rate]) -> BoundLimit:
         """The group ``rates`` under ``namespace`` (a route and key kind, say). Buckets outlive
         the bound object: binding the same namespace and rates again (a reload) finds them."""

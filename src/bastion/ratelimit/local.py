@@ -31,7 +31,8 @@ class LocalLimiter:
         """Decide at ``clock()`` seconds (monotonic by default; tests inject one)."""
         self._clock = clock
         self._tables: dict[str, dict[str, int]] = {}
-        self._decisions = 0
+        #: Requests admitted (and counted) so far.
+        self.admitted = 0
 
     def micros(self) -> int:
         """The clock in integer microseconds."""
@@ -53,8 +54,8 @@ class LocalLimiter:
 
     def counted(self) -> None:
         """One more decision stored; sweeps passed buckets now and then."""
-        self._decisions += 1
-        if self._decisions % SWEEP_EVERY == 0:
+        self.admitted += 1
+        if self.admitted % SWEEP_EVERY == 0:
             self.sweep()
 
     def sweep(self) -> None:

@@ -58,7 +58,8 @@ class SQLiteLimiter:
             LimiterUnavailable: the file cannot be opened.
         """
         self._clock = clock
-        self._decisions = 0
+        #: Requests admitted (and counted) so far by this process.
+        self.admitted = 0
         try:
             self._db = sqlite3.connect(
                 str(path), timeout=timeout, isolation_level=None, check_same_thread=False
@@ -120,8 +121,8 @@ class SQLiteLimiter:
         return refusal
 
     def _counted(self, now: int) -> None:
-        self._decisions += 1
-        if self._decisions % _SWEEP_EVERY == 0:
+        self.admitted += 1
+        if self.admitted % _SWEEP_EVERY == 0:
             self._db.execute("DELETE FROM ratelimit WHERE tat <= ?", (now,))
 
     async def close(self) -> None:

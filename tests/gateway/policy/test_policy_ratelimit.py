@@ -254,6 +254,24 @@ async def test_refusals_are_counted(start: Start) -> None:
 
     text = generate_latest(gateway.metrics.registry).decode()
     assert 'bastion_gateway_rate_limited_total{route="/public"} 2.0' in text
+    # the one admitted request was counted by the store (refusals count nothing)
+    assert "bastion_gateway_rate_limit_admitted_total 1.0" in text
+
+
+async def test_admitted_requests_are_counted_over_every_route_and_only_where_limited(start: Start) -> None:
+    gateway = await start(
+        routes=[
+            route_limit("/public", limits=[{"requests": 100, "per": 60}]),
+            route_limit("/free", limits=[]),
+            route_limit("/own", limits=[{"requests": 100, "per": 60, "key": "route"}]),
+        ]
+    )
+    for path in ("/public", "/public", "/free", "/free", "/free", "/own"):
+        assert await status(gateway, path) == 200
+    from prometheus_client import generate_latest
+
+    text = generate_latest(gateway.metrics.registry).decode()
+    assert "bastion_gateway_rate_limit_admitted_total 3.0" in text
 
 
 def test_ip_bucket_groups() -> None:
