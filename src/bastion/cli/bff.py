@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 
+from bastion.cli.common import asgi_server
 from bastion.settings import BFFSettings
 from bastion.storage.protocols import FastState
 
@@ -59,8 +60,6 @@ class RunningBFF:
 
 async def start_bff(settings: BFFSettings, state: FastState, listener: socket.socket) -> RunningBFF:
     """Serve the BFF app on ``listener``, its sessions in ``state``."""
-    import uvicorn
-
     from bastion.bff.app import create_app
 
     http = aiohttp.ClientSession(
@@ -69,16 +68,6 @@ async def start_bff(settings: BFFSettings, state: FastState, listener: socket.so
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
     )
     app = create_app(settings, state=state, http=http, client_secret=bff_secret(settings))
-    config = uvicorn.Config(
-        app,
-        http="httptools",
-        lifespan="off",
-        access_log=False,
-        log_level="warning",
-        server_header=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
-    server = uvicorn.Server(config)
+    server = asgi_server(app, lifespan=False)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
     return RunningBFF(server=server, task=task, http=http)

@@ -60,3 +60,24 @@ def with_services(ctx: click.Context, action: Callable[[Services], Awaitable[T]]
             return await action(services)
 
     return run(go())
+
+
+def asgi_server(app: Any, *, lifespan: bool) -> Any:
+    """A uvicorn server for ``app`` as every Bastion listener runs one: httptools, no access log
+    or ``Server`` header of uvicorn's own, client addresses as the socket gives them (trusted
+    proxies are Bastion's to resolve), ten seconds to finish requests at shutdown. Serve it with
+    ``server.serve(sockets=[listener])``."""
+    import uvicorn
+
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            http="httptools",
+            lifespan="on" if lifespan else "off",
+            access_log=False,
+            log_level="warning",
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=10,
+        )
+    )

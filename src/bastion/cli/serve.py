@@ -26,6 +26,7 @@ from typing import Any
 
 import click
 
+from bastion.cli.common import asgi_server
 from bastion.cli.context import kek_for
 from bastion.cli.context import ready_stores
 from bastion.cli.context import stores_for
@@ -141,17 +142,7 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
                 settings.authorization_server, stores, Sealer(kek), audit, limiter=limiter
             )
             app = create_app(services, extra_routes=people_routes(services))
-            config = uvicorn.Config(
-                app,
-                http="httptools",
-                lifespan="on",
-                access_log=False,
-                log_level="warning",
-                server_header=False,
-                proxy_headers=False,
-                timeout_graceful_shutdown=10,
-            )
-            server = uvicorn.Server(config)
+            server = asgi_server(app, lifespan=True)
             if listeners.server is None:
                 raise RuntimeError("the supervisor bound no authorization server listener")
             tasks.append(loop.create_task(server.serve(sockets=[listeners.server])))
