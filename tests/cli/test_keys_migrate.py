@@ -163,7 +163,7 @@ def _active(invoke: Invoke, alg: str) -> str:
 
 def test_keys_revoke_withdraws_the_active_key_and_a_new_one_signs(invoke: Invoke, config_file: Path) -> None:
     kid = _active(invoke, "ES256")
-    result = invoke("keys", "revoke", kid, "--yes")
+    result = invoke("keys", "revoke", "--yes", "--", kid)
     assert result.exit_code == 0, result.output
     first, second = result.output.splitlines()
     assert first == f"revoked ES256 key {kid}: out of the JWKS; tokens it signed are now refused"
@@ -185,18 +185,25 @@ def test_keys_revoke_withdraws_the_active_key_and_a_new_one_signs(invoke: Invoke
 
 def test_keys_revoke_asks_first(invoke: Invoke) -> None:
     kid = _active(invoke, "RS256")
-    declined = invoke("keys", "revoke", kid, input="n\n")
+    declined = invoke("keys", "revoke", "--", kid, input="n\n")
     assert declined.exit_code == 1
     assert f"Revoke the active RS256 key {kid}? Every token it signed stops working" in declined.output
     assert "Aborted!" in declined.output
     assert _by_kid(invoke)[kid]["state"] == "active"
-    confirmed = invoke("keys", "revoke", kid, input="y\n")
+    confirmed = invoke("keys", "revoke", "--", kid, input="y\n")
     assert confirmed.exit_code == 0, confirmed.output
     assert f"revoked RS256 key {kid}" in confirmed.output
     assert _by_kid(invoke)[kid]["state"] == "revoked"
-    again = invoke("keys", "revoke", kid)  # nothing to confirm any more
+    again = invoke("keys", "revoke", "--", kid)  # nothing to confirm any more
     assert again.exit_code == 0, again.output
     assert re.fullmatch(rf"RS256 key {kid} was already revoked at [\d-]+ [\d:]+ UTC\n", again.output)
+
+
+def test_a_kid_that_looks_like_an_option_follows_a_double_dash(invoke: Invoke) -> None:
+    """Key ids are base64url thumbprints: one in 64 starts with ``-``."""
+    result = invoke("keys", "revoke", "--yes", "--", "-Ab3")
+    assert result.exit_code == 1
+    assert "no signing key has kid '-Ab3'" in result.stderr
 
 
 def test_keys_revoke_an_unknown_kid(invoke: Invoke) -> None:

@@ -73,7 +73,7 @@ def test_revoke_and_import_reach_a_running_server(bastion: Bastion, tmp_path: Pa
     kid = jose.parse_compact(first).header["kid"]
     assert introspect(first)["active"] is True  # and cached as verified
 
-    out = bastion.cli("keys", "revoke", kid, "--yes")
+    out = bastion.cli("keys", "revoke", "--yes", "--", kid)
     assert f"revoked ES256 key {kid}: out of the JWKS; tokens it signed are now refused" in out
     wait_for(lambda: kid not in kids(), "the server's JWKS drops the revoked key")
     assert introspect(first) == {"active": False}

@@ -108,7 +108,8 @@ def keys_revoke(ctx: click.Context, kid: str, yes: bool) -> None:
     The key leaves the JWKS, no process signs with it any more, and every token it signed is
     refused from now on: by introspection, UserInfo and every gateway sharing the fast-state
     store. If it was the active key of its algorithm, a new key replaces it and signs at once.
-    A revocation cannot be undone. KID is as shown by `bastion keys list`.
+    A revocation cannot be undone. KID is as shown by `bastion keys list`; one that starts with
+    `-` follows `--` (`bastion keys revoke --yes -- -Xf3…`).
     """
 
     async def find(services: Services) -> tuple[SigningKey, KeyState]:
