@@ -36,6 +36,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
 from prometheus_client import Gauge
 
+from bastion.ops.background import Background
+
 log = logging.getLogger("bastion.feeds")
 
 _PROBE_PREFIX = b'{"probe":'
@@ -152,7 +154,7 @@ class Follower:
         self._cap = backoff_cap
         self._probe_timeout = probe_timeout
         self._clock = clock
-        self._task: asyncio.Task[None] | None = None
+        self._runner = Background(self.run)
         self._catching: asyncio.Future[None] | None = None
         self.healthy = False
         self.down_since: float | None = clock()
@@ -164,16 +166,11 @@ class Follower:
 
     def start(self) -> None:
         """Start following on the running loop (idempotent)."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self.run())
+        self._runner.start()
 
     async def stop(self) -> None:
         """Stop following and wait until the subscription is closed."""
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._runner.stop()
         catching, self._catching = self._catching, None
         if catching is not None and not catching.done():
             with contextlib.suppress(Exception):
