@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
@@ -266,3 +267,32 @@ async def test_a_callback_with_another_state_is_refused(server: AuthServer, stat
         assert SESSION not in browser.cookies
         assert LOGIN not in browser.cookies  # cleared: its record was consumed
         assert browser.set_cookies[-1].startswith(f"{LOGIN}=; ")
+
+
+async def test_a_session_store_that_fails_mid_run_is_a_503_not_a_500(
+    server: AuthServer, tmp_path: Path
+) -> None:
+    """Redis goes away under a signed-in browser: the BFF says it cannot serve now, and a retry
+    once it is back reaches a store that lost the session (sign in again), never a 500."""
+    from bastion.storage.fast.redis import RedisState
+    from tests.private_redis import PrivateRedis
+
+    redis = PrivateRedis(tmp_path)
+    state = RedisState(redis.url)
+    try:
+        async with serve_bff(bff_settings(server.issuer), state, server.client_secret) as (browser, _):
+            await browser.sign_in()
+            redis.kill()
+            for path in ("/bff/me", "/bff/login"):
+                status, headers, body = await browser.request("GET", path)
+                assert status == 503, (path, body)
+                assert headers["retry-after"] == "5"
+                assert headers["cache-control"] == "no-store"
+                assert headers["content-type"] == "application/problem+json"
+                assert json.loads(body)["status"] == 503
+            redis.start()
+            status, _, _ = await browser.request("GET", "/bff/me")
+            assert status == 401  # the restarted store kept nothing: the session is gone
+    finally:
+        await state.close()
+        redis.kill()

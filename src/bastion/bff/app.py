@@ -54,6 +54,7 @@ from bastion.bff.sessions import Tokens
 from bastion.bff.sessions import new_id
 from bastion.settings import BFFSettings
 from bastion.storage.protocols import FastState
+from bastion.storage.protocols import StorageError
 
 log = logging.getLogger("bastion.bff")
 
@@ -86,6 +87,14 @@ def problem(status: int, title: str, detail: str = "", headers: dict[str, str] |
         status,
         media_type="application/problem+json",
         headers={"cache-control": "no-store", **(headers or {})},
+    )
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    """The session store failed (Redis down, the state file unreadable): 503, never a 500."""
+    log.error("bff: %s %s: session store: %s", request.method, request.url.path, exc)
+    return problem(
+        503, "Service Unavailable", "the session store is unavailable; retry later", {"retry-after": "5"}
     )
 
 
@@ -392,7 +401,8 @@ def create_app(
             Route("/bff/me", bff.me, methods=["GET"]),
             Route("/bff/logout", bff.logout, methods=["POST"]),
             Route("/bff/api/{path:path}", bff.api, methods=methods),
-        ]
+        ],
+        exception_handlers={StorageError: _store_unavailable},
     )
     allowed = frozenset({origin_of(settings.redirect_uri), *settings.allowed_origins})
     return OriginMiddleware(app, allowed)
