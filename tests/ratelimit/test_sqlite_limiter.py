@@ -3,16 +3,19 @@ across processes sharing the file."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from bastion.ratelimit import LimiterUnavailable
 from bastion.ratelimit import Refusal
 from bastion.ratelimit.gcra import MICROS
 from bastion.ratelimit.gcra import Rate
@@ -79,3 +82,25 @@ def test_processes_deciding_at_once_admit_exactly_the_limit(tmp_path: Path) -> N
     ]
     admitted = [int(proc.communicate(timeout=60)[0]) for proc in procs]
     assert sum(admitted) == 300
+
+
+def test_a_file_that_fails_mid_run_makes_decisions_unavailable(tmp_path: Path) -> None:
+    """Locked by another process past the timeout, or its table gone: ``LimiterUnavailable``
+    (the policy's ``on_error`` then decides), never an admission or a bare sqlite3 error."""
+    path = tmp_path / "state.db"
+    limiter = SQLiteLimiter(path, timeout=0.05)
+    single = limiter.bind("r", [Rate(5, 3600.0)])
+    group = limiter.bind("g", [Rate(5, 3600.0), Rate(50, 86400.0)])
+    assert single.decide("x") is None
+    other = sqlite3.connect(str(path), isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(LimiterUnavailable):
+        single.decide("x")
+    with pytest.raises(LimiterUnavailable):
+        group.decide("x")
+    other.execute("DROP TABLE ratelimit")
+    other.execute("COMMIT")
+    other.close()
+    with pytest.raises(LimiterUnavailable):
+        single.decide("x")
+    assert limiter.admitted == 1
