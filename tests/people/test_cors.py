@@ -4,6 +4,7 @@ client may call from script, from which origins, and how fast a client change is
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,22 @@ def test_interactive_pages_and_introspection_never_answer_cors(harness: Harness,
 )
 def test_web_origin_of_a_redirect_uri(uri: str, origin: Any) -> None:
     assert web_origin(uri) == origin
+
+
+def test_a_client_store_that_fails_mid_run_allows_no_origin(tmp_path: Path) -> None:
+    """The embedded default's database becomes unreadable after the origins were cached: once the
+    cache is stale, preflights are refused (fail closed, never a 500) and the public documents
+    keep their ``*``."""
+    clock = Clock()
+    for harness in make_harness(tmp_path, clock=clock):
+        assert preflight(harness, "/token", APP, "POST").status_code == 204
+        db = sqlite3.connect(str(tmp_path / "bastion.db"))
+        db.execute("ALTER TABLE clients RENAME TO clients_gone")
+        db.commit()
+        db.close()
+        clock.now += 3600
+        refused = preflight(harness, "/token", APP, "POST")
+        assert refused.status_code == 403
+        assert cors(refused) == {}
+        jwks = harness.client.get("/jwks.json", headers={"origin": APP})
+        assert jwks.headers["access-control-allow-origin"] == "*"
