@@ -25,7 +25,6 @@ from prometheus_client import CollectorRegistry
 
 from bastion.cli.gateway import GatewayFeeds
 from bastion.cli.gateway import StateRevocations
-from bastion.gateway.app import IssuerVerifier
 from bastion.ops.audit import AuditLog
 from bastion.services.container import Services
 from bastion.services.crypto import Sealer
@@ -38,6 +37,7 @@ from bastion.storage.open import open_stores
 from bastion.storage.protocols import StorageError
 from bastion.storage.sql.migrate import migrate
 from bastion.tokens import IssuerUnavailable
+from bastion.tokens import IssuerVerifier
 from bastion.tokens import TokenRevoked
 from bastion.tokens import TokenValidator
 from bastion.tokens import UnknownKey

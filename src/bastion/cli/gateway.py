@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry
 
 from bastion.cli.bans import GatewayBans
 from bastion.gateway.app import Gateway
-from bastion.gateway.app import IssuerVerifier
 from bastion.gateway.app import ServerFactory
 from bastion.gateway.app import create_gateway
 from bastion.gateway.app import token_verifier_factory
@@ -41,6 +40,7 @@ from bastion.services.tokens import warm_revocations
 from bastion.settings import Settings
 from bastion.storage.open import Stores
 from bastion.storage.protocols import FastState
+from bastion.tokens import IssuerVerifier
 
 
 class StateRevocations:

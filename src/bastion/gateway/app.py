@@ -90,6 +90,7 @@ from bastion.gateway.upstream import UpstreamGroup as EngineGroup
 from bastion.ratelimit import Limiter
 from bastion.ratelimit.local import LocalLimiter
 from bastion.tokens import Introspector
+from bastion.tokens import IssuerVerifier
 from bastion.tokens import Principal
 from bastion.tokens import RevocationSource
 from bastion.tokens import TokenError
@@ -98,7 +99,6 @@ from bastion.tokens import TokenValidator
 __all__ = [
     "Gateway",
     "GatewayHandler",
-    "IssuerVerifier",
     "ReloadError",
     "ServerFactory",
     "UpstreamFactory",
@@ -681,44 +681,6 @@ def engine_server_factory(limits: LimitsSettings) -> ServerFactory:
         return GatewayServer(handler, limits=engine_limits, ssl=ssl_context)
 
     return factory
-
-
-class IssuerVerifier:
-    """One issuer's tokens: JWTs through a :class:`TokenValidator`, opaque tokens through an
-    :class:`Introspector` when the issuer has introspection configured (else refused)."""
-
-    __slots__ = ("introspector", "validator")
-
-    def __init__(self, validator: TokenValidator, introspector: Introspector | None = None) -> None:
-        """Combine a validator and an optional introspector for the same issuer."""
-        self.validator = validator
-        self.introspector = introspector
-
-    def cached(self, token: str, audience: str) -> Principal | None:
-        """The cached principal, from whichever cache the token's form belongs to."""
-        if token.count(".") == 2 or self.introspector is None:
-            return self.validator.cached(token, audience)
-        return self.introspector.cached(token, audience)
-
-    async def validate(self, token: str, *, audience: str) -> Principal:
-        """Validate a JWT locally, or introspect an opaque token.
-
-        Raises:
-            TokenError: the token is refused.
-        """
-        if token.count(".") == 2 or self.introspector is None:
-            return await self.validator.validate(token, audience=audience)
-        return await self.introspector.introspect(token, audience=audience)
-
-    async def start(self) -> None:
-        """Prefetch the issuer's keys."""
-        await self.validator.start()
-
-    async def close(self) -> None:
-        """Close the validator and introspector."""
-        await self.validator.close()
-        if self.introspector is not None:
-            await self.introspector.close()
 
 
 def token_verifier_factory(

@@ -42,6 +42,7 @@ from bastion.tokens._revocation import SharedState
 from bastion.tokens._rules import RFC9068_REQUIRED_CLAIMS
 from bastion.tokens._validator import MAX_LEEWAY
 from bastion.tokens._validator import TokenValidator
+from bastion.tokens._verifier import IssuerVerifier
 
 __all__ = [
     "MAX_LEEWAY",
@@ -54,6 +55,7 @@ __all__ = [
     "InvalidClaims",
     "InvalidSignature",
     "IssuerUnavailable",
+    "IssuerVerifier",
     "JWKSKeySource",
     "KeySet",
     "KeySource",

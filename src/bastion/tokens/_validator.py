@@ -272,6 +272,24 @@ class TokenValidator(AsyncResource):
             self._cache.put(token, aud, principal, key.thumbprint)
         return principal
 
+    def refused_locally(self, principal: Principal) -> bool:
+        """Whether the local lists (revoked ``jti`` values, disabled clients) refuse
+        ``principal``: a dict lookup, for principals validated elsewhere (an introspector's
+        cached answer)."""
+        now = self._clock()
+        jti = principal.token_id
+        return (jti is not None and self._revoked.contains(jti, now)) or self._clients.refuses(principal, now)
+
+    async def check_principal(self, principal: Principal) -> None:
+        """Apply every revocation check of this validator to ``principal`` (validated
+        elsewhere: introspection): the local lists, then the revocation source.
+
+        Raises:
+            TokenRevoked: its ``jti`` or its client was revoked.
+            IssuerUnavailable: the revocation source cannot answer.
+        """
+        await self._check_principal(principal, self._clock())
+
     async def _check_principal(self, principal: Principal, now: float) -> None:
         """Revocation checks of a verified token: its ``jti``, then its client."""
         if self._clients.refuses(principal, now):
