@@ -337,6 +337,16 @@ class BFFSettings(Section):
     """Where the authorization server sends the browser after RP-initiated logout (registered
     with the client); ``None`` leaves the user on the server's signed-out page."""
 
+    anonymous_paths: tuple[str, ...] = ()
+    """Paths under ``/bff/api/`` forwarded without a session, for ``GET`` and ``HEAD`` only and
+    without any token (``"catalog/"``: a prefix ending in ``/``; otherwise the exact path); the
+    gateway's route decides whether they need one. Empty: every API call needs a session."""
+
+    static_dir: str | None = None
+    """A directory of files (the single-page app) served at ``/`` with ``index.html`` for
+    directories, under a strict ``Content-Security-Policy`` (scripts and styles from the BFF's
+    own origin only, no framing). ``None`` serves nothing but ``/bff/*``."""
+
     @model_validator(mode="after")
     def _one_secret_source(self) -> BFFSettings:
         if (self.client_secret_env is None) == (self.client_secret_file is None):

@@ -32,8 +32,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.responses import Response
+from starlette.routing import BaseRoute
+from starlette.routing import Mount
 from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp
+from starlette.types import Message
 from starlette.types import Receive
 from starlette.types import Scope
 from starlette.types import Send
@@ -102,6 +106,39 @@ def origin_of(url: str) -> str:
     """``scheme://host[:port]`` of ``url``."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+#: The single-page app's own files: scripts, styles, images and API calls from this origin only;
+#: no inline script, no framing (clickjacking), no referrer leaving the page.
+PAGE_HEADERS = (
+    (
+        b"content-security-policy",
+        b"default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cache-control", b"no-cache"),
+)
+
+
+class PageHeadersMiddleware:
+    """Adds :data:`PAGE_HEADERS` to every response of the static pages. Pure ASGI."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *((k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"),
+                    *PAGE_HEADERS,
+                ]
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class OriginMiddleware:
@@ -321,9 +358,23 @@ class BFF:
 
     # -- API proxy -------------------------------------------------------------------------
 
+    def _anonymous(self, request: Request) -> bool:
+        """Whether ``request`` is a safe call to one of ``anonymous_paths`` (sent without a token)."""
+        if request.method not in ("GET", "HEAD"):
+            return False
+        path = request.path_params["path"]
+        if any(segment in (".", "..") for segment in path.split("/")):
+            return False
+        return any(
+            path.startswith(allowed) if allowed.endswith("/") else path == allowed
+            for allowed in self.settings.anonymous_paths
+        )
+
     async def api(self, request: Request) -> Response:
         found = await self._session(request)
         if found is None:
+            if self._anonymous(request):
+                return await self._forward(request, None)
             return self._signed_out()
         sid, session = found
         if request.method not in SAFE_METHODS and not self._csrf_ok(request, session):
@@ -343,6 +394,10 @@ class BFF:
         if tokens is None:
             await self.store.delete(sid)
             return self._signed_out()
+        return await self._forward(request, tokens.access_token)
+
+    async def _forward(self, request: Request, access_token: str | None) -> Response:
+        """Send ``request`` to the gateway, with ``access_token`` as its only credential."""
         body = await request.body()
         if len(body) > MAX_BODY:
             return problem(413, "Content Too Large")
@@ -351,7 +406,8 @@ class BFF:
         if request.url.query:
             url += "?" + request.url.query
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_DROP}
-        headers["authorization"] = f"Bearer {tokens.access_token}"
+        if access_token is not None:
+            headers["authorization"] = f"Bearer {access_token}"
         try:
             async with self.http.request(
                 request.method, url, headers=headers, data=body or None, allow_redirects=False
@@ -394,14 +450,18 @@ def create_app(
             settings.redirect_uri,
         )
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    routes: list[BaseRoute] = [
+        Route("/bff/login", bff.login, methods=["GET"]),
+        Route("/bff/callback", bff.callback, methods=["GET"]),
+        Route("/bff/me", bff.me, methods=["GET"]),
+        Route("/bff/logout", bff.logout, methods=["POST"]),
+        Route("/bff/api/{path:path}", bff.api, methods=methods),
+    ]
+    if settings.static_dir is not None:
+        pages = StaticFiles(directory=settings.static_dir, html=True)
+        routes.append(Mount("/", app=PageHeadersMiddleware(pages)))
     app = Starlette(
-        routes=[
-            Route("/bff/login", bff.login, methods=["GET"]),
-            Route("/bff/callback", bff.callback, methods=["GET"]),
-            Route("/bff/me", bff.me, methods=["GET"]),
-            Route("/bff/logout", bff.logout, methods=["POST"]),
-            Route("/bff/api/{path:path}", bff.api, methods=methods),
-        ],
+        routes=routes,
         exception_handlers={StorageError: _store_unavailable},
     )
     allowed = frozenset({origin_of(settings.redirect_uri), *settings.allowed_origins})
