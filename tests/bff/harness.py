@@ -262,7 +262,9 @@ def _fields(html: str) -> dict[str, str]:
     return {"csrf_token": csrf.group(1), "tx": tx.group(1)}
 
 
-def sign_in_at_server(url: str, username: str = "alice") -> str:
+def sign_in_at_server(
+    url: str, username: str = "alice", *, password: str = PASSWORD, redirect_uri: str = REDIRECT_URI
+) -> str:
     """Submit the authorization server's login (and consent) forms; the redirect to the client."""
     issuer = f"{urlsplit(url).scheme}://{urlsplit(url).netloc}"
     with requests.Session() as browser:
@@ -271,14 +273,14 @@ def sign_in_at_server(url: str, username: str = "alice") -> str:
         fields = _fields(page.text)
         response = browser.post(
             f"{issuer}/login",
-            data={**fields, "username": username, "password": PASSWORD},
+            data={**fields, "username": username, "password": password},
             allow_redirects=False,
             timeout=10,
         )
         for _ in range(5):
             assert response.status_code in (302, 303), response.text
             location = response.headers["location"]
-            if location.startswith(REDIRECT_URI):
+            if location.startswith(redirect_uri):
                 return location
             target = location if location.startswith("http") else issuer + location
             if target.startswith(f"{issuer}/consent"):

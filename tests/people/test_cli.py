@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import parse_qsl
-from urllib.parse import urlsplit
 
 import click
 import pytest
 from click.testing import CliRunner
 from click.testing import Result
 
-from bastion.cli.users import prepare_demo_people
 from bastion.cli.users import roles
 from bastion.cli.users import users
-from bastion.services import authorize as az
-from bastion.services.login import LoginThrottle
-from bastion.services.login import authenticate
-from bastion.services.users import Passwords
 
-from .support import World
 from .test_endpoints import make_harness
 from .test_sessions_end import browser
 from .test_sessions_end import redeem
@@ -117,26 +108,6 @@ def test_piped_password_without_password_stdin_names_the_flag(invoke: Callable[.
     assert result.exit_code == 1
     assert "error: stdin is not a terminal; pipe the password with --password-stdin" in result.output
     assert "no users yet" in invoke("users", "list").output
-
-
-@pytest.mark.anyio
-async def test_demo_people_prints_a_working_sign_in(sqlite_world: World) -> None:
-    services = sqlite_world.services
-    first = await prepare_demo_people(services)
-    second = await prepare_demo_people(services)  # idempotent; a new password each time
-    password = re.search(r"password: (\S+)", second)
-    url = re.search(r"(http://\S+/authorize\?\S+)", second)
-    assert password is not None
-    assert url is not None
-    assert password.group(1) not in first
-    throttle = LoginThrottle(services.stores.state)
-    user = await authenticate(
-        services, Passwords(), throttle, username="demo", password=password.group(1), ip="127.0.0.1"
-    )
-    assert user.roles == {"shopper"}
-    _, session = await az.new_session(services)
-    outcome = await az.authorize(services, parse_qsl(urlsplit(url.group(1)).query), session)
-    assert isinstance(outcome, az.Interact)
 
 
 def test_help_reads_well() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from datetime import UTC
 from datetime import datetime
 from functools import wraps
+from pathlib import Path
 from typing import Any
 from typing import TypeVar
 
@@ -405,13 +406,34 @@ def reload(settings: Settings) -> None:
     click.echo(f"sent SIGHUP to bastion serve (pid {pid})")
 
 
-@cli.command(short_help="Run a ready-to-try demo on embedded defaults.")
-@with_settings
-def demo(settings: Settings) -> None:
-    """Migrate, create demo clients, start the server and print commands to try."""
+@cli.command(short_help="Run the whole chain as a demo shop on this machine.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".bastion-demo"),
+    show_default=True,
+    help="Where the demo keeps its database, keys, secrets and logins (reused by the next run).",
+)
+@click.option(
+    "--base-port",
+    type=click.IntRange(1024, 64000),
+    default=8000,
+    show_default=True,
+    help="The authorization server's port; the others follow (gateway +80, shop +300, "
+    "services +401..+404, metrics +1100).",
+)
+@click.option("--reset", is_flag=True, help="Delete the data directory first and start afresh.")
+def demo(data_dir: Path, base_port: int, reset: bool) -> None:
+    """Start an e-commerce shop behind the whole chain, on loopback ports.
+
+    The authorization server, the gateway and the backend-for-frontend serving the shop's page
+    run as `bastion serve` would run them; the catalog, orders, inventory and payments services
+    run in a second process, each checking tokens itself with bastion.guard. Prints the shop's
+    URL, the demo logins and curl commands for the machine clients. Ctrl-C stops everything.
+    """
     from bastion.cli.demo import run_demo
 
-    run_demo(settings)
+    run_demo(data_dir, base_port=base_port, reset=reset)
 
 
 def main() -> None:

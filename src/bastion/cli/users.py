@@ -7,13 +7,11 @@ Thin wrappers over :mod:`bastion.services.users`; register them on the root grou
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 from datetime import UTC
 from datetime import datetime
 from typing import Any
 from typing import TypeVar
-from urllib.parse import urlencode
 
 import click
 
@@ -21,9 +19,7 @@ from bastion.cli.common import with_services
 from bastion.cli.context import BastionError
 from bastion.protocol.models import Role
 from bastion.protocol.models import User
-from bastion.protocol.rfc7636 import s256
 from bastion.services import users as service
-from bastion.services.container import Services
 
 T = TypeVar("T")
 
@@ -235,72 +231,3 @@ def roles_delete(ctx: click.Context, name: str) -> None:
     if not with_services(ctx, lambda s: service.delete_role(s, name)):
         raise click.ClickException(f"no role named {name!r}")
     click.echo(f"deleted role {name}")
-
-
-# -- demo ------------------------------------------------------------------------------------
-
-DEMO_WEB_CLIENT_ID = "demo-web"
-DEMO_USERNAME = "demo"
-
-
-async def prepare_demo_people(services: Services, *, redirect_uri: str | None = None) -> str:
-    """Create (or refresh) a demo role, user and public web client; return the text to print,
-    with a URL that starts a sign-in (authorization code + PKCE) and how to redeem the code.
-
-    The user's password is new on every call, and shown once.
-    """
-    issuer = services.settings.issuer
-    redirect_uri = redirect_uri or "http://127.0.0.1:8765/callback"
-    if await services.clients.get(DEMO_WEB_CLIENT_ID) is None:
-        await services.clients.create(
-            name="Demo shop (web)",
-            public=True,
-            grant_types=("authorization_code", "refresh_token"),
-            scopes=(
-                "openid",
-                "profile",
-                "email",
-                "offline_access",
-                "catalog:read",
-                "orders:read",
-                "orders:write",
-            ),
-            redirect_uris=(redirect_uri,),
-            post_logout_redirect_uris=(redirect_uri,),
-            audience="https://api.demo.local",
-            client_id=DEMO_WEB_CLIENT_ID,
-        )
-    if not await service.people(services).roles.get_roles(["shopper"]):
-        await service.create_role(services, "shopper", ["catalog:read", "orders:read", "orders:write"])
-    password = secrets.token_urlsafe(12)
-    if await service.people(services).users.get_user_by_username(DEMO_USERNAME) is None:
-        await service.create_user(
-            services, DEMO_USERNAME, password, roles=["shopper"], email="demo@example.com", name="Demo User"
-        )
-    else:
-        await service.set_password(services, DEMO_USERNAME, password)
-    verifier = secrets.token_urlsafe(48)
-    url = f"{issuer}/authorize?" + urlencode(
-        {
-            "response_type": "code",
-            "client_id": DEMO_WEB_CLIENT_ID,
-            "redirect_uri": redirect_uri,
-            "scope": "openid profile email offline_access orders:read",
-            "state": secrets.token_urlsafe(8),
-            "nonce": secrets.token_urlsafe(8),
-            "code_challenge": s256(verifier),
-            "code_challenge_method": "S256",
-        }
-    )
-    return f"""Sign in as a person (authorization code + PKCE): open this URL in a browser
-
-  {url}
-
-  username: {DEMO_USERNAME}
-  password: {password}
-
-After consent the browser lands on {redirect_uri}?code=...; redeem the code within 60 s:
-
-  curl -s -d grant_type=authorization_code -d client_id={DEMO_WEB_CLIENT_ID} \\
-       -d redirect_uri={redirect_uri} -d code_verifier={verifier} -d code=CODE {issuer}/token
-"""
