@@ -131,3 +131,20 @@ def test_client_credentials_needs_the_grant_and_a_confidential_client() -> None:
 def test_error_descriptions_stay_within_rfc_characters() -> None:
     error = OAuthError('bad "quote" and \\ backslash é')
     assert error.to_dict()["error_description"] == "bad quote and  backslash "
+
+
+@pytest.mark.parametrize(
+    ("redirect_uri", "params", "expected"),
+    [
+        ("https://app.example/cb", {"code": "c", "state": None}, "https://app.example/cb?code=c"),
+        ("https://app.example/cb?x=1", {"code": "c"}, "https://app.example/cb?x=1&code=c"),  # §3.1.2 kept
+        ("https://app.example/", {"state": None}, "https://app.example/"),  # nothing added: no bare "?"
+        ("https://app.example/?x=1", {}, "https://app.example/?x=1"),
+    ],
+)
+def test_response_uri_adds_only_what_there_is(
+    redirect_uri: str, params: dict[str, str | None], expected: str
+) -> None:
+    from bastion.protocol.rfc6749.authorize import response_uri
+
+    assert response_uri(redirect_uri, params) == expected

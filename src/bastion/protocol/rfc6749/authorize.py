@@ -395,6 +395,8 @@ def response_uri(redirect_uri: str, params: Mapping[str, str | None]) -> str:
     formatted query component, which MUST be retained when adding additional query parameters."
     """
     query = urlencode({name: value for name, value in params.items() if value is not None})
+    if not query:
+        return redirect_uri  # nothing to add: the registered URI exactly, without a bare "?"
     separator = "&" if urlsplit(redirect_uri).query else "?"
     return f"{redirect_uri}{separator}{query}"
 
