@@ -41,4 +41,4 @@ lint: $(LINT_STAMP)
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) .bastion .pytest_cache
+	rm -rf $(VENV) .bastion .bastion-demo .pytest_cache
