@@ -8,11 +8,9 @@ server's real forms.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,8 +22,10 @@ from urllib.parse import urlsplit
 import requests
 
 from bastion.cli.demo import SERVICES
+from bastion.cli.demo import Demo
 from bastion.cli.demo import DemoPorts
 from tests.bff.harness import sign_in_at_server
+from tests.e2e.gw_stack import ports_free
 
 
 def ports_of(ports: DemoPorts) -> list[int]:
@@ -38,50 +38,34 @@ def free_base() -> int:
     explicit bind can take one)."""
     for _ in range(200):
         ports = DemoPorts(random.randrange(20_000, 30_000))
-        held: list[socket.socket] = []
-        try:
-            for port in ports_of(ports):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return ports.base
+        if ports_free(ports_of(ports)):
+            return ports.base
     raise AssertionError("no free set of demo ports")
 
 
-@dataclass
-class DemoRun:
-    """A running ``bastion demo``."""
+@dataclass(frozen=True)
+class DemoRun(Demo):
+    """A running ``bastion demo``: its wiring (:class:`Demo`), its process and what it printed."""
 
     process: subprocess.Popen[bytes]
-    data_dir: Path
-    ports: DemoPorts
     output: Path
-
-    @property
-    def shop(self) -> str:
-        return f"http://127.0.0.1:{self.ports.shop}"
-
-    @property
-    def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.ports.server}"
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.ports.gateway}/api"
 
     def printed(self) -> str:
         return self.output.read_text()
 
     def password(self, username: str) -> str:
-        return str(json.loads((self.data_dir / "logins.json").read_text())[username])
+        return self.logins()[username]
 
-    def secret(self, client_id: str) -> str:
-        return (self.data_dir / "secrets" / client_id).read_text().strip()
+    def machine_token(self, client_id: str, scope: str) -> str:
+        """An access token for a machine client (client credentials)."""
+        answer = requests.post(
+            self.issuer + "/token",
+            data={"grant_type": "client_credentials", "scope": scope},
+            auth=(client_id, self.secret(client_id)),
+            timeout=5,
+        )
+        assert answer.status_code == 200, answer.text
+        return str(answer.json()["access_token"])
 
 
 def start_demo(data_dir: Path, base: int, output: Path) -> subprocess.Popen[bytes]:
@@ -148,7 +132,7 @@ def running_demo(data_dir: Path, base: int | None = None) -> Iterator[DemoRun]:
     """``bastion demo`` until the block ends (then Ctrl-C, and every port is free again)."""
     ports = DemoPorts(base if base is not None else free_base())
     output = data_dir.parent / f"{data_dir.name}-output.txt"
-    run = DemoRun(start_demo(data_dir, ports.base, output), data_dir, ports, output)
+    run = DemoRun(data_dir, ports, start_demo(data_dir, ports.base, output), output)
     try:
         wait_ready(run)
         yield run

@@ -100,12 +100,7 @@ def test_page_is_served_with_a_strict_policy(demo: DemoRun) -> None:
 def test_an_order_reserves_stock_and_is_charged_with_the_services_own_token(
     demo: DemoRun, alice: Shopper
 ) -> None:
-    sync = requests.post(
-        demo.issuer + "/token",
-        data={"grant_type": "client_credentials", "scope": "inventory:read"},
-        auth=("inventory-sync", demo.secret("inventory-sync")),
-        timeout=5,
-    ).json()["access_token"]
+    sync = demo.machine_token("inventory-sync", "inventory:read")
 
     def stock() -> dict[str, int]:
         answer = requests.get(
@@ -185,12 +180,7 @@ def test_a_service_refuses_a_token_without_the_gateway(demo: DemoRun, alice: Sho
     assert bare.status_code == 401
     assert bare.headers["www-authenticate"] == 'Bearer realm="shop"'
     payments = f"http://127.0.0.1:{demo.ports.service('payments')}/charges"
-    partner = requests.post(
-        demo.issuer + "/token",
-        data={"grant_type": "client_credentials", "scope": "inventory:read"},
-        auth=("partner-opaque", demo.secret("partner-opaque")),
-        timeout=5,
-    ).json()["access_token"]
+    partner = demo.machine_token("partner-opaque", "inventory:read")
     assert partner.count(".") == 0
     charged = requests.post(payments, json={}, headers={"authorization": f"Bearer {partner}"}, timeout=5)
     assert charged.status_code == 401  # payments takes no opaque tokens at all

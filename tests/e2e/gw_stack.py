@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,22 @@ AUDIENCE = "https://api.e2e"
 REPO = Path(__file__).resolve().parents[2]
 
 
+def ports_free(ports: Iterable[int]) -> bool:
+    """Whether every one of ``ports`` can be bound on loopback now."""
+    held = []
+    try:
+        for port in ports:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    finally:
+        for sock in held:
+            sock.close()
+    return True
+
+
 def free_port_run(count: int) -> int:
     """The first of ``count`` consecutive free ports (for ``--workers N`` admin listeners).
 
@@ -36,18 +53,8 @@ def free_port_run(count: int) -> int:
     it only by another explicit bind."""
     for _ in range(100):
         first = random.randrange(20_000, 32_000 - count)
-        held = []
-        try:
-            for port in range(first, first + count):
-                sock = socket.socket()
-                held.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in held:
-                sock.close()
-        return first
+        if ports_free(range(first, first + count)):
+            return first
     raise AssertionError(f"no {count} consecutive free ports")
 
 

@@ -145,7 +145,8 @@ class Demo:
 
     @property
     def shop(self) -> str:
-        return f"http://127.0.0.1:{self.ports.shop}/"
+        """The shop's origin (the BFF's)."""
+        return f"http://127.0.0.1:{self.ports.shop}"
 
     def secret_file(self, client_id: str) -> Path:
         return self.data_dir / "secrets" / client_id
@@ -210,8 +211,8 @@ class Demo:
                     "issuer": self.issuer,
                     "client_id": "shop-bff",
                     "client_secret_file": str(self.secret_file("shop-bff")),
-                    "redirect_uri": f"{self.shop}bff/callback",
-                    "post_logout_redirect_uri": self.shop,
+                    "redirect_uri": f"{self.shop}/bff/callback",
+                    "post_logout_redirect_uri": f"{self.shop}/",
                     "gateway_url": self.api,
                     "scopes": list(BFF_SCOPES),
                     "anonymous_paths": ["catalog/"],
@@ -411,7 +412,7 @@ def welcome(demo: Demo) -> str:
     return f"""
 Bastion demo: a shop behind the whole chain (data in {demo.data_dir}/)
 
-  Shop                  {demo.shop}   <- open this in a browser
+  Shop                  {demo.shop}/   <- open this in a browser
   Authorization server  {demo.issuer}   (sign-in, consent, tokens)
   Gateway               {api}   (every API call passes it)
   Services              {services}   (each checks the token itself)
