@@ -8,6 +8,7 @@ import re
 import secrets
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,40 +28,51 @@ _CACHE_METRIC = re.compile(r'^bastion_gateway_token_cache_total\{result="(hit|mi
 
 
 class GatewayService(Service):
-    """``bastion serve`` running a gateway, with its admin listener (one port per worker)."""
+    """``bastion serve`` running a gateway, with its admin listener."""
 
     def __init__(self, *args: Any, admin_port: int, workers: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.admin_port = admin_port
         self.workers = workers
 
-    def metric_sum(self, name: str) -> float:
-        """The sum of every sample of metric ``name`` (all label sets) over the workers'
-        ``/metrics``; ``0`` when no worker exports it.
+    def _expositions(self) -> list[str]:
+        """The ``/metrics`` texts that together cover every worker: the server's one listener
+        (it merges its workers), or, on trees from before that merge, one listener per worker
+        (port plus worker number).
 
         Raises:
-            OSError: a worker's admin listener did not answer.
+            OSError: the admin listener did not answer.
+        """
+        texts = []
+        for worker in range(self.workers):
+            url = f"http://127.0.0.1:{self.admin_port + worker}/metrics"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    texts.append(response.read().decode())
+            except urllib.error.URLError:
+                if worker == 0:
+                    raise
+                break  # one listener for the whole server
+        return texts
+
+    def metric_sum(self, name: str) -> float:
+        """The sum of every sample of metric ``name`` (all label sets) over the server's
+        ``/metrics``; ``0`` when it is not exported.
+
+        Raises:
+            OSError: the admin listener did not answer.
         """
         pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? (\S+)$", re.MULTILINE)
-        total = 0.0
-        for worker in range(self.workers):
-            url = f"http://127.0.0.1:{self.admin_port + worker}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as response:
-                text = response.read().decode()
-            total += sum(float(value) for value in pattern.findall(text))
-        return total
+        return sum(float(value) for text in self._expositions() for value in pattern.findall(text))
 
     def cache_counts(self) -> tuple[int, int]:
-        """Verified-token cache (hits, misses) summed over the workers' ``/metrics``.
+        """Verified-token cache (hits, misses) over the server's ``/metrics``.
 
         Raises:
-            OSError: a worker's admin listener did not answer.
+            OSError: the admin listener did not answer.
         """
         hits = misses = 0
-        for worker in range(self.workers):
-            url = f"http://127.0.0.1:{self.admin_port + worker}/metrics"
-            with urllib.request.urlopen(url, timeout=5) as response:
-                text = response.read().decode()
+        for text in self._expositions():
             for result, value in _CACHE_METRIC.findall(text):
                 if result == "hit":
                     hits += int(float(value))
@@ -183,7 +195,7 @@ def service(
     directory = work / name
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    admin_port = free_port_block(workers)  # worker n serves its metrics on admin_port + n
+    admin_port = free_port_block(workers)  # older trees: worker n serves its metrics on admin_port + n
     config = directory / "bastion.toml"
     config.write_text(
         gateway_config(

@@ -365,6 +365,25 @@ class LoggingSettings(Section):
     """Level of operational logs."""
 
 
+class MetricsSettings(Section):
+    """Prometheus metrics of ``bastion serve`` (see ``docs/metrics.md``)."""
+
+    listen: str | None = None
+    """``host:port`` of the server's one ``/metrics`` and ``/healthz`` listener, whatever
+    ``--workers`` is: the supervisor merges its workers' metrics. Unset: ``gateway.admin_listen``
+    when a ``[gateway]`` is configured (its default is ``127.0.0.1:9100``), else no listener.
+    ``""`` turns it off. Keep it off the public network."""
+
+    scrape_timeout: float = Field(default=3.0, gt=0, le=60)
+    """Seconds the supervisor waits for each worker's metrics; a worker that does not answer
+    in time counts with its last answer (``bastion_worker_up`` says so)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        return value if not value else _listen(value)
+
+
 class Settings(Section):
     """The whole tree: ``bastion.toml`` maps onto it section by section."""
 
@@ -380,6 +399,16 @@ class Settings(Section):
     """The backend-for-frontend (see ``docs/bff.md``)."""
 
     logging: LoggingSettings = LoggingSettings()
+    metrics: MetricsSettings = MetricsSettings()
+
+    def metrics_listener(self) -> tuple[str, str] | None:
+        """The address of the server's metrics listener and the setting it comes from, or
+        ``None`` when there is none (see :attr:`MetricsSettings.listen`)."""
+        if self.metrics.listen is not None:
+            return (self.metrics.listen, "metrics.listen") if self.metrics.listen else None
+        if self.gateway is not None and self.gateway.admin_listen is not None:
+            return self.gateway.admin_listen, "gateway.admin_listen"
+        return None
 
     def resolved_database_url(self) -> str:
         """The durable store URL, defaulting to SQLite in the data dir."""

@@ -11,7 +11,6 @@ import base64
 import http.client
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -43,19 +42,6 @@ def ports_free(ports: Iterable[int]) -> bool:
         for sock in held:
             sock.close()
     return True
-
-
-def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports (for ``--workers N`` admin listeners).
-
-    Drawn below the kernel's ephemeral range (32768 and up by default): a port checked free and
-    released there can be taken by any outgoing connection before the server binds it, one below
-    it only by another explicit bind."""
-    for _ in range(100):
-        first = random.randrange(20_000, 32_000 - count)
-        if ports_free(range(first, first + count)):
-            return first
-    raise AssertionError(f"no {count} consecutive free ports")
 
 
 class UpstreamProcess:

@@ -31,7 +31,6 @@ from tests.e2e.gw_stack import ROUTES
 from tests.e2e.gw_stack import GatewayStack
 from tests.e2e.gw_stack import KeepAliveClient
 from tests.e2e.gw_stack import child_pids
-from tests.e2e.gw_stack import free_port_run
 from tests.e2e.gw_stack import get
 from tests.e2e.gw_stack import kid_of
 from tests.e2e.gw_stack import listening_pids
@@ -473,7 +472,7 @@ def worker_of(stack: GatewayStack, client: KeepAliveClient, workers: set[int]) -
 
 
 def test_two_workers_both_answer_and_both_refuse_a_revoked_token(tmp_path: Path, stopping: Stopping) -> None:
-    stack = GatewayStack(tmp_path / "stack", serve_args=("--workers", "2"), admin_port=free_port_run(2))
+    stack = GatewayStack(tmp_path / "stack", serve_args=("--workers", "2"))
     try:
         assert stack.bastion.process is not None
         workers = child_pids(stack.bastion.process.pid)
@@ -484,20 +483,20 @@ def test_two_workers_both_answer_and_both_refuse_a_revoked_token(tmp_path: Path,
             assert time.monotonic() < deadline, f"two workers never listened:\n{stack.serve_log()}"
             time.sleep(0.05)
         workers = listening_pids(stack.gateway_port, workers)
-        # Worker n serves its own metrics on the admin port plus n. The public socket is bound
-        # by the supervisor and inherited, so a worker holds it before its admin listener is up.
-        for port in (stack.admin_port, stack.admin_port + 1):
-            while True:
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
-                        assert response.status == 200
-                        break
-                except urllib.error.URLError:
-                    assert time.monotonic() < deadline, f"admin port {port} never answered"
-                    time.sleep(0.05)
-        assert listening_pids(stack.admin_port, workers) | listening_pids(stack.admin_port + 1, workers) == (
-            workers
-        )
+        # One metrics listener for the server, whatever the number of workers: the supervisor
+        # holds it and answers with the merge of its workers' metrics.
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{stack.admin_port}/healthz", timeout=5
+                ) as response:
+                    assert response.status == 200
+                    break
+            except urllib.error.URLError:
+                assert time.monotonic() < deadline, f"admin port {stack.admin_port} never answered"
+                time.sleep(0.05)
+        supervisor = stack.bastion.process.pid
+        assert listening_pids(stack.admin_port, {supervisor, *workers}) == {supervisor}
         token = stack.token(stack.reader)
 
         def by_worker(expected: int, limit: int = 64) -> dict[int, list[int]]:

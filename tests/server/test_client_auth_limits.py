@@ -172,6 +172,7 @@ async def test_wrong_secrets_are_401_until_the_limit_then_429_with_retry_after(d
     assert [(e["gate"], e["client_id"], e["ip"]) for e in throttled] == [
         ("client_address", "billing", ATTACKER)
     ]
+    assert door.services.metrics.throttled[("client_auth", "client_address")] == 2
 
 
 async def test_200_concurrent_wrong_secrets_reach_the_check_at_most_the_limit_while_the_client_works_elsewhere(

@@ -44,6 +44,7 @@ from starlette.types import Send
 
 from bastion.bff import cookies
 from bastion.bff.cookies import CookiePolicy
+from bastion.bff.metrics import BffMetrics
 from bastion.bff.oidc import AuthorizationServer
 from bastion.bff.oidc import GrantRefused
 from bastion.bff.oidc import UpstreamError
@@ -176,8 +177,10 @@ class BFF:
         http: aiohttp.ClientSession,
         client_secret: str,
         clock: Callable[[], float] = time.time,
+        metrics: BffMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics if metrics is not None else BffMetrics()
         self.http = http
         self.clock = clock
         self.cookies = CookiePolicy.for_origin(settings.redirect_uri)
@@ -190,7 +193,7 @@ class BFF:
         )
         self.server = AuthorizationServer(http, settings.issuer, settings.client_id, client_secret)
         self.refresher = Refresher(
-            state, self.store, self.server, clock=clock, margin=settings.refresh_margin
+            state, self.store, self.server, clock=clock, margin=settings.refresh_margin, metrics=self.metrics
         )
 
     # -- helpers ---------------------------------------------------------------------------
@@ -254,6 +257,7 @@ class BFF:
         login_cookie = self._cookie(request, cookies.LOGIN)
         pre = await self.store.take_login(login_cookie) if login_cookie else None
         if pre is None:
+            self.metrics.signin("no_login")
             return problem(400, "Bad Request", "no sign-in in progress in this browser (or it expired)")
         response = await self._complete(request, pre)
         if response.status_code >= 400:
@@ -265,11 +269,14 @@ class BFF:
         params = request.query_params
         # RFC 6749 §10.12: the state binds the response to this browser's request.
         if not hmac.compare_digest(params.get("state", "").encode(), pre.state.encode()):
+            self.metrics.signin("mismatch")
             return problem(400, "Bad Request", "the sign-in response does not belong to this browser")
         # RFC 9207 §2.4: if ``iss`` is present it must be the issuer the request went to.
         if "iss" in params and params["iss"] != self.server.issuer:
+            self.metrics.signin("mismatch")
             return problem(400, "Bad Request", "the sign-in response names another issuer")
         if "error" in params or "code" not in params:
+            self.metrics.signin("error")
             return problem(400, "Bad Request", f"sign-in did not complete: {params.get('error', 'no code')}")
         try:
             response = await self.server.token(
@@ -297,9 +304,11 @@ class BFF:
             if userinfo.get("sub") == claims.get("sub"):
                 claims = {**userinfo, **claims}
         except GrantRefused as exc:
+            self.metrics.signin("refused")
             return problem(400, "Bad Request", f"sign-in failed: {exc.error}")
         except UpstreamError as exc:
             log.error("bff: sign-in: %s", exc)
+            self.metrics.signin("upstream_error")
             return problem(502, "Bad Gateway", "the sign-in could not be completed")
         # Session fixation: whatever session this browser had ends; the signed-in one is new.
         if (old := self._cookie(request, cookies.SESSION)) is not None:
@@ -312,6 +321,7 @@ class BFF:
             id_token=response.id_token,
         )
         sid = await self.store.create(session, tokens)
+        self.metrics.signin("ok")
         redirect = Response(status_code=303, headers={"location": pre.return_to, "cache-control": "no-store"})
         redirect.headers.append(
             "set-cookie", self.cookies.header(cookies.SESSION, sid, self.settings.absolute_timeout)
@@ -339,6 +349,7 @@ class BFF:
             return problem(403, "Forbidden", "missing or wrong X-CSRF-Token")
         tokens = await self.store.load_tokens(sid)
         await self.store.delete(sid)
+        self.metrics.logouts += 1
         if tokens is not None and tokens.refresh_token is not None:
             try:
                 await self.server.revoke(tokens.refresh_token, "refresh_token")
@@ -371,6 +382,11 @@ class BFF:
         )
 
     async def api(self, request: Request) -> Response:
+        response = await self._api(request)
+        self.metrics.api(response.status_code)
+        return response
+
+    async def _api(self, request: Request) -> Response:
         found = await self._session(request)
         if found is None:
             if self._anonymous(request):
@@ -382,6 +398,7 @@ class BFF:
         try:
             tokens = await self.refresher.tokens(sid, session)
         except RefreshTimeout:
+            self.metrics.refresh("timeout")
             return problem(
                 503,
                 "Service Unavailable",
@@ -390,6 +407,7 @@ class BFF:
             )
         except UpstreamError as exc:
             log.error("bff: refresh: %s", exc)
+            self.metrics.refresh("upstream_error")
             return problem(502, "Bad Gateway", "the authorization server is unavailable")
         if tokens is None:
             await self.store.delete(sid)
@@ -432,6 +450,7 @@ def create_app(
     http: aiohttp.ClientSession,
     client_secret: str,
     clock: Callable[[], float] = time.time,
+    metrics: BffMetrics | None = None,
 ) -> ASGIApp:
     """The BFF app, with everything it needs injected.
 
@@ -442,8 +461,9 @@ def create_app(
             timeouts apply to every call).
         client_secret: the BFF's client secret (read by the CLI from the environment or a file).
         clock: seconds since the epoch (injected by tests).
+        metrics: where the BFF counts (registered by the caller); private counters by default.
     """
-    bff = BFF(settings, state=state, http=http, client_secret=client_secret, clock=clock)
+    bff = BFF(settings, state=state, http=http, client_secret=client_secret, clock=clock, metrics=metrics)
     if not bff.cookies.secure:
         log.warning(
             "bff: %s is plain http on loopback: cookies lose the __Host- prefix and Secure (a demo only)",

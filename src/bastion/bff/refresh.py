@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bastion.bff.metrics import BffMetrics
 from bastion.bff.oidc import AuthorizationServer
 from bastion.bff.oidc import GrantRefused
 from bastion.bff.oidc import UpstreamError
@@ -49,6 +50,7 @@ class Refresher:
         *,
         clock: Callable[[], float],
         margin: float,
+        metrics: BffMetrics | None = None,
         lease: float = 10.0,
         wait: float = 15.0,
         poll: float = 0.02,
@@ -58,6 +60,7 @@ class Refresher:
         self._server = server
         self._clock = clock
         self._margin = margin
+        self._metrics = metrics if metrics is not None else BffMetrics()
         self._lease = lease
         self._wait = wait
         self._poll = poll
@@ -110,6 +113,7 @@ class Refresher:
                 )
             except GrantRefused as exc:
                 log.info("bff: refresh refused (%s); the session ends", exc.error)
+                self._metrics.refresh("refused")
                 await self._store.delete(sid)
                 return None
             fresh = dataclasses.replace(
@@ -120,6 +124,7 @@ class Refresher:
                 id_token=response.id_token or tokens.id_token,
             )
             await self._store.save_tokens(sid, session, fresh)
+            self._metrics.refresh("ok")
             return fresh
         finally:
             renewer.cancel()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client import CollectorRegistry
 
 from bastion.cli.common import asgi_server
 from bastion.settings import BFFSettings
@@ -58,16 +59,22 @@ class RunningBFF:
         await self.http.close()
 
 
-async def start_bff(settings: BFFSettings, state: FastState, listener: socket.socket) -> RunningBFF:
-    """Serve the BFF app on ``listener``, its sessions in ``state``."""
+async def start_bff(
+    settings: BFFSettings, state: FastState, listener: socket.socket, *, registry: CollectorRegistry
+) -> RunningBFF:
+    """Serve the BFF app on ``listener``, its sessions in ``state``, counting on ``registry``."""
     from bastion.bff.app import create_app
+    from bastion.bff.metrics import BffMetrics
+
+    metrics = BffMetrics()
+    registry.register(metrics)
 
     http = aiohttp.ClientSession(
         timeout=TIMEOUT,
         cookie_jar=aiohttp.DummyCookieJar(),  # the BFF keeps no cookies of the services it calls
         connector=aiohttp.TCPConnector(limit=200, limit_per_host=100),
     )
-    app = create_app(settings, state=state, http=http, client_secret=bff_secret(settings))
+    app = create_app(settings, state=state, http=http, client_secret=bff_secret(settings), metrics=metrics)
     server = asgi_server(app, lifespan=False)
     task = asyncio.get_running_loop().create_task(server.serve(sockets=[listener]))
     return RunningBFF(server=server, task=task, http=http)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import socket
 import ssl
@@ -248,13 +247,10 @@ def access_log_for(settings: GatewaySettings, data_dir: Path) -> AccessLog:
     )
 
 
-def for_worker(settings: GatewaySettings, worker: int) -> GatewaySettings:
-    """Worker ``n`` serves its metrics on the admin port plus ``n``: each process's counters are
-    its own, so each process gets a scrape target (the public listener is shared)."""
-    if worker == 0 or settings.admin_listen is None:
-        return settings
-    host, _, port = settings.admin_listen.rpartition(":")
-    return settings.model_copy(update={"admin_listen": f"{host}:{int(port) + worker}"})
+def in_server(settings: GatewaySettings) -> GatewaySettings:
+    """The gateway as a worker of ``bastion serve`` runs it: without an admin listener of its
+    own (the server's metrics listener serves every component and every worker)."""
+    return settings.model_copy(update={"admin_listen": None})
 
 
 class _ListenerServer(GatewayServer):
@@ -289,9 +285,6 @@ def listener_server_factory(settings: GatewaySettings, listener: socket.socket) 
     return factory
 
 
-_LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
-
-
 def open_limiter(state_url: str) -> Limiter:
     """Where the gateway's rate-limit buckets live, beside the fast state of ``state_url``:
     Redis (shared by every gateway), the SQLite state file (shared by the workers of this
@@ -316,18 +309,16 @@ class RunningGateway:
         self,
         gateway: Gateway,
         feeds: GatewayFeeds,
-        worker: int,
         limiter: Limiter | None = None,
         bans: GatewayBans | None = None,
     ) -> None:
         self.gateway = gateway
         self.feeds = feeds
-        self._worker = worker
         self._limiter = limiter
         self.bans = bans
 
     async def reload(self, settings: GatewaySettings) -> None:
-        await self.gateway.reload(for_worker(settings, self._worker))
+        await self.gateway.reload(in_server(settings))
 
     async def close(self) -> None:
         await self.feeds.stop()
@@ -344,7 +335,7 @@ async def start_gateway(
     settings: Settings,
     stores: Stores,
     *,
-    worker: int = 0,
+    registry: CollectorRegistry,
     listener: socket.socket | None = None,
     audit: Audit | None = None,
 ) -> RunningGateway:
@@ -353,21 +344,18 @@ async def start_gateway(
     Args:
         settings: The whole settings tree.
         stores: The process's stores (revocations come from the fast state).
-        worker: The worker number (its admin listener is ``admin_listen`` plus it).
+        registry: Where the gateway counts; the caller serves it (the gateway opens no admin
+            listener of its own, see :func:`in_server`).
         listener: The public listening socket bound by the supervisor; ``None`` binds
             ``gateway.listen`` here.
         audit: Where automatic bans are audited (``ip.banned``).
-
-    Raises:
-        ListenError: the admin listener's address cannot be listened on.
     """
     if settings.gateway is None:
         raise ValueError("no [gateway] section")
-    config = for_worker(settings.gateway, worker)
+    config = in_server(settings.gateway)
     ssl_context = None
     if config.tls_cert and config.tls_key:
         ssl_context = make_server_ssl_context(config.tls_cert, config.tls_key)
-    registry = CollectorRegistry(auto_describe=True)
     revocations = StateRevocations(stores.state, stores)
     feeds = GatewayFeeds(stores, revocations, registry)
     limiter = open_limiter(settings.resolved_state_url())
@@ -400,10 +388,5 @@ async def start_gateway(
             await bans.stop()
         if isinstance(exc, OSError):
             await gateway.close()
-            # The admin listener starts first, so a bind failure with no admin port is its own.
-            if exc.errno in _LISTEN_ERRNOS and config.admin_listen is not None and gateway.admin_port is None:
-                from bastion.cli.listen import listen_error
-
-                raise listen_error(config.admin_listen, "gateway.admin_listen", exc) from None
         raise
-    return RunningGateway(gateway, feeds, worker, limiter, bans)
+    return RunningGateway(gateway, feeds, limiter, bans)

@@ -6,12 +6,19 @@ starts anything, and every worker accepts on those same sockets (see :mod:`basti
 only this server's own workers share its ports, and a port in use is a one-line error. Workers
 share nothing else but the stores. The pid file is written after the listeners are bound and
 removed only by the process that wrote it.
+
+Metrics: every component of a worker counts on one registry. The server has one metrics
+listener (:meth:`~bastion.settings.Settings.metrics_listener`) whatever the number of workers:
+with one worker, the worker serves its registry there; with more, the supervisor does, merging
+what each worker answers on a private socket pair (:mod:`bastion.ops.channel`,
+:mod:`bastion.ops.aggregate`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -30,10 +37,8 @@ from bastion.cli.common import asgi_server
 from bastion.cli.context import kek_for
 from bastion.cli.context import ready_stores
 from bastion.cli.context import stores_for
-from bastion.cli.gateway import for_worker
 from bastion.cli.gateway import open_limiter
 from bastion.cli.listen import listen_socket
-from bastion.cli.listen import probe
 from bastion.settings import Settings
 
 log = logging.getLogger("bastion.serve")
@@ -65,17 +70,18 @@ class Listeners:
     """The gateway's public listener (``gateway.listen``)."""
     bff: socket.socket | None = None
     """The backend-for-frontend's (``bff.listen``)."""
+    metrics: socket.socket | None = None
+    """The server's metrics listener (``metrics.listen`` or ``gateway.admin_listen``)."""
 
     def close(self) -> None:
         """Close the supervisor's copies (workers hold their own)."""
-        for sock in (self.server, self.gateway, self.bff):
+        for sock in (self.server, self.gateway, self.bff, self.metrics):
             if sock is not None:
                 sock.close()
 
 
-def open_listeners(settings: Settings, workers: int) -> Listeners:
-    """Bind every public listener of ``settings`` once; check that each worker's admin listener
-    is free.
+def open_listeners(settings: Settings) -> Listeners:
+    """Bind every listener of ``settings`` once.
 
     Raises:
         ListenError: an address is in use or cannot be bound (the message names it).
@@ -88,14 +94,11 @@ def open_listeners(settings: Settings, workers: int) -> Listeners:
             )
         if settings.gateway is not None:
             listeners.gateway = listen_socket(settings.gateway.listen, "gateway.listen")
-            for worker in range(workers):
-                admin = for_worker(settings.gateway, worker).admin_listen
-                if admin is not None:
-                    probe(
-                        admin, "gateway.admin_listen" + (f" + {worker} for worker {worker}" if worker else "")
-                    )
         if settings.bff is not None:
             listeners.bff = listen_socket(settings.bff.listen, "bff.listen")
+        metrics = settings.metrics_listener()
+        if metrics is not None:
+            listeners.metrics = listen_socket(*metrics, backlog=64)
     except BaseException:
         listeners.close()
         raise
@@ -110,10 +113,15 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
+async def _run_worker(
+    settings: Settings, kek: bytes, listeners: Listeners, channel: socket.socket | None
+) -> None:
     import uvicorn
+    from prometheus_client import CollectorRegistry
 
+    from bastion.gateway.observe import AdminServer
     from bastion.ops.audit import AuditLog
+    from bastion.ops.channel import answer_scrapes
     from bastion.server.app import create_app
     from bastion.server.people import people_routes
     from bastion.services.container import Services
@@ -128,11 +136,14 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
 
     stores = stores_for(settings)
     audit = AuditLog(settings.resolved_audit_log())
+    registry = CollectorRegistry(auto_describe=True)
     tasks: list[asyncio.Task[Any]] = []
     server: uvicorn.Server | None = None
     gateway = None
     bff = None
     limiter = None
+    admin: AdminServer | None = None
+    scrapes: asyncio.Task[None] | None = None
     try:
         if settings.authorization_server.enabled:
             # The clients' request-rate buckets beside the fast state, shared by every worker
@@ -141,6 +152,7 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
             services = Services.create(
                 settings.authorization_server, stores, Sealer(kek), audit, limiter=limiter
             )
+            registry.register(services.metrics)
             app = create_app(services, extra_routes=people_routes(services))
             server = asgi_server(app, lifespan=True)
             if listeners.server is None:
@@ -150,7 +162,7 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
             from bastion.cli.gateway import start_gateway
 
             gateway = await start_gateway(
-                settings, stores, worker=worker, listener=listeners.gateway, audit=audit
+                settings, stores, registry=registry, listener=listeners.gateway, audit=audit
             )
 
         if settings.bff is not None:
@@ -158,8 +170,13 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
 
             if listeners.bff is None:
                 raise RuntimeError("the supervisor bound no BFF listener")
-            bff = await start_bff(settings.bff, stores.state, listeners.bff)
+            bff = await start_bff(settings.bff, stores.state, listeners.bff, registry=registry)
             tasks.append(bff.task)
+        if channel is not None:
+            scrapes = loop.create_task(answer_scrapes(channel, registry))
+        elif listeners.metrics is not None:
+            admin = AdminServer(registry)
+            await admin.start(sock=listeners.metrics)
 
         async def reloader() -> None:
             from bastion.cli.config import ConfigError
@@ -193,6 +210,10 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
             if task is not stopper and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
+        if scrapes is not None:
+            scrapes.cancel()
+        if admin is not None:
+            await admin.close()
         if server is not None:
             server.should_exit = True
         if gateway is not None:
@@ -208,20 +229,23 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
         await stores.close()
 
 
-def worker_main(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
-    """Run worker number ``worker`` in this process, on the supervisor's ``listeners``."""
+def worker_main(
+    settings: Settings, kek: bytes, listeners: Listeners, channel: socket.socket | None = None
+) -> None:
+    """Run a worker in this process, on the supervisor's ``listeners``; it answers the
+    supervisor's metrics scrapes on ``channel``, or serves ``listeners.metrics`` itself."""
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_worker(settings, kek, worker, listeners))
+        asyncio.run(_run_worker(settings, kek, listeners, channel))
 
 
-def worker_process(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
+def worker_process(settings: Settings, kek: bytes, listeners: Listeners, channel: socket.socket) -> None:
     """Entry point of a spawned worker: a failure the operator can fix is one line, exit 1."""
     try:
-        worker_main(settings, kek, worker, listeners)
+        worker_main(settings, kek, listeners, channel)
     except click.ClickException as exc:
         exc.show()
         sys.exit(1)
@@ -305,7 +329,7 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
             CookiePolicy.for_origin(settings.bff.redirect_uri)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
-    listeners = open_listeners(settings, workers)
+    listeners = open_listeners(settings)
     try:
         _serve(settings, listeners, workers=workers, migrate=migrate)
     finally:
@@ -326,19 +350,39 @@ def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: b
         parts.append(f"gateway on {settings.gateway.listen}")
     if settings.bff is not None:
         parts.append(f"BFF on {settings.bff.listen}")
+    metrics = settings.metrics_listener()
+    if metrics is not None:
+        parts.append(f"metrics on http://{metrics[0]}/metrics")
     click.echo(f"bastion {'; '.join(parts)}; {workers} worker(s). Ctrl-C to stop.", err=True)
     written = write_pid_file(settings)
     try:
         if workers == 1:
-            worker_main(settings, kek, 0, listeners)
+            worker_main(settings, kek, listeners)
             return
         ctx = multiprocessing.get_context("spawn")
+        # The workers accept on the public listeners; the metrics listener is the supervisor's.
+        shared = dataclasses.replace(listeners, metrics=None)
+        pairs = [socket.socketpair() for _ in range(workers)]
         procs = [
-            ctx.Process(target=worker_process, args=(settings, kek, n, listeners), daemon=False)
-            for n in range(workers)
+            ctx.Process(target=worker_process, args=(settings, kek, shared, theirs), daemon=False)
+            for _, theirs in pairs
         ]
         for proc in procs:
             proc.start()
+        for _, theirs in pairs:
+            theirs.close()
+        endpoint = None
+        if listeners.metrics is not None:
+            from bastion.ops.channel import MetricsEndpoint
+            from bastion.ops.channel import WorkerChannel
+
+            endpoint = MetricsEndpoint(
+                listeners.metrics,
+                [WorkerChannel(ours) for ours, _ in pairs],
+                healthy=lambda: all(proc.is_alive() for proc in procs),
+                timeout=settings.metrics.scrape_timeout,
+            )
+            endpoint.start()
 
         stopping = False
 
@@ -353,6 +397,8 @@ def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: b
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         failed = supervise(procs, lambda: stopping, forward)
+        if endpoint is not None:
+            endpoint.close()
         if failed or any(proc.exitcode not in (0, -signal.SIGTERM, -signal.SIGINT) for proc in procs):
             sys.exit(1)
     finally:

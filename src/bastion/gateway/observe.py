@@ -17,13 +17,12 @@ Both are built to cost little per request:
 from __future__ import annotations
 
 import asyncio
-import bisect
+import socket
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
-from typing import Final
 from typing import Protocol
 
 import orjson
@@ -36,25 +35,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["AccessLog", "AdminServer", "GatewayMetrics", "LogSink"]
+from bastion.ops.counting import Histogram
 
-#: Latency buckets in seconds (a gateway adds well under a millisecond; upstreams vary).
-LATENCY_BUCKETS: Final = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+__all__ = ["AccessLog", "AdminServer", "GatewayMetrics", "LogSink"]
 
 
 class LogSink(Protocol):
@@ -139,14 +122,6 @@ class AccessLog:
         self.flush()
 
 
-class _Histogram:
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.sum = 0.0
-
-
 class GatewayMetrics(Collector):
     """The gateway's Prometheus metrics, counted in dicts and exported on scrape.
 
@@ -165,7 +140,7 @@ class GatewayMetrics(Collector):
         """Register on ``registry`` (a fresh one when ``None``); see :attr:`registry`."""
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.requests: dict[tuple[str, int], int] = {}
-        self.latency: dict[str, _Histogram] = {}
+        self.latency: dict[str, Histogram] = {}
         self.auth_failures: dict[str, int] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.path_refused: dict[str, int] = {}
@@ -182,9 +157,8 @@ class GatewayMetrics(Collector):
         requests[key] = requests.get(key, 0) + 1
         histogram = self.latency.get(route)
         if histogram is None:
-            histogram = self.latency[route] = _Histogram()
-        histogram.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        histogram.sum += seconds
+            histogram = self.latency[route] = Histogram()
+        histogram.observe(seconds)
 
     def auth_failure(self, reason: str) -> None:
         """Count a refused token (or a missing one, reason ``missing``)."""
@@ -217,12 +191,7 @@ class GatewayMetrics(Collector):
             "bastion_gateway_request_duration_seconds", "Total request time by route.", labels=["route"]
         )
         for route, histogram in list(self.latency.items()):
-            cumulative = 0
-            buckets: list[tuple[str, float]] = []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), histogram.counts, strict=True):
-                cumulative += count
-                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            latency.add_metric([route], buckets, histogram.sum)
+            latency.add_metric([route], histogram.buckets(), histogram.sum)
         yield latency
         auth = CounterMetricFamily(
             "bastion_gateway_auth_failures", "Refused or missing tokens by reason.", labels=["reason"]
@@ -275,14 +244,19 @@ class AdminServer:
             return web.Response(text="ok\n")
         return web.Response(status=503, text="unavailable\n")
 
-    async def start(self, host: str, port: int) -> None:
-        """Listen on ``host:port`` (``0`` picks a free port, see :attr:`port`)."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
+    ) -> None:
+        """Listen on ``host:port`` (``0`` picks a free port, see :attr:`port`), or accept on
+        the listening ``sock`` when given."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site: web.BaseSite = (
+            web.TCPSite(self._runner, host, port) if sock is None else web.SockSite(self._runner, sock)
+        )
         await site.start()
         self.port = int(self._runner.addresses[0][1])
 

@@ -743,8 +743,8 @@ class GatewaySettings(_Frozen):
     """``host:port`` of the public listener."""
     admin_listen: str | None = "127.0.0.1:9100"
     """``host:port`` of the admin listener (``/metrics``, ``/healthz``); ``""`` disables it.
-    Keep it off the public network. With ``bastion serve --workers N``, worker ``n`` listens on
-    this port plus ``n`` (each process's metrics are its own scrape target)."""
+    Keep it off the public network. Under ``bastion serve`` it is the server's one metrics
+    listener (every component, every worker) unless ``metrics.listen`` is set."""
     tls_cert: str | None = None
     """PEM certificate chain for TLS on the public listener (with ``tls_key``)."""
     tls_key: str | None = None

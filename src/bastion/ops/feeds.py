@@ -161,6 +161,7 @@ class Follower:
         self.drops = 0
         if metrics is not None:
             metrics.up.labels(name).set(0)
+            metrics.drops.labels(name)  # the series exists (at 0) before the first drop
 
     # -- lifecycle ----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -31,7 +32,9 @@ from bastion.server.cors import BrowserOrigins
 from bastion.server.cors import CorsMiddleware
 from bastion.server.cors import client_endpoints
 from bastion.services.container import Services
+from bastion.services.metrics import OTHER
 from bastion.storage.protocols import StorageError
+from bastion.types import Message
 from bastion.types import Receive
 from bastion.types import Scope
 from bastion.types import Send
@@ -148,9 +151,29 @@ class AuthorizationServer:
         services.clients.on_changed.append(self.browser_origins.invalidate)
         served = [*self._fast, *(str(getattr(route, "path", "")) for route in self.app.routes)]
         self._cors = CorsMiddleware(self._dispatch, client_endpoints(served), self.browser_origins)
+        #: The endpoint labels of the request metrics: every routed path, ``other`` for the rest.
+        self._endpoints = frozenset(path for path in served if path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._cors(scope, receive, send)
+        if scope["type"] != "http":
+            await self._cors(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._cors(scope, receive, sending)
+        finally:
+            path = scope["path"]
+            self.services.metrics.request(
+                path if path in self._endpoints else OTHER, status or 500, time.perf_counter() - started
+            )
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

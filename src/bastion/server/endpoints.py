@@ -212,9 +212,19 @@ class FormEndpoint:
         self.name = name
         self._realm = services.settings.issuer
         self._proxies = TrustedProxies(parse_networks(services.settings.trusted_proxies))
+        #: The token endpoint counts its answers by grant type and outcome.
+        self._counted = name == "token"
+
+    def _count(self, params: dict[str, str] | None, outcome: str) -> None:
+        services = self.services
+        grant_type = params.get("grant_type", "none") if params is not None else "none"
+        if grant_type != GrantType.CLIENT_CREDENTIALS and grant_type not in services.grant_handlers:
+            grant_type = "none" if grant_type == "none" else "other"  # a bounded label set
+        services.metrics.token(grant_type, outcome)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         services = self.services
+        params: dict[str, str] | None = None
         try:
             if scope["method"] != "POST":
                 await send_json(
@@ -238,6 +248,8 @@ class FormEndpoint:
             result = await self.handler(services, FormRequest(params, authorization, ip))
         except OAuthError as error:
             status, body_json, headers = error_response(error, self._realm)
+            if self._counted:
+                self._count(params, error.error)
             if self.name == "token":
                 services.audit.emit(
                     "token.refused", error=error.error, reason=error.detail or error.description
@@ -253,11 +265,17 @@ class FormEndpoint:
             status, body_json, headers = error_response(
                 TemporarilyUnavailable("storage is unavailable; retry later"), self._realm
             )
+            if self._counted:
+                self._count(params, TemporarilyUnavailable.error)
             await send_json(send, status, body_json, [(b"retry-after", b"5")])
             return
         except Exception:
             log.exception("%s endpoint failed", self.name)
+            if self._counted:
+                self._count(params, ServerError.error)
             status, body_json, headers = error_response(ServerError(), self._realm)
             await send_json(send, status, body_json, headers)
             return
+        if self._counted:
+            self._count(params, "ok")
         await send_json(send, 200, result)

@@ -144,7 +144,9 @@ class PeopleApp:
         self.passwords = passwords or Passwords()
         settings = services.settings
         self.throttle = LoginThrottle(
-            services.stores.state, throttle or ThrottlePolicy(**settings.login_throttle.model_dump())
+            services.stores.state,
+            throttle or ThrottlePolicy(**settings.login_throttle.model_dump()),
+            metrics=services.metrics,
         )
         self.proxies = TrustedProxies(parse_networks(settings.trusted_proxies))
         secure = services.settings.secure_cookies
@@ -310,6 +312,7 @@ class PeopleApp:
                 ip=ip,
             )
         except SlowDown as exc:
+            self.services.metrics.signin("throttled")
             return await self._render_login(
                 request,
                 session,
@@ -322,9 +325,11 @@ class PeopleApp:
         except LoginFailed as exc:
             # 400, not 401: a 401 must carry a WWW-Authenticate challenge (RFC 9110 §15.5.2),
             # and a form is not an HTTP authentication scheme.
+            self.services.metrics.signin("failed")
             return await self._render_login(
                 request, session, pending, error=str(exc), username=username, status=400
             )
+        self.services.metrics.signin("ok")
         cookie, signed_in = await flow.sign_in(self.services, session, user, self.services.clock())
         await flow.signed_in_for(self.services, pending, signed_in)
         response = _secure(RedirectResponse(f"/authorize/resume?tx={pending.pending_id}", status_code=303))

@@ -66,6 +66,7 @@ from bastion.protocol.models import Client
 from bastion.ratelimit import BoundLimit
 from bastion.ratelimit import LimiterUnavailable
 from bastion.ratelimit import Refusal
+from bastion.services.metrics import ServerMetrics
 from bastion.storage.protocols import FastState
 from bastion.storage.protocols import StorageError
 
@@ -110,10 +111,19 @@ class Attempt:
 class _Refused(Exception):
     """Over the limit of gate ``key``: ``locked`` (by failures) or full of attempts in flight."""
 
-    def __init__(self, key: str, limit: int, *, locked: bool, retry_after: int) -> None:
+    def __init__(self, gate: str, key: str, limit: int, *, locked: bool, retry_after: int) -> None:
+        self.gate = gate
         self.key = key
         self.limit = limit
         self.locked = locked
+        self.retry_after = retry_after
+
+
+class _Throttled(Exception):
+    """An attempt refused at ``gate`` (rendered as :class:`SlowDown`)."""
+
+    def __init__(self, gate: str, retry_after: int) -> None:
+        self.gate = gate
         self.retry_after = retry_after
 
 
@@ -126,11 +136,13 @@ class ClientAuthThrottle:
         policy: ClientAuthPolicy,
         *,
         audit: AuditLog | None = None,
+        metrics: ServerMetrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._state = state
         self.policy = policy
         self._audit = audit
+        self._metrics = metrics
         self._sleep = sleep
 
     def gates(self, client_id: str, ip: str) -> tuple[tuple[str, str, int], ...]:
@@ -154,6 +166,14 @@ class ClientAuthThrottle:
                 filled it, and the attempt waited for them in vain).
             StorageError: the fast-state store failed (the caller answers 503).
         """
+        try:
+            return await self._attempt(client_id, ip)
+        except _Throttled as exc:
+            if self._metrics is not None:
+                self._metrics.throttle("client_auth", exc.gate)
+            raise SlowDown(TOO_MANY_FAILURES, retry_after=exc.retry_after) from None
+
+    async def _attempt(self, client_id: str, ip: str) -> Attempt:
         policy = self.policy
         waited, wait = 0.0, policy.busy_wait
         while True:
@@ -162,11 +182,11 @@ class ClientAuthThrottle:
             except _Refused as exc:
                 refused = exc
             if refused.locked:
-                raise SlowDown(TOO_MANY_FAILURES, retry_after=refused.retry_after)
+                raise _Throttled(refused.gate, refused.retry_after)
             # Busy: look (a read, no count) until the gate has room, then count again.
             while True:
                 if waited >= policy.busy_patience:
-                    raise SlowDown(TOO_MANY_FAILURES, retry_after=refused.retry_after)
+                    raise _Throttled(refused.gate, refused.retry_after)
                 await self._sleep(wait)
                 waited += wait
                 wait = min(wait * 2, policy.busy_wait_max)
@@ -176,22 +196,22 @@ class ClientAuthThrottle:
                 failed = await self._state.get(refused.key + ":failed")
                 if failed is not None and int(failed) >= refused.limit:  # locked meanwhile
                     remaining = await self._state.ttl(refused.key) or policy.window
-                    raise SlowDown(TOO_MANY_FAILURES, retry_after=max(1, math.ceil(remaining)))
+                    raise _Throttled(refused.gate, max(1, math.ceil(remaining)))
 
     async def _pass_gates(self, client_id: str, ip: str) -> Attempt:
         state = self._state
         window = self.policy.window
         gates = self.gates(client_id, ip)
-        for index, (_, key, limit) in enumerate(gates):
+        for index, (gate, key, limit) in enumerate(gates):
             count = await state.incr(key, window)
             if count <= limit:
                 continue
             await self.give_back(Attempt(gates[: index + 1], client_id, ip))
             failed = await state.get(key + ":failed")
             if failed is None or int(failed) < limit:
-                raise _Refused(key, limit, locked=False, retry_after=1)
+                raise _Refused(gate, key, limit, locked=False, retry_after=1)
             remaining = await state.ttl(key) or window
-            raise _Refused(key, limit, locked=True, retry_after=max(1, math.ceil(remaining)))
+            raise _Refused(gate, key, limit, locked=True, retry_after=max(1, math.ceil(remaining)))
         return Attempt(gates, client_id, ip)
 
     async def failed(self, attempt: Attempt) -> None:
@@ -222,8 +242,9 @@ class ClientAuthThrottle:
 class ClientRequestLimit:
     """The request rate of each client, on a bound group of the rate-limit backend."""
 
-    def __init__(self, bound: BoundLimit) -> None:
+    def __init__(self, bound: BoundLimit, *, metrics: ServerMetrics | None = None) -> None:
         self._bound = bound
+        self._metrics = metrics
 
     async def admit(self, client: Client, ip: str) -> None:
         """Count one request of ``client`` or refuse it.
@@ -245,4 +266,6 @@ class ClientRequestLimit:
         except LimiterUnavailable as exc:
             raise StorageError(f"client rate limit: {exc}") from exc
         if verdict is not None:
+            if self._metrics is not None:
+                self._metrics.throttle("client_rate", "client")
             raise SlowDown(TOO_MANY_REQUESTS, retry_after=verdict.retry_after)

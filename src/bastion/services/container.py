@@ -26,6 +26,7 @@ from bastion.services.crypto import Sealer
 from bastion.services.keys import KeyPolicy
 from bastion.services.keys import KeyService
 from bastion.services.keys import algorithms_for
+from bastion.services.metrics import ServerMetrics
 from bastion.services.tokens import TokenService
 from bastion.settings import AuthorizationServerSettings
 from bastion.storage.open import Stores
@@ -62,6 +63,8 @@ class Services:
     purge_interval: float = 600.0
     #: Each client's request rate at introspection and revocation; ``None``: unlimited.
     client_requests: ClientRequestLimit | None = None
+    #: This process's counters (registered on a registry by the composition root).
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
 
     @classmethod
     def create(
@@ -88,6 +91,7 @@ class Services:
             jwks_max_age=settings.jwks_max_age,
         )
         keys = KeyService(stores.keys, sealer, policy, clock=clock, state=stores.state, audit=audit)
+        metrics = ServerMetrics(keys, clock=clock)
         failures = settings.client_auth_throttle
         throttle = (
             ClientAuthThrottle(
@@ -99,6 +103,7 @@ class Services:
                     per_client=failures.per_client,
                 ),
                 audit=audit,
+                metrics=metrics,
             )
             if failures.enabled
             else None
@@ -106,7 +111,10 @@ class Services:
         rate = settings.client_rate_limit
         client_requests = (
             ClientRequestLimit(
-                (limiter or LocalLimiter()).bind(CLIENT_REQUESTS, [Rate(rate.requests, rate.per, rate.burst)])
+                (limiter or LocalLimiter()).bind(
+                    CLIENT_REQUESTS, [Rate(rate.requests, rate.per, rate.burst)]
+                ),
+                metrics=metrics,
             )
             if rate.enabled
             else None
@@ -123,6 +131,7 @@ class Services:
             audit=audit,
             clock=clock,
             client_requests=client_requests,
+            metrics=metrics,
         )
         services.purgers.append(stores.tokens.purge_expired)
         services.clients.on_disabled.append(services.tokens.revoke_client)

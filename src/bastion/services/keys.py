@@ -107,6 +107,17 @@ class ActiveKey:
 
 
 @dataclass(frozen=True, slots=True)
+class Schedule:
+    """Where an algorithm's rotation stands (epoch seconds)."""
+
+    #: When the schedule creates the next key (:meth:`KeyService.ensure`).
+    rotation_due: float
+    #: When the signing key's successor takes over: the pending key's activation, else the
+    #: planned one; ``now`` when nothing signs.
+    active_until: float
+
+
+@dataclass(frozen=True, slots=True)
 class KeyPolicy:
     """How keys rotate and how long retired keys stay published (all seconds)."""
 
@@ -185,12 +196,35 @@ class KeyService:
             if self._signer(alg, now) is None:
                 created.append(await self.rotate(alg, publish_delay=0.0, generation=generation))
                 continue
-            live = [k for k in self._keys if k.alg == alg and k.generation >= 1 and k.revoked_at is None]
-            newest = max(live, key=lambda k: k.generation)
-            due = newest.activates_at + self.policy.rotation_period - self.policy.publish_delay
-            if newest.activates_at <= now and due <= now:
+            newest = self._newest(alg)
+            if newest is not None and newest.activates_at <= now and self._rotation_due(newest) <= now:
                 created.append(await self.rotate(alg, generation=generation))
         return created
+
+    def _newest(self, alg: str) -> SigningKey | None:
+        """The newest key of ``alg`` that signs or will (not revoked, not imported to verify)."""
+        live = [k for k in self._keys if k.alg == alg and k.generation >= 1 and k.revoked_at is None]
+        return max(live, key=lambda k: k.generation, default=None)
+
+    def _rotation_due(self, newest: SigningKey) -> float:
+        """When the schedule creates the successor of ``newest``: published ``publish_delay``
+        before it must sign, ``rotation_period`` after ``newest`` started signing."""
+        return newest.activates_at + self.policy.rotation_period - self.policy.publish_delay
+
+    def schedule(self, alg: str, now: float | None = None) -> Schedule | None:
+        """The rotation schedule of ``alg`` at ``now`` (``None``: no key of ``alg`` yet)."""
+        now = self._clock() if now is None else now
+        newest = self._newest(alg)
+        if newest is None:
+            return None
+        signer = self._signer(alg, now)
+        if signer is None:
+            active_until = now
+        elif newest.generation > signer.generation:
+            active_until = newest.activates_at
+        else:
+            active_until = signer.activates_at + self.policy.rotation_period
+        return Schedule(rotation_due=self._rotation_due(newest), active_until=active_until)
 
     async def rotate(
         self, alg: str, *, publish_delay: float | None = None, generation: int | None = None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from bastion.protocol.errors import SlowDown
 from bastion.protocol.models import User
 from bastion.services.container import Services
+from bastion.services.metrics import ServerMetrics
 from bastion.services.users import Passwords
 from bastion.services.users import is_username
 from bastion.services.users import people
@@ -68,10 +69,12 @@ class LoginThrottle:
         state: FastState,
         policy: ThrottlePolicy | None = None,
         *,
+        metrics: ServerMetrics | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._state = state
         self.policy = policy or ThrottlePolicy()
+        self._metrics = metrics
         self._sleep = sleep
 
     @staticmethod
@@ -101,11 +104,13 @@ class LoginThrottle:
         acct = await self._state.incr(acct_key, window)
         by_ip = await self._state.incr(ip_key, window)
         factor = self.policy.ip_factor
-        for key, count, limit in (
-            (acct_key, acct, self.policy.lockout_after),
-            (ip_key, by_ip, self.policy.lockout_after * factor),
+        for gate, key, count, limit in (
+            ("account", acct_key, acct, self.policy.lockout_after),
+            ("address", ip_key, by_ip, self.policy.lockout_after * factor),
         ):
             if count > limit:
+                if self._metrics is not None:
+                    self._metrics.throttle("login", gate)
                 remaining = await self._state.ttl(key) or window
                 raise SlowDown(
                     "Too many attempts. Try again later.", retry_after=max(1, math.ceil(remaining))

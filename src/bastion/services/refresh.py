@@ -69,10 +69,12 @@ async def _answer_rotated(services: Services, found: StoredRefresh, now: float) 
     family = found.family
     kind = classify_presented(found.token, family, now, services.settings.insecure_refresh_reuse_window)
     if kind is Presented.GRACE:
+        services.metrics.reuse("grace_replay")
         services.audit.emit(
             "refresh_token.grace_replay", client_id=family.client_id, family_id=family.family_id
         )
         return _replay(services, found)
+    services.metrics.reuse("revoked")
     await revoke_family(services, family.family_id, now)
     services.audit.emit(
         "refresh_token.reuse_detected",
