@@ -377,7 +377,7 @@ def bind_services(demo: Demo) -> dict[str, socket.socket]:
     """
     ports = demo.ports
     for port, what in ((ports.server, "authorization server"), (ports.gateway, "gateway"),
-                       (ports.shop, "shop (BFF)"), (ports.metrics, "gateway metrics")):  # fmt: skip
+                       (ports.shop, "shop (BFF)"), (ports.metrics, "metrics")):  # fmt: skip
         probe(f"127.0.0.1:{port}", f"the demo's {what}")
     listeners: dict[str, socket.socket] = {}
     try:
@@ -416,7 +416,7 @@ Bastion demo: a shop behind the whole chain (data in {demo.data_dir}/)
   Authorization server  {demo.issuer}   (sign-in, consent, tokens)
   Gateway               {api}   (every API call passes it)
   Services              {services}   (each checks the token itself)
-  Gateway metrics       http://127.0.0.1:{ports.metrics}/metrics
+  Metrics (Prometheus)  http://127.0.0.1:{ports.metrics}/metrics
 
 Sign in to the shop as:
 {people_lines}
