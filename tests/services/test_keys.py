@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.protocol import jose
 from bastion.services.crypto import Sealer
@@ -201,11 +202,12 @@ async def _started(clock: Clock, stores: Stores, **kwargs: Any) -> KeyService:
 
 async def test_revoking_the_active_key_withdraws_it_and_a_replacement_signs_at_once(stores: Stores) -> None:
     clock = Clock()
-    events: list[dict[str, Any]] = []
-    audit = AuditLog(None)
+    events: list[AuditEvent] = []
+    audit = AuditLog(None, clock=clock)
     audit.listeners.append(events.append)
     keys = await _started(clock, stores, audit=audit)
     old = keys.signing_key("ES256")
+    old_key = next(k for k in keys.all_keys() if k.kid == old.kid)
     clock.now += 5
     # The only ES256 key: revoking the last key of an algorithm is allowed.
     done = await keys.revoke(old.kid)
@@ -221,15 +223,23 @@ async def test_revoking_the_active_key_withdraws_it_and_a_replacement_signs_at_o
     assert done.replacement.activates_at == clock.now, "no publish delay: the revoked key must not sign"
     assert keys.signing_key("ES256").kid == done.replacement.kid
     assert keys.signing_key("RS256").kid != old.kid
-    assert [e for e in events if e["event"] == "key.revoked"] == [
-        {
-            "time": events[-1]["time"],
-            "event": "key.revoked",
-            "kid": old.kid,
-            "alg": "ES256",
-            "replacement": done.replacement.kid,
-        }
+    assert [e for e in events if e.type == "key.revoked"] == [
+        AuditEvent(
+            time=clock.now,
+            type="key.revoked",
+            outcome="success",
+            actor="system",
+            subject=old.kid,
+            details={
+                "alg": "ES256",
+                "generation": old_key.generation,
+                "activates_at": old_key.activates_at,
+                "replacement": done.replacement.kid,
+            },
+        )
     ]
+    created = [e for e in events if e.type == "key.created" and e.subject == done.replacement.kid]
+    assert [e.reason for e in created] == ["replaces_revoked_key"]
     # Durable: another process reading the store agrees.
     other = service(stores, clock)
     await other.load()

@@ -24,13 +24,13 @@ from bastion.gateway.app import IssuerVerifier
 from bastion.gateway.app import ServerFactory
 from bastion.gateway.app import create_gateway
 from bastion.gateway.app import token_verifier_factory
-from bastion.gateway.bans import Audit
 from bastion.gateway.contract import Handler
 from bastion.gateway.limits import EngineLimits
 from bastion.gateway.observe import AccessLog
 from bastion.gateway.server import GatewayServer
 from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.tls import make_server_ssl_context
+from bastion.ops.audit import AuditLog
 from bastion.ops.feeds import FeedMetrics
 from bastion.ops.feeds import Follower
 from bastion.ratelimit import Limiter
@@ -346,7 +346,7 @@ async def start_gateway(
     *,
     worker: int = 0,
     listener: socket.socket | None = None,
-    audit: Audit | None = None,
+    audit: AuditLog | None = None,
 ) -> RunningGateway:
     """Build and start the gateway of ``settings`` (which must have a ``[gateway]`` section).
 
@@ -356,7 +356,7 @@ async def start_gateway(
         worker: The worker number (its admin listener is ``admin_listen`` plus it).
         listener: The public listening socket bound by the supervisor; ``None`` binds
             ``gateway.listen`` here.
-        audit: Where automatic bans are audited (``ip.banned``).
+        audit: Where automatic bans are audited (``ip.banned``); started here.
 
     Raises:
         ListenError: the admin listener's address cannot be listened on.
@@ -391,6 +391,8 @@ async def start_gateway(
     feeds.start()
     if bans is not None:
         bans.start()
+    if audit is not None:
+        audit.start()
     try:
         await gateway.start()
     except BaseException as exc:

@@ -28,6 +28,7 @@ import click
 
 from bastion.cli.common import asgi_server
 from bastion.cli.context import kek_for
+from bastion.cli.context import open_audit
 from bastion.cli.context import ready_stores
 from bastion.cli.context import stores_for
 from bastion.cli.gateway import for_worker
@@ -113,7 +114,6 @@ def _install_uvloop() -> None:
 async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
     import uvicorn
 
-    from bastion.ops.audit import AuditLog
     from bastion.server.app import create_app
     from bastion.server.people import people_routes
     from bastion.services.container import Services
@@ -127,7 +127,7 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
 
     stores = stores_for(settings)
-    audit = AuditLog(settings.resolved_audit_log())
+    audit = open_audit(settings, stores)
     tasks: list[asyncio.Task[Any]] = []
     server: uvicorn.Server | None = None
     gateway = None
@@ -230,7 +230,6 @@ def worker_process(settings: Settings, kek: bytes, worker: int, listeners: Liste
 async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
     """Check the stores, get the key-encryption key, migrate, and create the first signing keys
     once, before workers race to. Returns the KEK."""
-    from bastion.ops.audit import AuditLog
     from bastion.services.container import Services
     from bastion.services.crypto import Sealer
     from bastion.storage.sql.migrate import migrate as apply_migrations
@@ -241,7 +240,7 @@ async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
         if migrate:
             await apply_migrations(stores.db)
         if settings.authorization_server.enabled:
-            audit = AuditLog(settings.resolved_audit_log())
+            audit = open_audit(settings, stores)
             try:
                 services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
                 await services.keys.load()

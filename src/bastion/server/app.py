@@ -25,8 +25,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.routing import Route
 
+from bastion.net import TrustedProxies
+from bastion.net import parse_networks
 from bastion.protocol import rfc8414
 from bastion.server import endpoints
+from bastion.server.audit_scope import AuditScopeMiddleware
 from bastion.server.cors import BrowserOrigins
 from bastion.server.cors import CorsMiddleware
 from bastion.server.cors import client_endpoints
@@ -147,10 +150,12 @@ class AuthorizationServer:
         )
         services.clients.on_changed.append(self.browser_origins.invalidate)
         served = [*self._fast, *(str(getattr(route, "path", "")) for route in self.app.routes)]
-        self._cors = CorsMiddleware(self._dispatch, client_endpoints(served), self.browser_origins)
+        cors = CorsMiddleware(self._dispatch, client_endpoints(served), self.browser_origins)
+        proxies = TrustedProxies(parse_networks(services.settings.trusted_proxies))
+        self._entry = AuditScopeMiddleware(cors, proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._cors(scope, receive, send)
+        await self._entry(scope, receive, send)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -106,7 +106,10 @@ class Services:
         rate = settings.client_rate_limit
         client_requests = (
             ClientRequestLimit(
-                (limiter or LocalLimiter()).bind(CLIENT_REQUESTS, [Rate(rate.requests, rate.per, rate.burst)])
+                (limiter or LocalLimiter()).bind(
+                    CLIENT_REQUESTS, [Rate(rate.requests, rate.per, rate.burst)]
+                ),
+                audit=audit,
             )
             if rate.enabled
             else None
@@ -117,7 +120,12 @@ class Services:
             sealer=sealer,
             keys=keys,
             clients=ClientService(
-                stores.clients, sealer, cache_ttl=settings.client_cache_ttl, clock=clock, throttle=throttle
+                stores.clients,
+                sealer,
+                cache_ttl=settings.client_cache_ttl,
+                clock=clock,
+                throttle=throttle,
+                audit=audit,
             ),
             tokens=TokenService(settings, keys, stores.tokens, stores.state, audit, clock=clock),
             audit=audit,
