@@ -39,6 +39,9 @@ from .support import web_client
 
 pytestmark = pytest.mark.anyio
 
+#: Event types the tests here emit and assert that the run through the app does not.
+OTHER_PEOPLE_TYPES = frozenset({"user.password_rehashed", "refresh_token.grace_replay"})
+
 
 def _claims(token: str) -> dict[str, object]:
     return orjson.loads(jose.parse_compact(token).payload)  # type: ignore[no-any-return]
@@ -156,6 +159,8 @@ async def test_disabled_user_cannot_sign_in_and_rehash_on_success(sqlite_world: 
     stronger = Passwords(PasswordHasher(time_cost=2, memory_cost=2048, parallelism=1))
     user = await authenticate(services, stronger, throttle, username="alice", password=PASSWORD, ip="1.1.1.1")
     assert "m=2048,t=2" in user.password_hash, "rehashed with the new parameters"
+    [rehashed] = sqlite_world.named("user.password_rehashed")
+    assert (rehashed.actor, rehashed.subject) == (user.user_id, user.user_id)
     stored = await us.people(services).users.get_user(user.user_id)
     assert stored is not None
     assert stored.password_hash == user.password_hash
@@ -396,6 +401,8 @@ async def test_opt_in_reuse_window_returns_the_same_pair_then_reuse_revokes(sqli
     second = await refresh(services, client, {"refresh_token": first["refresh_token"]}, now)
     again = await refresh(services, client, {"refresh_token": first["refresh_token"]}, now + 10)
     assert again == second, "a retry within the grace window gets the same successor pair"
+    [grace] = sqlite_world.named("refresh_token.grace_replay")
+    assert (grace.outcome, grace.client) == ("success", "web")
     with pytest.raises(InvalidGrant):
         await refresh(services, client, {"refresh_token": first["refresh_token"]}, now + 10.5)
     events = sqlite_world.named("refresh_token.reuse_detected")

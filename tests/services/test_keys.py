@@ -33,6 +33,9 @@ from tests.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.anyio
 
+#: Event types the lifecycle test below emits (the run through the app emits the others).
+KEY_STEP_TYPES = frozenset({"key.activated", "key.retired", "key.expired"})
+
 KEK = b"k" * 40
 
 
@@ -513,3 +516,41 @@ async def _eventually(check: Any, what: str, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_lifecycle_steps_are_audited_once_across_processes(stores: Stores, tmp_path: Path) -> None:
+    clock = Clock()
+    heard: list[list[AuditEvent]] = [[], []]
+    audits = [AuditLog(tmp_path / f"audit-{i}.log", clock=clock) for i in range(2)]
+    for audit, events in zip(audits, heard, strict=True):
+        audit.listeners.append(events.append)
+    first, second = (service(stores, clock, state=stores.state, audit=audit) for audit in audits)
+    await first.load()
+    await first.ensure()
+    await second.load()
+    clock.now += 1
+
+    def steps(events: list[AuditEvent]) -> list[tuple[str, str | None]]:
+        return [(e.type, e.subject) for e in events if e.type in KEY_STEP_TYPES]
+
+    assert await first.report_steps() == 2
+    assert await second.report_steps() == 0, "the first process claimed both steps"
+    old = first.signing_key("ES256").kid
+    assert sorted(steps(heard[0])) == sorted(("key.activated", k.kid) for k in first.all_keys())
+    new = await first.rotate("ES256")
+    assert await first.report_steps() == 0, "pending: nothing happened yet"
+    clock.now = new.activates_at + 1
+    await second.load()
+    assert await second.report_steps() == 2
+    assert await first.report_steps() == 0
+    assert steps(heard[1]) == [("key.activated", new.kid), ("key.retired", old)]
+    retired = next(e for e in heard[1] if e.type == "key.retired")
+    assert (retired.details["generation"], retired.details["at"]) == (1, new.activates_at)
+    clock.now = new.activates_at + first.policy.retention + 1
+    assert await first.report_steps() == 1
+    assert steps(heard[0])[-1] == ("key.expired", old)
+    assert old not in {k["kid"] for k in first.jwks()["keys"]}, "the expired key left the JWKS"
+    for audit in audits:
+        await audit.close()
+    lines = (tmp_path / "audit-0.log").read_text()
+    assert '"type":"key.expired"' in lines

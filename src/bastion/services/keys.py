@@ -58,6 +58,8 @@ KEYS_CHANNEL = "signing-keys"
 #: Seconds a process's claim to report a key's lifecycle step is remembered (the steps of one
 #: key are days apart; processes see a step within one refresh interval of each other).
 _STEP_MEMORY = 86400.0
+#: Steps at the same instant in the order they take effect (a key activates as another retires).
+_STEP_ORDER = {"key.activated": 0, "key.retired": 1, "key.expired": 2}
 
 
 def key_event(event: str, kid: str) -> bytes:
@@ -366,7 +368,8 @@ class KeyService:
 
     def observe(self, now: float | None = None) -> list[tuple[EventType, str, float]]:
         """Audit the lifecycle steps keys took since the last call (or since this service was
-        made): ``key.activated``, ``key.retired``, ``key.expired``. They follow from the keys'
+        made): ``key.activated``, ``key.retired``, ``key.expired``, each step at ``since <= when <
+        now`` (half-open, so a step on the boundary is seen once). They follow from the keys'
         times alone, so each process sees them; :meth:`run` calls this, and across processes
         only the first to claim a step in the fast-state store reports it.
 
@@ -380,9 +383,9 @@ class KeyService:
                 (when, type, key)
                 for key in self._keys
                 for type, when in _steps(self, key)
-                if since < when <= now
+                if since <= when < now
             ),
-            key=lambda step: step[0],
+            key=lambda step: (step[0], _STEP_ORDER[step[1]]),
         )
         return [(type, key.kid, when) for when, type, key in steps]
 

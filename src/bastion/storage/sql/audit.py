@@ -32,7 +32,7 @@ def _fit(value: str | None, width: int | None = None) -> str | None:
 
 def _row(event: AuditEvent) -> dict[str, Any]:
     return {
-        "time": event.time,
+        "time": round(event.time, 3),  # as the JSON line has it (ts)
         "type": _fit(event.type, WIDTHS["type"]),
         "outcome": event.outcome,
         "actor": _fit(event.actor, WIDTHS["actor"]),
