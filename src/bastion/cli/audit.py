@@ -160,8 +160,10 @@ def _query(
 
 @click.group(short_help="Search and export the audit trail.")
 def audit() -> None:
-    """The audit trail: every sign-in, token, consent, key, client, user, role and ban event
-    of every process, as stored in the database (see docs/audit.md).
+    """Search and export the audit trail stored in the database.
+
+    It holds every sign-in, token, consent, key, client, user, role and ban event of every
+    process (see docs/audit.md).
 
     Events are kept for logging.audit_retention_days (default 90). The same events are written
     as JSON lines to logging.audit_log as they happen.
@@ -240,8 +242,10 @@ def audit_export(
     subject: str | None,
     client: str | None,
 ) -> None:
-    """Write every event matching the filters to standard output, oldest first, one JSON
-    object per line; the count goes to standard error.
+    """Write every event matching the filters as JSON lines, oldest first.
+
+    The lines go to standard output (the same lines as the audit log), the count to
+    standard error.
 
     \b
     Example:
