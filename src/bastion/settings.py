@@ -359,7 +359,13 @@ class LoggingSettings(Section):
     """Where events go."""
 
     audit_log: str = ""
-    """Audit trail (JSON lines). Empty: ``audit.log`` in the data dir; ``-`` for standard output."""
+    """Audit trail (JSON lines). Empty: ``audit.log`` in the data dir; ``-`` for standard output.
+    A file moved away (logrotate) is reopened at the next write. Every event is also stored in
+    the database, searchable with ``bastion audit search`` (see ``docs/audit.md``)."""
+
+    audit_retention_days: int = Field(default=90, ge=0, le=36500)
+    """Days the database keeps audit events; older ones are pruned hourly. ``0`` keeps them for
+    ever. (The file is not pruned: rotate it with logrotate.)"""
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Level of operational logs."""

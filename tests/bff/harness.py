@@ -31,6 +31,7 @@ import requests
 import uvicorn
 
 from bastion.bff.app import create_app
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.server.app import create_app as create_server_app
 from bastion.server.people import people_routes
@@ -66,16 +67,14 @@ def bound() -> socket.socket:
 class AuthServer:
     issuer: str
     client_secret: str
-    events: list[dict[str, Any]]
+    events: list[AuditEvent]
 
     def refreshes(self) -> int:
         """Refresh grants the server answered with new tokens."""
-        return sum(
-            1 for e in self.events if e["event"] == "token.issued" and e.get("grant_type") == "refresh_token"
-        )
+        return sum(1 for e in self.events if e.type == "token.refreshed")
 
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == name]
+    def named(self, name: str) -> list[AuditEvent]:
+        return [e for e in self.events if e.type == name]
 
 
 def _serve_in_thread(
@@ -114,7 +113,7 @@ def auth_server(tmp_path: Path) -> Iterator[AuthServer]:
     state_url = f"sqlite:///{tmp_path / 'state.db'}"
     settings = AuthorizationServerSettings(issuer=issuer, allow_insecure_http_issuer=True)
     audit = AuditLog(tmp_path / "audit.log")
-    events: list[dict[str, Any]] = []
+    events: list[AuditEvent] = []
     audit.listeners.append(events.append)
     secret: list[str] = []
 

@@ -58,12 +58,12 @@ def test_add_list_remove(invoke: Invoke, config_file: Path) -> None:
     assert "no ban of 2001:db8:1:2::/64 is in force" in again.output
 
     events = audit(config_file)
-    assert [(e["event"], e["network"], e["reason"]) for e in events] == [
-        ("ip.banned", "203.0.113.7", "credential stuffing"),
-        ("ip.banned", "2001:db8:1:2::/64", "scanner"),
-        ("ip.unbanned", "2001:db8:1:2::/64", "false positive"),
+    assert [(e["type"], e["actor"], e["subject"], e["reason"]) for e in events] == [
+        ("ip.banned", "cli", "203.0.113.7", "credential stuffing"),
+        ("ip.banned", "cli", "2001:db8:1:2::/64", "scanner"),
+        ("ip.unbanned", "cli", "2001:db8:1:2::/64", "false positive"),
     ]
-    assert events[2]["banned_for"] == "scanner"
+    assert events[2]["details"]["banned_for"] == "scanner"
 
 
 @pytest.mark.parametrize(

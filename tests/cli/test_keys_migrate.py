@@ -178,9 +178,9 @@ def test_keys_revoke_withdraws_the_active_key_and_a_new_one_signs(invoke: Invoke
     events = [
         json.loads(line) for line in (config_file.parent / "data" / "audit.log").read_text().splitlines()
     ]
-    assert [(e["kid"], e["replacement"]) for e in events if e["event"] == "key.revoked"] == [
-        (kid, new.group(1))
-    ]
+    assert [
+        (e["subject"], e["actor"], e["details"]["replacement"]) for e in events if e["type"] == "key.revoked"
+    ] == [(kid, "cli", new.group(1))]
 
 
 def test_keys_revoke_asks_first(invoke: Invoke) -> None:

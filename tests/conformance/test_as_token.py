@@ -283,7 +283,7 @@ def test_refresh_rotates_and_reuse_outside_grace_revokes_the_family(harness: Clo
     for access in (first["access_token"], second["access_token"]):
         assert introspect(harness, access, auth) == {"active": False}
     assert introspect(harness, second["refresh_token"], auth) == {"active": False}
-    assert [e for e in harness.events if e["event"] == "refresh_token.reuse_detected"]
+    assert [e for e in harness.events if e.type == "refresh_token.reuse_detected"]
 
 
 def test_refresh_scope_can_narrow_but_not_widen(harness: ClockedHarness) -> None:

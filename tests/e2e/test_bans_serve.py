@@ -119,9 +119,9 @@ def test_a_ban_earned_on_one_process_is_enforced_by_the_other_and_lifted_on_both
         assert stack.bastion.cli_json("bans", "list") == []
 
         events = audit_events(tmp_path / "a" / "data")
-        assert [(e["event"], e["network"], e["reason"]) for e in events] == [
-            ("ip.banned", "127.0.0.1", f"{N} authentication failures in 60 s"),
-            ("ip.unbanned", "127.0.0.1", "test over"),
+        assert [(e["type"], e["actor"], e["subject"], e["reason"]) for e in events] == [
+            ("ip.banned", "system", "127.0.0.1", f"{N} authentication failures in 60 s"),
+            ("ip.unbanned", "cli", "127.0.0.1", "test over"),
         ]
     finally:
         if other is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from argon2 import PasswordHasher
 
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.protocol.models import Client
 from bastion.services.container import Services
@@ -64,16 +65,16 @@ class World:
 
     services: Services
     clock: Clock
-    events: list[dict[str, Any]]
+    events: list[AuditEvent]
 
-    def named(self, name: str) -> list[dict[str, Any]]:
-        return [event for event in self.events if event["event"] == name]
+    def named(self, name: str) -> list[AuditEvent]:
+        return [event for event in self.events if event.type == name]
 
 
 async def build_world(stores: Stores, tmp_path: Path, **settings: Any) -> World:
     clock = Clock()
     audit = AuditLog(tmp_path / "audit.log", clock=clock)
-    events: list[dict[str, Any]] = []
+    events: list[AuditEvent] = []
     audit.listeners.append(events.append)
     config = AuthorizationServerSettings(issuer=ISSUER, **settings)
     services = Services.create(config, stores, Sealer(KEK), audit, clock=clock)

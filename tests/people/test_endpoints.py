@@ -19,6 +19,7 @@ from starlette.types import Receive
 from starlette.types import Scope
 from starlette.types import Send
 
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.protocol.rfc7636 import s256
 from bastion.server.app import create_app
@@ -51,7 +52,7 @@ TX_RE = re.compile(r'name="tx" value="([^"]+)"')
 class Harness:
     client: TestClient
     services: Services
-    events: list[dict[str, Any]]
+    events: list[AuditEvent]
 
     def run(self, coro_fn: Any, *args: Any, **kwargs: Any) -> Any:
         async def call() -> Any:
@@ -78,7 +79,7 @@ def make_harness(
     peer: str = "testclient",
     postgres: tuple[str, str] | None = None,
     clock: Callable[[], float] = time.time,
-    wrap: Callable[[TestClient, Services, list[dict[str, Any]]], Harness] = Harness,
+    wrap: Callable[[TestClient, Services, list[AuditEvent]], Harness] = Harness,
     state: str = "sqlite",
     redis_url: str = "",
     **settings: Any,
@@ -95,7 +96,7 @@ def make_harness(
         stores = open_stores(postgres[0], "memory://", schema=postgres[1])
     stores = with_state(stores, fast_state(state, tmp_path, redis_url))
     audit = AuditLog(tmp_path / "audit.log", clock=clock)
-    events: list[dict[str, Any]] = []
+    events: list[AuditEvent] = []
     audit.listeners.append(events.append)
     config = AuthorizationServerSettings(issuer=issuer, trusted_proxies=trusted_proxies, **settings)
     services = Services.create(config, stores, Sealer(KEK), audit, clock=clock)

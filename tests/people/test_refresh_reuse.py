@@ -52,9 +52,9 @@ def test_rotated_token_presented_at_once_revokes_the_family_by_default(tmp_path:
         for access in (first["access_token"], second["access_token"]):
             assert introspect(harness, access, api) == {"active": False}
             assert _userinfo_status(harness, access) == 401
-        reuse = [e for e in harness.events if e["event"] == "refresh_token.reuse_detected"]
+        reuse = [e for e in harness.events if e.type == "refresh_token.reuse_detected"]
         assert len(reuse) == 1
-        assert not [e for e in harness.events if e["event"] == "refresh_token.grace_replay"]
+        assert not [e for e in harness.events if e.type == "refresh_token.grace_replay"]
 
 
 def test_opt_in_window_replays_the_same_pair_then_counts_as_theft(tmp_path: Path) -> None:

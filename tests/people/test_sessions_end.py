@@ -168,8 +168,8 @@ def test_every_session_of_the_user_ends_and_others_carry_on(harness: Harness, ac
     harness.run(ACTIONS[action], harness.services)
 
     assert sessions_of(harness, alice) == 0
-    ended = [e for e in harness.events if e["event"] == "login_sessions.ended"]
-    assert [(e["user_id"], e["count"]) for e in ended] == [(alice, 2)]
+    ended = [e for e in harness.events if e.type == "login_sessions.ended"]
+    assert [(e.subject, e.details["count"]) for e in ended] == [(alice, 2)]
     for device in (laptop, phone):
         # The old cookie is a stranger's now: the login page, no code.
         assert device.authorize().startswith("/login?tx=")

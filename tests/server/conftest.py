@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.server.app import create_app
 from bastion.services.container import Services
@@ -25,7 +26,7 @@ class Server:
 
     def __init__(self, tmp: Path) -> None:
         self.stores = open_stores(f"sqlite:///{tmp / 'b.db'}", "memory://")
-        self.events: list[dict[str, Any]] = []
+        self.events: list[AuditEvent] = []
         self.audit = AuditLog(tmp / "audit.log")
         self.audit.listeners.append(self.events.append)
         self.services = Services.create(

@@ -15,6 +15,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.ratelimit import Limiter
 from bastion.ratelimit.local import LocalLimiter
@@ -62,7 +63,7 @@ class Door:
     app: AuthorizationServer
     services: Services
     sealer: CountingSealer
-    events: list[dict[str, Any]]
+    events: list[AuditEvent]
 
     def http(self, ip: str = "192.0.2.10") -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=self.app, client=(ip, 50_000))
@@ -96,7 +97,7 @@ async def _door(tmp_path: Path, kind: str, redis_url: str, **settings: Any) -> A
     await migrate(stores.db)
     limiter = _limiter(kind, tmp_path, redis_url)
     audit = AuditLog(tmp_path / "audit.log")
-    events: list[dict[str, Any]] = []
+    events: list[AuditEvent] = []
     audit.listeners.append(events.append)
     settings.setdefault(
         "client_auth_throttle",
@@ -168,8 +169,8 @@ async def test_wrong_secrets_are_401_until_the_limit_then_429_with_retry_after(d
         assert door.wrong_checks(right) == PER_PAIR
         assert_served(path, await call(elsewhere, path, "billing", right))
         assert_invalid_client(await call(attacker, path, "orders", "wrong")), "another client from there"
-    throttled = [event for event in door.events if event["event"] == "client.auth_throttled"]
-    assert [(e["gate"], e["client_id"], e["ip"]) for e in throttled] == [
+    throttled = [event for event in door.events if event.type == "client.auth_throttled"]
+    assert [(e.details["gate"], e.subject, e.address) for e in throttled] == [
         ("client_address", "billing", ATTACKER)
     ]
     assert door.services.metrics.throttled[("client_auth", "client_address")] == 2

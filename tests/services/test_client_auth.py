@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.protocol.errors import SlowDown
 from bastion.protocol.models import Client
@@ -161,14 +162,21 @@ async def test_client_ids_that_name_no_client_are_counted_under_a_digest(state: 
 
 async def test_the_failure_that_locks_a_gate_is_audited_once(state: FastState, tmp_path: Path) -> None:
     audit = AuditLog(tmp_path / "audit.log")
-    events: list[dict[str, object]] = []
+    events: list[AuditEvent] = []
     audit.listeners.append(events.append)
     throttle = throttle_on(state, audit=audit)
     for _ in range(40):
         await guess(throttle, "billing", "192.0.2.1")
     await audit.close()
-    assert [(e["event"], e["gate"], e["client_id"], e["ip"]) for e in events] == [
-        ("client.auth_throttled", "client_address", "billing", "192.0.2.1")
+    assert [(e.type, e.outcome, e.details["gate"], e.subject, e.address, e.reason) for e in events] == [
+        (
+            "client.auth_throttled",
+            "denied",
+            "client_address",
+            "billing",
+            "192.0.2.1",
+            "3_failures_per_client_address",
+        )
     ]
 
 

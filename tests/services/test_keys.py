@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from bastion.ops.audit import AuditEvent
 from bastion.ops.audit import AuditLog
 from bastion.protocol import jose
 from bastion.services.crypto import Sealer
@@ -31,6 +32,9 @@ from bastion.storage.protocols import NotFound
 from tests.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.anyio
+
+#: Event types the lifecycle test below emits (the run through the app emits the others).
+KEY_STEP_TYPES = frozenset({"key.activated", "key.retired", "key.expired"})
 
 KEK = b"k" * 40
 
@@ -201,11 +205,12 @@ async def _started(clock: Clock, stores: Stores, **kwargs: Any) -> KeyService:
 
 async def test_revoking_the_active_key_withdraws_it_and_a_replacement_signs_at_once(stores: Stores) -> None:
     clock = Clock()
-    events: list[dict[str, Any]] = []
-    audit = AuditLog(None)
+    events: list[AuditEvent] = []
+    audit = AuditLog(None, clock=clock)
     audit.listeners.append(events.append)
     keys = await _started(clock, stores, audit=audit)
     old = keys.signing_key("ES256")
+    old_key = next(k for k in keys.all_keys() if k.kid == old.kid)
     clock.now += 5
     # The only ES256 key: revoking the last key of an algorithm is allowed.
     done = await keys.revoke(old.kid)
@@ -221,15 +226,23 @@ async def test_revoking_the_active_key_withdraws_it_and_a_replacement_signs_at_o
     assert done.replacement.activates_at == clock.now, "no publish delay: the revoked key must not sign"
     assert keys.signing_key("ES256").kid == done.replacement.kid
     assert keys.signing_key("RS256").kid != old.kid
-    assert [e for e in events if e["event"] == "key.revoked"] == [
-        {
-            "time": events[-1]["time"],
-            "event": "key.revoked",
-            "kid": old.kid,
-            "alg": "ES256",
-            "replacement": done.replacement.kid,
-        }
+    assert [e for e in events if e.type == "key.revoked"] == [
+        AuditEvent(
+            time=clock.now,
+            type="key.revoked",
+            outcome="success",
+            actor="system",
+            subject=old.kid,
+            details={
+                "alg": "ES256",
+                "generation": old_key.generation,
+                "activates_at": old_key.activates_at,
+                "replacement": done.replacement.kid,
+            },
+        )
     ]
+    created = [e for e in events if e.type == "key.created" and e.subject == done.replacement.kid]
+    assert [e.reason for e in created] == ["replaces_revoked_key"]
     # Durable: another process reading the store agrees.
     other = service(stores, clock)
     await other.load()
@@ -503,3 +516,41 @@ async def _eventually(check: Any, what: str, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout} s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_lifecycle_steps_are_audited_once_across_processes(stores: Stores, tmp_path: Path) -> None:
+    clock = Clock()
+    heard: list[list[AuditEvent]] = [[], []]
+    audits = [AuditLog(tmp_path / f"audit-{i}.log", clock=clock) for i in range(2)]
+    for audit, events in zip(audits, heard, strict=True):
+        audit.listeners.append(events.append)
+    first, second = (service(stores, clock, state=stores.state, audit=audit) for audit in audits)
+    await first.load()
+    await first.ensure()
+    await second.load()
+    clock.now += 1
+
+    def steps(events: list[AuditEvent]) -> list[tuple[str, str | None]]:
+        return [(e.type, e.subject) for e in events if e.type in KEY_STEP_TYPES]
+
+    assert await first.report_steps() == 2
+    assert await second.report_steps() == 0, "the first process claimed both steps"
+    old = first.signing_key("ES256").kid
+    assert sorted(steps(heard[0])) == sorted(("key.activated", k.kid) for k in first.all_keys())
+    new = await first.rotate("ES256")
+    assert await first.report_steps() == 0, "pending: nothing happened yet"
+    clock.now = new.activates_at + 1
+    await second.load()
+    assert await second.report_steps() == 2
+    assert await first.report_steps() == 0
+    assert steps(heard[1]) == [("key.activated", new.kid), ("key.retired", old)]
+    retired = next(e for e in heard[1] if e.type == "key.retired")
+    assert (retired.details["generation"], retired.details["at"]) == (1, new.activates_at)
+    clock.now = new.activates_at + first.policy.retention + 1
+    assert await first.report_steps() == 1
+    assert steps(heard[0])[-1] == ("key.expired", old)
+    assert old not in {k["kid"] for k in first.jwks()["keys"]}, "the expired key left the JWKS"
+    for audit in audits:
+        await audit.close()
+    lines = (tmp_path / "audit-0.log").read_text()
+    assert '"type":"key.expired"' in lines

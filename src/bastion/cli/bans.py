@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from bastion.cli.common import run
 from bastion.cli.common import settings_from
 from bastion.cli.context import BastionError
+from bastion.cli.context import open_audit
 from bastion.cli.context import ready_stores
 from bastion.gateway.autoban import BanGuard
 from bastion.gateway.autoban import BanMetrics
@@ -33,7 +34,6 @@ from bastion.gateway.bans import BanFeed
 from bastion.gateway.bans import BanSet
 from bastion.gateway.bans import parse_network
 from bastion.gateway.settings import GatewaySettings
-from bastion.ops.audit import AuditLog
 from bastion.ops.feeds import FeedMetrics
 from bastion.settings import Settings
 from bastion.storage.ban_protocols import Ban
@@ -92,7 +92,7 @@ def _with_book(ctx: click.Context, action: Callable[[BanBook], Awaitable[T]]) ->
 
     async def go() -> T:
         stores = await ready_stores(settings)
-        audit = AuditLog(settings.resolved_audit_log())
+        audit = open_audit(settings, stores, default_actor="cli")
         try:
             if settings.storage.auto_migrate:
                 await migrate(stores.db)

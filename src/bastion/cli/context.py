@@ -140,18 +140,30 @@ async def ready_stores(settings: Settings) -> Stores:
     return stores
 
 
+def open_audit(settings: Settings, stores: Stores, *, default_actor: str = "system") -> AuditLog:
+    """The audit log of this process: the configured file and the durable store, pruned after
+    ``logging.audit_retention_days``; ``default_actor`` acts where no request names one (``cli``
+    for commands)."""
+    days = settings.logging.audit_retention_days
+    return AuditLog(
+        settings.resolved_audit_log(),
+        store=stores.audit,
+        retention=days * 86400.0 if days else None,
+        default_actor=default_actor,
+    )
+
+
 @asynccontextmanager
-async def open_services(
-    settings: Settings, *, audit_path: str | None = None, auto_migrate: bool = True
-) -> AsyncIterator[Services]:
-    """Services over opened stores, for CLI commands; everything is closed on exit."""
+async def open_services(settings: Settings, *, auto_migrate: bool = True) -> AsyncIterator[Services]:
+    """Services over opened stores, for CLI commands (events they audit name the actor
+    ``cli``); everything is closed on exit."""
     stores = await ready_stores(settings)
     try:
         kek = await kek_for(settings, stores)
     except BaseException:
         await stores.close()
         raise
-    audit = AuditLog(audit_path or settings.resolved_audit_log())
+    audit = open_audit(settings, stores, default_actor="cli")
     try:
         if auto_migrate:
             await migrate(stores.db)

@@ -22,13 +22,13 @@ from bastion.gateway.app import Gateway
 from bastion.gateway.app import ServerFactory
 from bastion.gateway.app import create_gateway
 from bastion.gateway.app import token_verifier_factory
-from bastion.gateway.bans import Audit
 from bastion.gateway.contract import Handler
 from bastion.gateway.limits import EngineLimits
 from bastion.gateway.observe import AccessLog
 from bastion.gateway.server import GatewayServer
 from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.tls import make_server_ssl_context
+from bastion.ops.audit import AuditLog
 from bastion.ops.feeds import FeedMetrics
 from bastion.ops.feeds import Follower
 from bastion.ratelimit import Limiter
@@ -337,7 +337,7 @@ async def start_gateway(
     *,
     registry: CollectorRegistry,
     listener: socket.socket | None = None,
-    audit: Audit | None = None,
+    audit: AuditLog | None = None,
 ) -> RunningGateway:
     """Build and start the gateway of ``settings`` (which must have a ``[gateway]`` section).
 
@@ -348,7 +348,10 @@ async def start_gateway(
             listener of its own, see :func:`in_server`).
         listener: The public listening socket bound by the supervisor; ``None`` binds
             ``gateway.listen`` here.
-        audit: Where automatic bans are audited (``ip.banned``).
+        audit: Where automatic bans are audited (``ip.banned``); started here.
+
+    Raises:
+        ListenError: the admin listener's address cannot be listened on.
     """
     if settings.gateway is None:
         raise ValueError("no [gateway] section")
@@ -379,6 +382,8 @@ async def start_gateway(
     feeds.start()
     if bans is not None:
         bans.start()
+    if audit is not None:
+        audit.start()
     try:
         await gateway.start()
     except BaseException as exc:

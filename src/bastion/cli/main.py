@@ -15,6 +15,7 @@ from typing import TypeVar
 import click
 
 from bastion import __version__
+from bastion.cli.audit import audit
 from bastion.cli.bans import bans
 from bastion.cli.common import run
 from bastion.cli.common import settings_from
@@ -444,6 +445,7 @@ def main() -> None:
         sys.exit(130)
 
 
+cli.add_command(audit)
 cli.add_command(keys)
 cli.add_command(bans)
 cli.add_command(users)

@@ -35,6 +35,7 @@ import click
 
 from bastion.cli.common import asgi_server
 from bastion.cli.context import kek_for
+from bastion.cli.context import open_audit
 from bastion.cli.context import ready_stores
 from bastion.cli.context import stores_for
 from bastion.cli.gateway import open_limiter
@@ -120,7 +121,6 @@ async def _run_worker(
     from prometheus_client import CollectorRegistry
 
     from bastion.gateway.observe import AdminServer
-    from bastion.ops.audit import AuditLog
     from bastion.ops.channel import answer_scrapes
     from bastion.server.app import create_app
     from bastion.server.people import people_routes
@@ -135,7 +135,7 @@ async def _run_worker(
     loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
 
     stores = stores_for(settings)
-    audit = AuditLog(settings.resolved_audit_log())
+    audit = open_audit(settings, stores)
     registry = CollectorRegistry(auto_describe=True)
     tasks: list[asyncio.Task[Any]] = []
     server: uvicorn.Server | None = None
@@ -254,7 +254,6 @@ def worker_process(settings: Settings, kek: bytes, listeners: Listeners, channel
 async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
     """Check the stores, get the key-encryption key, migrate, and create the first signing keys
     once, before workers race to. Returns the KEK."""
-    from bastion.ops.audit import AuditLog
     from bastion.services.container import Services
     from bastion.services.crypto import Sealer
     from bastion.storage.sql.migrate import migrate as apply_migrations
@@ -265,7 +264,7 @@ async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
         if migrate:
             await apply_migrations(stores.db)
         if settings.authorization_server.enabled:
-            audit = AuditLog(settings.resolved_audit_log())
+            audit = open_audit(settings, stores)
             try:
                 services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
                 await services.keys.load()

@@ -26,15 +26,14 @@ import math
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
-from typing import Any
 from typing import Final
-from typing import Protocol
 
 import orjson
 
 from bastion.net import AddressKey
 from bastion.net import NetworkSet
 from bastion.net import address_key
+from bastion.ops.audit import Auditor
 from bastion.ops.feeds import DEFAULT_BACKOFF
 from bastion.ops.feeds import FeedMetrics
 from bastion.ops.feeds import Follower
@@ -65,11 +64,8 @@ KINDS: Final = ("auth", "rate_limit", "refused")
 _MAPPED: Final = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
-class Audit(Protocol):
-    """Where ban events go (:class:`bastion.ops.audit.AuditLog`)."""
-
-    def emit(self, event: str, **fields: Any) -> None:
-        """Record one security event."""
+#: Where ban events go (:class:`bastion.ops.audit.AuditLog`).
+Audit = Auditor
 
 
 # -- networks and keys --------------------------------------------------------------------------
@@ -282,7 +278,19 @@ class BanBook:
             await self._state.set(ban_key(ban.network), ban_message(ban), ttl)
         await self._state.publish(BANS_CHANNEL, ban_message(ban))
         if self._audit is not None:
-            self._audit.emit("ip.banned", **ban.as_dict())
+            self._audit.emit(
+                "ip.banned",
+                outcome="denied",
+                subject=ban.network,
+                reason=ban.reason,
+                details={
+                    "source": ban.source,
+                    "kind": ban.kind,
+                    "since": ban.since,
+                    "until": ban.until,
+                    "repeat": ban.repeat,
+                },
+            )
 
     async def lift(self, network: str, reason: str) -> Ban | None:
         """Lift the ban of ``network`` everywhere and forget its failure counts; audited as
@@ -302,11 +310,9 @@ class BanBook:
         if lifted is not None and self._audit is not None:
             self._audit.emit(
                 "ip.unbanned",
-                network=network,
+                subject=network,
                 reason=reason,
-                banned_for=lifted.reason,
-                source=lifted.source,
-                until=lifted.until,
+                details={"banned_for": lifted.reason, "source": lifted.source, "until": lifted.until},
             )
         return lifted
 

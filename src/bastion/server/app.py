@@ -26,8 +26,11 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from starlette.routing import Route
 
+from bastion.net import TrustedProxies
+from bastion.net import parse_networks
 from bastion.protocol import rfc8414
 from bastion.server import endpoints
+from bastion.server.audit_scope import AuditScopeMiddleware
 from bastion.server.cors import BrowserOrigins
 from bastion.server.cors import CorsMiddleware
 from bastion.server.cors import client_endpoints
@@ -150,13 +153,15 @@ class AuthorizationServer:
         )
         services.clients.on_changed.append(self.browser_origins.invalidate)
         served = [*self._fast, *(str(getattr(route, "path", "")) for route in self.app.routes)]
-        self._cors = CorsMiddleware(self._dispatch, client_endpoints(served), self.browser_origins)
+        cors = CorsMiddleware(self._dispatch, client_endpoints(served), self.browser_origins)
+        proxies = TrustedProxies(parse_networks(services.settings.trusted_proxies))
+        self._entry = AuditScopeMiddleware(cors, proxies)
         #: The endpoint labels of the request metrics: every routed path, ``other`` for the rest.
         self._endpoints = frozenset(path for path in served if path)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self._cors(scope, receive, send)
+            await self._entry(scope, receive, send)
             return
         started = time.perf_counter()
         status = 0
@@ -168,7 +173,7 @@ class AuthorizationServer:
             await send(message)
 
         try:
-            await self._cors(scope, receive, sending)
+            await self._entry(scope, receive, sending)
         finally:
             path = scope["path"]
             self.services.metrics.request(

@@ -16,7 +16,9 @@ from typing import Any
 
 from bastion.net import TrustedProxies
 from bastion.net import parse_networks
+from bastion.ops.audit_events import current_request
 from bastion.protocol.errors import AccessDenied
+from bastion.protocol.errors import InvalidClient
 from bastion.protocol.errors import InvalidRequest
 from bastion.protocol.errors import OAuthError
 from bastion.protocol.errors import ServerError
@@ -133,7 +135,11 @@ async def token(services: Services, request: FormRequest) -> dict[str, Any]:
         client=client, subject=client.client_id, scope=scope, audience=decision.audience, now=now
     )
     services.audit.emit(
-        "token.issued", grant_type=grant_type, client_id=client.client_id, jti=issued.jti, scope=scope
+        "token.issued",
+        actor=client.client_id,
+        subject=client.client_id,
+        client=client.client_id,
+        details={"grant_type": grant_type, "jti": issued.jti, "scope": scope},
     )
     response: dict[str, Any] = {
         "access_token": issued.token,
@@ -243,8 +249,12 @@ class FormEndpoint:
                 raise InvalidRequest("the body must be application/x-www-form-urlencoded")
             body = await read_body(receive, services.settings.max_body_bytes)
             params = parse_form(body)
-            peer = scope.get("client")
-            ip = self._proxies.client_ip(peer[0] if peer else "unknown", forwarded)
+            request = current_request()  # AuditScopeMiddleware resolved the address already
+            if request is not None and request.address is not None:
+                ip = request.address
+            else:
+                peer = scope.get("client")
+                ip = self._proxies.client_ip(peer[0] if peer else "unknown", forwarded)
             result = await self.handler(services, FormRequest(params, authorization, ip))
         except OAuthError as error:
             status, body_json, headers = error_response(error, self._realm)
@@ -252,7 +262,17 @@ class FormEndpoint:
                 self._count(params, error.error)
             if self.name == "token":
                 services.audit.emit(
-                    "token.refused", error=error.error, reason=error.detail or error.description
+                    "token.refused",
+                    outcome="failure",
+                    reason=error.error,
+                    details={"description": error.detail or error.description},
+                )
+            elif isinstance(error, InvalidClient):
+                services.audit.emit(
+                    "client.auth_failed",
+                    outcome="failure",
+                    reason=error.error,
+                    details={"endpoint": self.name, "description": error.detail or error.description},
                 )
             await send_json(send, status, body_json, headers)
             return

@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from bastion.net import TrustedProxies
 from bastion.net import parse_networks
+from bastion.ops.audit_events import current_request
 from bastion.protocol.errors import InsufficientScope
 from bastion.protocol.errors import InvalidRequest
 from bastion.protocol.errors import InvalidToken
@@ -298,6 +299,9 @@ class PeopleApp:
             return submitted
         fields, session, pending = submitted
         username = fields.get("username", "").strip()
+        scope = current_request()
+        if scope is not None:  # the client the user signs in for, on every event of this request
+            scope.client = pending.request.client_id
         peer = request.client.host if request.client else "unknown"
         ip = self.proxies.client_ip(
             peer, [v.encode("latin-1") for v in request.headers.getlist("x-forwarded-for")]
@@ -416,7 +420,10 @@ class PeopleApp:
         await flow.sign_out(services, session)
         if session is not None and session.user_id:
             services.audit.emit(
-                "logout", user_id=session.user_id, client_id=client.client_id if client else None
+                "logout.succeeded",
+                actor=session.user_id,
+                subject=session.user_id,
+                client=client.client_id if client else None,
             )
         response = (
             _secure(RedirectResponse(target, status_code=303))

@@ -71,7 +71,13 @@ async def issue_code(
         nonce=request.nonce,
     )
     await services.stores.state.set(CODE_PREFIX + services.sealer.hash_secret(code), record.to_json(), ttl)
-    services.audit.emit("authorization_code.issued", client_id=request.client_id, user_id=user.user_id)
+    services.audit.emit(
+        "authorization_code.issued",
+        actor=user.user_id,
+        subject=user.user_id,
+        client=request.client_id,
+        details={"scope": " ".join(scope)},
+    )
     return code
 
 
@@ -167,7 +173,11 @@ async def _replayed(services: Services, code_hash: str, now: float) -> None:
     await state.set(REPLAYED_PREFIX + code_hash, b"1", services.settings.code_ttl + 60)
     await revoke_family(services, used["family_id"], now)
     services.audit.emit(
-        "authorization_code.replayed", client_id=used["client_id"], family_id=used["family_id"]
+        "authorization_code.replayed",
+        outcome="denied",
+        client=used["client_id"],
+        reason="code_reused",
+        details={"family_id": used["family_id"]},
     )
 
 
@@ -251,11 +261,14 @@ async def exchange_code(
         raise InvalidGrant("the authorization code was used twice")
     services.audit.emit(
         "token.issued",
-        grant_type="authorization_code",
-        client_id=client.client_id,
-        user_id=user.user_id,
-        jti=access.jti,
-        family_id=family_id if refresh_token else None,
-        scope=access.scope,
+        actor=client.client_id,
+        subject=user.user_id,
+        client=client.client_id,
+        details={
+            "grant_type": "authorization_code",
+            "jti": access.jti,
+            "family_id": family_id if refresh_token else None,
+            "scope": access.scope,
+        },
     )
     return token_response(access, refresh_token=refresh_token, id_token=id_token)

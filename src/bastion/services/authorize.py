@@ -349,7 +349,14 @@ async def answer_consent(
     request = pending.request
     if not allow:
         await services.stores.state.delete(PENDING_PREFIX + pending.pending_id)
-        services.audit.emit("consent.denied", client_id=request.client_id, user_id=session.user_id)
+        services.audit.emit(
+            "consent.denied",
+            outcome="denied",
+            actor=session.user_id,
+            subject=session.user_id,
+            client=request.client_id,
+            details={"scope": " ".join(request.scope)},
+        )
         return Redirect(
             error_response_uri(
                 request.target, AccessDenied("the user denied the request"), services.settings.issuer

@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import time
 from collections.abc import Awaitable
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -227,9 +228,12 @@ class ClientAuthThrottle:
             if count == limit and self._audit is not None:
                 self._audit.emit(
                     "client.auth_throttled",
-                    gate=gate,
-                    client_id=_client_part(attempt.client_id),
-                    ip=attempt.ip,
+                    outcome="denied",
+                    subject=_client_part(attempt.client_id),
+                    client=_client_part(attempt.client_id),
+                    address=attempt.ip,
+                    reason=f"{limit}_failures_per_{gate}",
+                    details={"gate": gate, "window": self.policy.window},
                 )
 
     async def give_back(self, attempt: Attempt) -> None:
@@ -240,11 +244,27 @@ class ClientAuthThrottle:
 
 
 class ClientRequestLimit:
-    """The request rate of each client, on a bound group of the rate-limit backend."""
+    """The request rate of each client, on a bound group of the rate-limit backend.
 
-    def __init__(self, bound: BoundLimit, *, metrics: ServerMetrics | None = None) -> None:
+    A refusal is audited as ``client.rate_limited`` once per bucket and ``report_every``
+    seconds in this process, however long a flood goes on.
+    """
+
+    def __init__(
+        self,
+        bound: BoundLimit,
+        *,
+        audit: AuditLog | None = None,
+        metrics: ServerMetrics | None = None,
+        report_every: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._bound = bound
+        self._audit = audit
         self._metrics = metrics
+        self._report_every = report_every
+        self._clock = clock
+        self._reported: dict[str, float] = {}
 
     async def admit(self, client: Client, ip: str) -> None:
         """Count one request of ``client`` or refuse it.
@@ -268,4 +288,23 @@ class ClientRequestLimit:
         if verdict is not None:
             if self._metrics is not None:
                 self._metrics.throttle("client_rate", "client")
+            self._report(client, ip, value)
             raise SlowDown(TOO_MANY_REQUESTS, retry_after=verdict.retry_after)
+
+    def _report(self, client: Client, ip: str, bucket: str) -> None:
+        if self._audit is None:
+            return
+        now = self._clock()
+        if self._reported.get(bucket, -math.inf) > now - self._report_every:
+            return
+        if len(self._reported) > 10_000:
+            self._reported.clear()
+        self._reported[bucket] = now
+        self._audit.emit(
+            "client.rate_limited",
+            outcome="denied",
+            subject=client.client_id,
+            client=client.client_id,
+            address=ip,
+            reason="over_request_rate",
+        )

@@ -11,7 +11,11 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
+from typing import Any
 
+from bastion.ops.audit import AuditLog
+from bastion.ops.audit_events import EventType
+from bastion.ops.audit_events import current_request
 from bastion.protocol.errors import InvalidClient
 from bastion.protocol.models import Client
 from bastion.protocol.models import GrantType
@@ -35,6 +39,14 @@ _CLIENT_ID_RE = re.compile(r"[\x20-\x7e]{1,255}")
 _FORBIDDEN_SCHEMES = frozenset({"javascript", "data", "vbscript", "file", "blob", "about"})
 
 
+def _acting(client: Client) -> Client:
+    """Name ``client``, just authenticated, as the actor of the request being served."""
+    request = current_request()
+    if request is not None:
+        request.client = request.actor = client.client_id
+    return client
+
+
 def is_client_id(value: str) -> bool:
     """Whether ``value`` could be a client identifier (RFC 6749 Appendix A.1, at most 255)."""
     return _CLIENT_ID_RE.fullmatch(value) is not None
@@ -55,8 +67,11 @@ class ClientService:
         cache_ttl: float = 2.0,
         clock: Callable[[], float] = time.time,
         throttle: ClientAuthThrottle | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._store = store
+        #: Where registrations, secret rotations, disables and deletions are audited.
+        self.audit = audit
         #: Counts each authentication attempt before its secret is checked; ``None``: unlimited.
         self.throttle = throttle
         self._sealer = sealer
@@ -118,7 +133,7 @@ class ClientService:
         client = await self.get(creds.client_id)
         throttle = self.throttle
         if throttle is None:
-            return self._check(creds, client, allow_public)
+            return _acting(self._check(creds, client, allow_public))
         attempt = await throttle.attempt(creds.client_id, ip)
         try:
             checked = self._check(creds, client, allow_public)
@@ -126,7 +141,7 @@ class ClientService:
             await throttle.failed(attempt)  # stays counted: the failure the limits are about
             raise
         await throttle.give_back(attempt)
-        return checked
+        return _acting(checked)
 
     def _check(self, creds: ClientCredentials, client: Client | None, allow_public: bool) -> Client:
         used_basic = creds.method is AuthMethod.BASIC
@@ -207,6 +222,19 @@ class ClientService:
         )
         await self._store.create_client(client)
         self.forget(client.client_id)  # a cached "no such client" must not outlive the creation
+        self._emit(
+            "client.created",
+            client,
+            {
+                "name": client.name,
+                "public": client.public,
+                "grant_types": sorted(client.grant_types),
+                "scopes": sorted(client.scopes),
+                "redirect_uris": list(client.redirect_uris),
+                "token_format": client.token_format.value,
+                "first_party": client.first_party,
+            },
+        )
         return client, secret
 
     async def _require(self, client_id: str) -> Client:
@@ -227,6 +255,7 @@ class ClientService:
         )
         await self._store.update_client(updated)
         self.forget(client_id)
+        self._emit("client.secret_rotated", updated)
         return updated, secret
 
     async def set_disabled(self, client_id: str, disabled: bool = True) -> Client:
@@ -241,6 +270,7 @@ class ClientService:
         updated = dataclasses.replace(client, disabled=disabled, updated_at=now)
         await self._store.update_client(updated)
         self.forget(client_id)
+        self._emit("client.disabled" if disabled else "client.enabled", updated)
         if disabled:
             for announce in self.on_disabled:
                 await announce(client_id, now)
@@ -256,7 +286,13 @@ class ClientService:
         self.forget(client_id)
         deleted = await self._store.delete_client(client_id)
         self.forget(client_id)  # and whatever was read while the delete ran
+        if deleted and self.audit is not None:
+            self.audit.emit("client.deleted", subject=client_id, client=client_id)
         return deleted
+
+    def _emit(self, type: EventType, client: Client, details: dict[str, Any] | None = None) -> None:
+        if self.audit is not None:
+            self.audit.emit(type, subject=client.client_id, client=client.client_id, details=details)
 
     async def list(self) -> list[Client]:
         """Every client."""

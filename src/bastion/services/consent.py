@@ -41,9 +41,10 @@ async def remember(services: Services, user: User, client: Client, scope: Iterab
     )
     services.audit.emit(
         "consent.granted",
-        user_id=user.user_id,
-        client_id=client.client_id,
-        scope=" ".join(sorted(granted.scopes)),
+        actor=user.user_id,
+        subject=user.user_id,
+        client=client.client_id,
+        details={"scope": " ".join(sorted(granted.scopes))},
     )
 
 

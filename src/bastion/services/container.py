@@ -115,6 +115,7 @@ class Services:
                     CLIENT_REQUESTS, [Rate(rate.requests, rate.per, rate.burst)]
                 ),
                 metrics=metrics,
+                audit=audit,
             )
             if rate.enabled
             else None
@@ -125,7 +126,12 @@ class Services:
             sealer=sealer,
             keys=keys,
             clients=ClientService(
-                stores.clients, sealer, cache_ttl=settings.client_cache_ttl, clock=clock, throttle=throttle
+                stores.clients,
+                sealer,
+                cache_ttl=settings.client_cache_ttl,
+                clock=clock,
+                throttle=throttle,
+                audit=audit,
             ),
             tokens=TokenService(settings, keys, stores.tokens, stores.state, audit, clock=clock),
             audit=audit,

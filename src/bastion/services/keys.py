@@ -37,6 +37,8 @@ from typing import Any
 import orjson
 
 from bastion.ops.audit import AuditLog
+from bastion.ops.audit import Outcome
+from bastion.ops.audit_events import EventType
 from bastion.ops.background import Background
 from bastion.ops.feeds import Follower
 from bastion.protocol import jose
@@ -53,6 +55,11 @@ from bastion.storage.protocols import StorageError
 #: a JSON object ``{"event": "created" | "revoked", "kid": "<kid>"}``. Processes that hear it
 #: reload their keys (JWKS, signing); gateways drop a revoked kid and the tokens it signed.
 KEYS_CHANNEL = "signing-keys"
+#: Seconds a process's claim to report a key's lifecycle step is remembered (the steps of one
+#: key are days apart; processes see a step within one refresh interval of each other).
+_STEP_MEMORY = 86400.0
+#: Steps at the same instant in the order they take effect (a key activates as another retires).
+_STEP_ORDER = {"key.activated": 0, "key.retired": 1, "key.expired": 2}
 
 
 def key_event(event: str, kid: str) -> bytes:
@@ -157,6 +164,8 @@ class KeyService:
         self._refresher = Background(self.run)
         #: alg → (key, valid from, valid until): the signing key without a scan per token.
         self._signing: dict[str, tuple[ActiveKey, float, float]] = {}
+        #: Lifecycle steps up to this time have been looked at (:meth:`observe`).
+        self._observed = clock()
 
     # -- loading -----------------------------------------------------------------------------
 
@@ -194,11 +203,12 @@ class KeyService:
         for alg in self.policy.algorithms:
             generation = 1 + max((k.generation for k in self._keys if k.alg == alg), default=0)
             if self._signer(alg, now) is None:
-                created.append(await self.rotate(alg, publish_delay=0.0, generation=generation))
+                why = "no_signing_key" if generation > 1 else "first_key"
+                created.append(await self.rotate(alg, publish_delay=0.0, generation=generation, reason=why))
                 continue
             newest = self._newest(alg)
             if newest is not None and newest.activates_at <= now and self._rotation_due(newest) <= now:
-                created.append(await self.rotate(alg, generation=generation))
+                created.append(await self.rotate(alg, generation=generation, reason="scheduled_rotation"))
         return created
 
     def _newest(self, alg: str) -> SigningKey | None:
@@ -227,7 +237,12 @@ class KeyService:
         return Schedule(rotation_due=self._rotation_due(newest), active_until=active_until)
 
     async def rotate(
-        self, alg: str, *, publish_delay: float | None = None, generation: int | None = None
+        self,
+        alg: str,
+        *,
+        publish_delay: float | None = None,
+        generation: int | None = None,
+        reason: str = "manual_rotation",
     ) -> SigningKey:
         """Create the next key for ``alg``; it signs ``publish_delay`` seconds after every process
         serves it.
@@ -239,6 +254,8 @@ class KeyService:
         With ``generation``, the key is created only if no process created that generation
         first; otherwise the existing one is returned (the automatic schedule uses this so that
         processes deciding at the same moment create one key between them).
+
+        Audited as ``key.created`` with ``reason`` (only by the process whose key was stored).
         """
         if generation is None:
             await self.load()
@@ -266,6 +283,7 @@ class KeyService:
             return next(k for k in self._keys if k.alg == alg and k.generation == generation)
         await self.load()
         await self._announce("created", kid)
+        self._emit("key.created", key, reason=reason)
         return key
 
     async def revoke(self, kid: str) -> Revocation:
@@ -287,18 +305,18 @@ class KeyService:
         replacement = None
         already = key.revoked_at is not None
         if not already and key.alg in self.policy.algorithms and self.state(key) is KeyState.ACTIVE:
-            replacement = await self.rotate(key.alg, publish_delay=0.0)
+            replacement = await self.rotate(key.alg, publish_delay=0.0, reason="replaces_revoked_key")
         revoked = await self._store.revoke_key(kid, self._clock())
         if revoked is None:  # deleted meanwhile
             raise NotFound(f"no signing key has kid {kid!r} (`bastion keys list` shows them)")
         await self.load()
         await self._announce("revoked", kid)
-        if self._audit is not None and not already:
-            self._audit.emit(
+        if not already:
+            self._emit(
                 "key.revoked",
-                kid=kid,
-                alg=revoked.alg,
-                replacement=None if replacement is None else replacement.kid,
+                revoked,
+                outcome="success",
+                extra={"replacement": None if replacement is None else replacement.kid},
             )
         return Revocation(key=revoked, replacement=replacement, already=already)
 
@@ -363,9 +381,61 @@ class KeyService:
         )
         await self.load()
         await self._announce("created", kid)
-        if self._audit is not None:
-            self._audit.emit("key.imported", kid=kid, alg=alg, activate=activate.value)
+        self._emit("key.imported", key, extra={"activate": activate.value})
         return key
+
+    def _emit(
+        self,
+        type: EventType,
+        key: SigningKey,
+        *,
+        outcome: Outcome = "success",
+        reason: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        """Audit ``type`` about ``key`` (its kid is the subject)."""
+        if self._audit is not None:
+            details = {"alg": key.alg, "generation": key.generation, "activates_at": key.activates_at}
+            self._audit.emit(
+                type, outcome=outcome, subject=key.kid, reason=reason, details={**details, **(extra or {})}
+            )
+
+    def observe(self, now: float | None = None) -> list[tuple[EventType, str, float]]:
+        """Audit the lifecycle steps keys took since the last call (or since this service was
+        made): ``key.activated``, ``key.retired``, ``key.expired``, each step at ``since <= when <
+        now`` (half-open, so a step on the boundary is seen once). They follow from the keys'
+        times alone, so each process sees them; :meth:`run` calls this, and across processes
+        only the first to claim a step in the fast-state store reports it.
+
+        Returns:
+            ``(type, kid, when)`` of each step seen, oldest first.
+        """
+        now = self._clock() if now is None else now
+        since, self._observed = self._observed, now
+        steps = sorted(
+            (
+                (when, type, key)
+                for key in self._keys
+                for type, when in _steps(self, key)
+                if since <= when < now
+            ),
+            key=lambda step: (step[0], _STEP_ORDER[step[1]]),
+        )
+        return [(type, key.kid, when) for when, type, key in steps]
+
+    async def report_steps(self, now: float | None = None) -> int:
+        """Audit the steps :meth:`observe` finds, each once across processes; returns how many
+        this process reported."""
+        reported = 0
+        for type, kid, when in self.observe(now):
+            if self._state is not None:
+                claim = f"audit-key-step:{kid}:{type}"
+                if not await self._state.add(claim, b"1", _STEP_MEMORY):
+                    continue
+            key = next(k for k in self._keys if k.kid == kid)
+            self._emit(type, key, extra={"at": when})
+            reported += 1
+        return reported
 
     async def _announce(self, event: str, kid: str) -> None:
         if self._state is not None:
@@ -384,6 +454,7 @@ class KeyService:
                 with contextlib.suppress(Exception):  # a store outage must not stop signing
                     await self.load()
                     await self.ensure()
+                    await self.report_steps()
         finally:
             if follower is not None:
                 follower.cancel()
@@ -489,6 +560,31 @@ class KeyService:
     def jwks(self, now: float | None = None) -> dict[str, list[dict[str, Any]]]:
         """The JWK Set (RFC 7517 §5): public members only, with ``kid``, ``alg`` and ``use``."""
         return {"keys": [jwk_of(key) for key in self.published(now)]}
+
+
+def _steps(service: KeyService, key: SigningKey) -> list[tuple[EventType, float]]:
+    """When ``key`` activated, retired and expired (the steps it will take or took)."""
+    if key.revoked_at is not None:
+        return []  # revocation is audited when it happens
+    steps: list[tuple[EventType, float]] = []
+    if key.generation >= 1:
+        steps.append(("key.activated", key.activates_at))
+        successors = [
+            k.activates_at
+            for k in service.all_keys()
+            # as in state(): a successor revoked after it activated did take over
+            if k.alg == key.alg
+            and k.generation > key.generation
+            and (k.revoked_at is None or k.revoked_at >= k.activates_at)
+        ]
+        if not successors:
+            return steps
+        retired_at = min(successors)
+        steps.append(("key.retired", retired_at))
+    else:
+        retired_at = key.activates_at  # imported to verify only: retired from its import
+    steps.append(("key.expired", retired_at + service.policy.retention))
+    return steps
 
 
 def _took_over(key: SigningKey, now: float) -> bool:

@@ -49,6 +49,16 @@ class LoginFailed(Exception):
         self.detail = detail
 
 
+class Throttled(SlowDown):
+    """Over a sign-in limit (HTTP 429): ``limit`` names which (``account`` or ``address``);
+    ``first`` is the first refusal of the window (the counts are atomic: exactly one is)."""
+
+    def __init__(self, description: str, *, retry_after: int, limit: str, first: bool) -> None:
+        super().__init__(description, retry_after=retry_after)
+        self.limit = limit
+        self.first = first
+
+
 @dataclass(frozen=True, slots=True)
 class ThrottlePolicy:
     """Limits for password guessing (seconds and counts)."""
@@ -95,7 +105,7 @@ class LoginThrottle:
         The counts include this attempt, so the delay follows the failures before it.
 
         Raises:
-            SlowDown: more than ``lockout_after`` attempts for the account (``ip_factor`` times
+            Throttled: more than ``lockout_after`` attempts for the account (``ip_factor`` times
                 that for the address) in the window (HTTP 429); its ``retry_after`` says when
                 the window ends.
         """
@@ -104,16 +114,19 @@ class LoginThrottle:
         acct = await self._state.incr(acct_key, window)
         by_ip = await self._state.incr(ip_key, window)
         factor = self.policy.ip_factor
-        for gate, key, count, limit in (
+        for name, key, count, limit in (
             ("account", acct_key, acct, self.policy.lockout_after),
             ("address", ip_key, by_ip, self.policy.lockout_after * factor),
         ):
             if count > limit:
                 if self._metrics is not None:
-                    self._metrics.throttle("login", gate)
+                    self._metrics.throttle("login", name)
                 remaining = await self._state.ttl(key) or window
-                raise SlowDown(
-                    "Too many attempts. Try again later.", retry_after=max(1, math.ceil(remaining))
+                raise Throttled(
+                    "Too many attempts. Try again later.",
+                    retry_after=max(1, math.ceil(remaining)),
+                    limit=name,
+                    first=count == limit + 1,
                 )
         delay = max(self.delay_for(acct - 1), self.delay_for(by_ip - 1, factor))
         if delay > 0:
@@ -148,7 +161,14 @@ async def authenticate(
         SlowDown: throttled (HTTP 429).
         LoginFailed: unknown user, wrong password or disabled account, indistinguishably.
     """
-    await throttle.attempt(username, ip)  # counted before the password is checked
+    try:
+        await throttle.attempt(username, ip)  # counted before the password is checked
+    except Throttled as exc:
+        if exc.first:  # once per limit and window, however long a flood goes on
+            services.audit.emit(
+                "login.throttled", outcome="denied", address=ip, reason=f"too_many_attempts_per_{exc.limit}"
+            )
+        raise
     users = people(services).users
     # A name no user can have is not looked up (a NUL would make PostgreSQL fail, not miss).
     user = await users.get_user_by_username(username) if is_username(username) else None
@@ -160,14 +180,19 @@ async def authenticate(
         detail = "wrong password" if not ok else "disabled account" if user.disabled else ""
         ok = ok and not user.disabled
     if not ok or user is None:
+        # Never the typed username: a password typed into the wrong field would be logged.
         services.audit.emit(
-            "login.failed", user_id=user.user_id if user else None, reason=detail.replace(" ", "_"), ip=ip
+            "login.failed",
+            outcome="failure",
+            subject=user.user_id if user else None,
+            address=ip,
+            reason=detail.replace(" ", "_"),
         )
         raise LoginFailed(detail)
     await throttle.succeeded(username, ip)
     if passwords.needs_rehash(user.password_hash):
         user = dataclasses.replace(user, password_hash=await passwords.hash(password))
         await users.update_user(user)
-        services.audit.emit("user.password_rehashed", user_id=user.user_id)
-    services.audit.emit("login.succeeded", user_id=user.user_id, ip=ip)
+        services.audit.emit("user.password_rehashed", actor=user.user_id, subject=user.user_id)
+    services.audit.emit("login.succeeded", actor=user.user_id, subject=user.user_id, address=ip)
     return user

@@ -71,16 +71,21 @@ async def _answer_rotated(services: Services, found: StoredRefresh, now: float) 
     if kind is Presented.GRACE:
         services.metrics.reuse("grace_replay")
         services.audit.emit(
-            "refresh_token.grace_replay", client_id=family.client_id, family_id=family.family_id
+            "refresh_token.grace_replay",
+            subject=family.subject,
+            client=family.client_id,
+            details={"family_id": family.family_id},
         )
         return _replay(services, found)
     services.metrics.reuse("revoked")
     await revoke_family(services, family.family_id, now)
     services.audit.emit(
         "refresh_token.reuse_detected",
-        client_id=family.client_id,
-        user_id=family.subject,
-        family_id=family.family_id,
+        outcome="denied",
+        subject=family.subject,
+        client=family.client_id,
+        reason="rotated_token_reused",
+        details={"family_id": family.family_id},
     )
     raise InvalidGrant("the refresh token was already used")
 
@@ -158,13 +163,16 @@ async def refresh(
             raise InvalidGrant("the refresh token is invalid")
         return await _answer_rotated(services, again, now)
     services.audit.emit(
-        "token.issued",
-        grant_type="refresh_token",
-        client_id=client.client_id,
-        user_id=user.user_id,
-        jti=access.jti,
-        family_id=family.family_id,
-        scope=access.scope,
+        "token.refreshed",
+        actor=client.client_id,
+        subject=user.user_id,
+        client=client.client_id,
+        details={
+            "grant_type": "refresh_token",
+            "jti": access.jti,
+            "family_id": family.family_id,
+            "scope": access.scope,
+        },
     )
     return body
 
@@ -187,7 +195,12 @@ async def revoke_refresh_token(services: Services, token: str, client: Client, n
             raise UnauthorizedClient("this token was not issued to the requesting client")
         return True
     await revoke_family(services, found.family.family_id, now)
-    services.audit.emit("refresh_token.revoked", client_id=client.client_id, family_id=found.family.family_id)
+    services.audit.emit(
+        "refresh_token.revoked",
+        subject=found.family.subject,
+        client=client.client_id,
+        details={"family_id": found.family.family_id},
+    )
     return True
 
 

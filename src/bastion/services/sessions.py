@@ -54,7 +54,7 @@ async def end_for_user(services: Services, user_id: str) -> int:
     for sid in sids:
         await services.stores.state.delete(SID_PREFIX + sid)
     if sids:
-        services.audit.emit("login_sessions.ended", user_id=user_id, count=len(sids))
+        services.audit.emit("login_sessions.ended", subject=user_id, details={"count": len(sids)})
     return len(sids)
 
 

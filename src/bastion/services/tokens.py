@@ -267,8 +267,18 @@ class TokenService:
 
     # -- revocation --------------------------------------------------------------------------
 
-    async def revoke_jti(self, jti: str, expires_at: float, now: float | None = None) -> None:
-        """Record that access token ``jti`` is revoked until it expires, and announce it."""
+    async def revoke_jti(
+        self,
+        jti: str,
+        expires_at: float,
+        now: float | None = None,
+        *,
+        subject: str | None = None,
+        client: str | None = None,
+        family_id: str | None = None,
+    ) -> None:
+        """Record that access token ``jti`` is revoked until it expires, and announce it
+        (audited with the token's ``subject``, ``client`` and refresh ``family_id`` when known)."""
         now = self._clock() if now is None else now
         remaining = expires_at - now + _LEEWAY
         if remaining <= 0:
@@ -276,7 +286,8 @@ class TokenService:
         await self._tokens.record_revoked_jti(jti, expires_at + _LEEWAY, now)
         await self._state.set(revoked_key(jti), b"1", remaining)
         await self._state.publish(REVOCATION_CHANNEL, orjson.dumps({"jti": jti, "exp": int(expires_at)}))
-        self._audit.emit("token.revoked", jti=jti)
+        details = {"jti": jti} if family_id is None else {"jti": jti, "family_id": family_id}
+        self._audit.emit("token.revoked", subject=subject, client=client, details=details)
 
     async def revoke_family_access_tokens(self, family_id: str, now: float | None = None) -> int:
         """Revoke every access token issued from a refresh-token family."""
@@ -284,7 +295,7 @@ class TokenService:
         tokens = await self._tokens.family_tokens(family_id, now)
         await self._tokens.revoke_family_opaque_tokens(family_id, now)
         for jti, expires_at in tokens:
-            await self.revoke_jti(jti, expires_at, now)
+            await self.revoke_jti(jti, expires_at, now, family_id=family_id)
         return len(tokens)
 
     async def revoke(self, token: str, client: Client, now: float | None = None) -> None:
@@ -302,14 +313,22 @@ class TokenService:
             claims = self._verify_jwt(token, now)
             if claims is not None:
                 self._check_owner(str(claims.get("client_id")), client)
-                await self.revoke_jti(str(claims["jti"]), float(claims["exp"]), now)
+                await self.revoke_jti(
+                    str(claims["jti"]),
+                    float(claims["exp"]),
+                    now,
+                    subject=str(claims.get("sub")),
+                    client=client.client_id,
+                )
             return
         stored = await self._tokens.get_access_token(opaque_hash(token))
         if stored is not None:
             if stored.expires_at > now:
                 self._check_owner(stored.client_id, client)
                 await self._tokens.revoke_access_token(stored.token_hash, now)
-                await self.revoke_jti(stored.jti, stored.expires_at, now)
+                await self.revoke_jti(
+                    stored.jti, stored.expires_at, now, subject=stored.subject, client=client.client_id
+                )
             return
         for revoker in self.revokers:
             if await revoker(token, client, now):
@@ -331,7 +350,9 @@ class TokenService:
         until = now + self.settings.access_token_ttl + _LEEWAY
         body = orjson.dumps({"client_id": client_id, "before": now, "exp": until})
         await self._state.publish(REVOCATION_CHANNEL, body)
-        self._audit.emit("client.tokens_revoked", client_id=client_id)
+        self._audit.emit(
+            "client.tokens_revoked", subject=client_id, client=client_id, details={"before": now}
+        )
 
     def revocation_memory(self) -> float:
         """How long after being issued a token can still be accepted somewhere (its lifetime

@@ -146,7 +146,7 @@ async def create_user(
         await people(services).users.create_user(user)
     except Conflict as exc:
         raise UserError(f"the username {username!r} is taken") from exc
-    services.audit.emit("user.created", user_id=user.user_id, roles=sorted(role_names))
+    services.audit.emit("user.created", subject=user.user_id, details={"roles": sorted(role_names)})
     return user
 
 
@@ -183,7 +183,7 @@ async def set_disabled(services: Services, username: str, disabled: bool = True)
     await people(services).users.update_user(changed)
     if disabled:
         await end_user_access(services, changed)
-    services.audit.emit("user.disabled" if disabled else "user.enabled", user_id=user.user_id)
+    services.audit.emit("user.disabled" if disabled else "user.enabled", subject=user.user_id)
     return changed
 
 
@@ -198,7 +198,7 @@ async def set_password(
     changed = dataclasses.replace(user, password_hash=hashed, updated_at=services.clock())
     await people(services).users.update_user(changed)
     await end_user_access(services, changed)
-    services.audit.emit("user.password_changed", user_id=user.user_id)
+    services.audit.emit("user.password_changed", subject=user.user_id)
     return changed
 
 
@@ -209,7 +209,7 @@ async def set_roles(services: Services, username: str, roles: Iterable[str]) -> 
         user, roles=await _require_roles(services, roles), updated_at=services.clock()
     )
     await people(services).users.update_user(changed)
-    services.audit.emit("user.roles_changed", user_id=user.user_id, roles=sorted(changed.roles))
+    services.audit.emit("user.roles_changed", subject=user.user_id, details={"roles": sorted(changed.roles)})
     return changed
 
 
@@ -220,7 +220,7 @@ async def delete_user(services: Services, username: str) -> bool:
         return False
     await end_user_access(services, user)
     deleted = await people(services).users.delete_user(user.user_id)
-    services.audit.emit("user.deleted", user_id=user.user_id)
+    services.audit.emit("user.deleted", subject=user.user_id)
     return deleted
 
 
@@ -238,7 +238,7 @@ async def create_role(services: Services, name: str, scopes: Iterable[str], desc
         await people(services).roles.create_role(role)
     except Conflict as exc:
         raise UserError(f"the role {name!r} exists") from exc
-    services.audit.emit("role.created", role=name, scopes=sorted(role.scopes))
+    services.audit.emit("role.created", subject=name, details={"scopes": sorted(role.scopes)})
     return role
 
 
@@ -251,5 +251,5 @@ async def delete_role(services: Services, name: str) -> bool:
     """Delete a role (its users lose it); ``False`` if there was none."""
     deleted = await people(services).roles.delete_role(name)
     if deleted:
-        services.audit.emit("role.deleted", role=name)
+        services.audit.emit("role.deleted", subject=name)
     return deleted

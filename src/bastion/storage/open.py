@@ -11,6 +11,7 @@ from typing import Literal
 
 from bastion.storage.protocols import FastState
 from bastion.storage.protocols import StorageError
+from bastion.storage.sql.audit import SQLAuditStore
 from bastion.storage.sql.bans import SQLBanStore
 from bastion.storage.sql.clients import SQLClientStore
 from bastion.storage.sql.engine import Database
@@ -43,9 +44,12 @@ class Stores:
     state: FastState
     #: The gateway's address bans (durable record), on :attr:`db`.
     bans: SQLBanStore = field(init=False)
+    #: The audit trail's durable record, on :attr:`db`.
+    audit: SQLAuditStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.bans = SQLBanStore(self.db)
+        self.audit = SQLAuditStore(self.db)
 
     async def check(self) -> dict[Store, str | None]:
         """Whether each store answers now: ``None`` when it does, else the reason it does not.

@@ -24,6 +24,8 @@ from bastion.gateway.bans import parse_network
 from bastion.gateway.settings import BanRuleSettings
 from bastion.gateway.settings import BansSettings
 from bastion.net import address_key
+from bastion.ops.audit import AuditEvent
+from bastion.ops.audit import AuditLog
 from bastion.storage.ban_protocols import Ban
 from bastion.storage.fast.memory import MemoryState
 from bastion.storage.open import Stores
@@ -39,14 +41,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class Audit:
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def emit(self, event: str, **fields: Any) -> None:
-        self.events.append({"event": event, **fields})
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis"])
@@ -285,8 +279,12 @@ def test_messages_apply_and_lift() -> None:
         apply_message(bans, b'{"event": "other"}')
 
 
-async def test_the_book_writes_durably_then_fast_then_publishes_and_audits(stores: Stores) -> None:
-    audit = Audit()
+async def test_the_book_writes_durably_then_fast_then_publishes_and_audits(
+    stores: Stores, tmp_path: Path
+) -> None:
+    audit = AuditLog(tmp_path / "audit.log")
+    events: list[AuditEvent] = []
+    audit.listeners.append(events.append)
     clock = Clock(1e10)
     book = BanBook(stores.bans, stores.state, audit, clock)
     received: list[bytes] = []
@@ -310,10 +308,19 @@ async def test_the_book_writes_durably_then_fast_then_publishes_and_audits(store
     assert await stores.state.get(count_key("203.0.113.7", "auth")) is None
     assert await stores.bans.active_bans(clock.now) == []
     assert await book.lift("203.0.113.7", "again") is None
-    assert [(e["event"], e.get("reason")) for e in audit.events] == [
-        ("ip.banned", "scan"),
-        ("ip.unbanned", "false positive"),
+    assert [(e.type, e.outcome, e.actor, e.subject, e.reason) for e in events] == [
+        ("ip.banned", "denied", "system", "203.0.113.7", "scan"),
+        ("ip.unbanned", "success", "system", "203.0.113.7", "false positive"),
     ]
+    assert events[0].details == {
+        "source": "manual",
+        "kind": None,
+        "since": ban.since,
+        "until": ban.until,
+        "repeat": 0,
+    }
+    assert events[1].details == {"banned_for": "scan", "source": "manual", "until": ban.until}
+    await audit.close()
     await subscription.aclose()  # type: ignore[attr-defined]
 
 
