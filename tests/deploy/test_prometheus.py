@@ -30,6 +30,7 @@ import pytest
 
 from tests.e2e.harness import Bastion
 from tests.e2e.harness import free_port
+from tests.e2e.harness import stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -180,12 +181,7 @@ scrape_configs:
         return result
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
         self.log.close()
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from tests.e2e.harness import Bastion
 from tests.e2e.harness import free_port
+from tests.e2e.harness import stop_process
 
 AUDIENCE = "https://api.e2e"
 REPO = Path(__file__).resolve().parents[2]
@@ -75,13 +76,7 @@ class UpstreamProcess:
         return self.records()[mark:]
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 #: The routes of the test gateway: a scope-protected API, a stricter admin area under it, and a

@@ -47,6 +47,7 @@ from tests.conformance.test_gw_paths import E2E_TARGETS
 from tests.conformance.test_gw_paths import PROTECTED
 from tests.conformance.test_gw_paths import readings
 from tests.conformance.test_gw_paths import under
+from tests.e2e.harness import stop_process
 
 pytestmark = pytest.mark.anyio
 
@@ -181,13 +182,7 @@ async def start_nginx(binary: str, directory: Path, *, gateway: int, upstream: i
 
 
 def stop_nginx(nginx: Nginx) -> None:
-    if nginx.process.poll() is None:
-        nginx.process.terminate()
-        try:
-            nginx.process.wait(5)
-        except subprocess.TimeoutExpired:
-            nginx.process.kill()
-            nginx.process.wait()
+    stop_process(nginx.process, 5)
 
 
 @dataclass

@@ -25,6 +25,8 @@ import requests
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import KeySet
 
+from tests.e2e.harness import stop_process
+
 from .flows import PASSWORD
 from .live import live_server
 from .support import CHEAP_PASSWORDS
@@ -194,12 +196,7 @@ def bastion_serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[s
             time.sleep(0.1)
         yield issuer
     finally:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 15)
         if process.stdout:
             process.stdout.close()
 
