@@ -131,7 +131,10 @@ def test_the_shop_in_chromium_never_lets_a_token_reach_the_page(demo: DemoRun, a
             page.locator("article[data-sku=mug] button.add").click()
             page.locator("article[data-sku=mug] button.add").click()
             page.locator("article[data-sku=stickers] button.add").click()
-            assert page.get_by_test_id("cart").inner_text().splitlines() == ["2 × Bastion mug", "1 × Sticker pack"]
+            assert page.get_by_test_id("cart").inner_text().splitlines() == [
+                "2 × Bastion mug",
+                "1 × Sticker pack",
+            ]
             snapshot(page, "04-cart.png")
 
             page.get_by_role("button", name="Place order").click()

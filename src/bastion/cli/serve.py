@@ -27,8 +27,10 @@ from typing import Any
 import click
 
 from bastion.cli.common import asgi_server
+from bastion.cli.context import SealerKeys
 from bastion.cli.context import kek_for
 from bastion.cli.context import ready_stores
+from bastion.cli.context import sealer_keys
 from bastion.cli.context import stores_for
 from bastion.cli.gateway import for_worker
 from bastion.cli.gateway import open_limiter
@@ -110,14 +112,13 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
+async def _run_worker(settings: Settings, keys: SealerKeys, worker: int, listeners: Listeners) -> None:
     import uvicorn
 
     from bastion.ops.audit import AuditLog
     from bastion.server.app import create_app
     from bastion.server.people import people_routes
     from bastion.services.container import Services
-    from bastion.services.crypto import Sealer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -139,7 +140,7 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
             # (failed authentications are counted in the fast state itself).
             limiter = open_limiter(settings.resolved_state_url())
             services = Services.create(
-                settings.authorization_server, stores, Sealer(kek), audit, limiter=limiter
+                settings.authorization_server, stores, keys.sealer(), audit, limiter=limiter
             )
             app = create_app(services, extra_routes=people_routes(services))
             server = asgi_server(app, lifespan=True)
@@ -208,31 +209,30 @@ async def _run_worker(settings: Settings, kek: bytes, worker: int, listeners: Li
         await stores.close()
 
 
-def worker_main(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
+def worker_main(settings: Settings, keys: SealerKeys, worker: int, listeners: Listeners) -> None:
     """Run worker number ``worker`` in this process, on the supervisor's ``listeners``."""
     logging.basicConfig(
         level=settings.logging.level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_worker(settings, kek, worker, listeners))
+        asyncio.run(_run_worker(settings, keys, worker, listeners))
 
 
-def worker_process(settings: Settings, kek: bytes, worker: int, listeners: Listeners) -> None:
+def worker_process(settings: Settings, keys: SealerKeys, worker: int, listeners: Listeners) -> None:
     """Entry point of a spawned worker: a failure the operator can fix is one line, exit 1."""
     try:
-        worker_main(settings, kek, worker, listeners)
+        worker_main(settings, keys, worker, listeners)
     except click.ClickException as exc:
         exc.show()
         sys.exit(1)
 
 
-async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
+async def _prepare(settings: Settings, *, migrate: bool) -> SealerKeys:
     """Check the stores, get the key-encryption key, migrate, and create the first signing keys
-    once, before workers race to. Returns the KEK."""
+    once, before workers race to. Returns what the workers' sealers are built from."""
     from bastion.ops.audit import AuditLog
     from bastion.services.container import Services
-    from bastion.services.crypto import Sealer
     from bastion.storage.sql.migrate import migrate as apply_migrations
 
     stores = await ready_stores(settings)
@@ -240,17 +240,18 @@ async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
         kek = await kek_for(settings, stores)
         if migrate:
             await apply_migrations(stores.db)
+        keys = await sealer_keys(stores, kek)
         if settings.authorization_server.enabled:
             audit = AuditLog(settings.resolved_audit_log())
             try:
-                services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
+                services = Services.create(settings.authorization_server, stores, keys.sealer(), audit)
                 await services.keys.load()
                 await services.keys.ensure()
             finally:
                 await audit.close()
     finally:
         await stores.close()
-    return kek
+    return keys
 
 
 def supervise(procs: list[Any], stopping: Callable[[], bool], signal_all: Callable[[int, Any], None]) -> bool:
@@ -315,7 +316,7 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
 def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: bool) -> None:
     from bastion.cli.common import run
 
-    kek = run(_prepare(settings, migrate=migrate))
+    keys = run(_prepare(settings, migrate=migrate))
     parts = []
     if settings.authorization_server.enabled:
         parts.append(
@@ -330,11 +331,11 @@ def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: b
     written = write_pid_file(settings)
     try:
         if workers == 1:
-            worker_main(settings, kek, 0, listeners)
+            worker_main(settings, keys, 0, listeners)
             return
         ctx = multiprocessing.get_context("spawn")
         procs = [
-            ctx.Process(target=worker_process, args=(settings, kek, n, listeners), daemon=False)
+            ctx.Process(target=worker_process, args=(settings, keys, n, listeners), daemon=False)
             for n in range(workers)
         ]
         for proc in procs:
