@@ -530,12 +530,24 @@ class Gateway:
         self._verifiers = verifiers
         return handler, retired
 
+    def cached_kids(self) -> dict[str, frozenset[str]]:
+        """The ``kid`` of the keys each issuer's token validator holds (introspection-only
+        verifiers have none to show)."""
+        held = {}
+        for issuer, (_, verifier) in self._verifiers.items():
+            kids = getattr(getattr(verifier, "validator", verifier), "known_kids", None)
+            if isinstance(kids, frozenset):
+                held[issuer] = kids
+        return held
+
     async def start(self) -> None:
         """Start the public listener (engine) and the admin listener."""
         settings = self.settings
         if settings.admin_listen is not None:
             host, _, port = settings.admin_listen.rpartition(":")
-            admin = AdminServer(self.metrics.registry, healthy=lambda: self._server is not None)
+            admin = AdminServer(
+                self.metrics.registry, healthy=lambda: self._server is not None, keys=self.cached_kids
+            )
             await admin.start(host.strip("[]"), int(port))
             self._admin = admin
         await self._prefetch()

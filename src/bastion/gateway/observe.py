@@ -20,6 +20,7 @@ import asyncio
 import bisect
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
@@ -257,12 +258,21 @@ class GatewayMetrics(Collector):
 
 
 class AdminServer:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` on their own listener."""
+    """``/metrics`` (Prometheus text format), ``/healthz`` and ``/keys`` (the ``kid`` of the
+    keys each issuer's validator holds, read-only) on their own listener."""
 
-    def __init__(self, registry: CollectorRegistry, *, healthy: Callable[[], bool] = lambda: True) -> None:
-        """Serve ``registry``; ``healthy`` decides ``/healthz`` (200 or 503)."""
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        healthy: Callable[[], bool] = lambda: True,
+        keys: Callable[[], Mapping[str, Iterable[str]]] = dict,
+    ) -> None:
+        """Serve ``registry``; ``healthy`` decides ``/healthz`` (200 or 503); ``keys`` lists the
+        ``kid`` of the keys cached per issuer, for ``/keys``."""
         self._registry = registry
         self._healthy = healthy
+        self._keys = keys
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -275,11 +285,16 @@ class AdminServer:
             return web.Response(text="ok\n")
         return web.Response(status=503, text="unavailable\n")
 
+    async def _cached_keys(self, request: web.Request) -> web.Response:
+        issuers = {issuer: {"kids": sorted(kids)} for issuer, kids in self._keys().items()}
+        return web.json_response({"issuers": issuers})
+
     async def start(self, host: str, port: int) -> None:
         """Listen on ``host:port`` (``0`` picks a free port, see :attr:`port`)."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/keys", self._cached_keys)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
