@@ -86,6 +86,8 @@ from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.settings import IssuerSettings
 from bastion.gateway.settings import LimitsSettings
 from bastion.gateway.settings import UpstreamSettings
+from bastion.gateway.tracing import gateway_traceparent
+from bastion.gateway.tracing import trace_id
 from bastion.gateway.upstream import UpstreamGroup as EngineGroup
 from bastion.ratelimit import Limiter
 from bastion.ratelimit.local import LocalLimiter
@@ -201,6 +203,7 @@ class GatewayHandler:
         proxies = self._rules.proxies
         peer = head.client[0]
         peer_trusted = proxies.is_trusted(peer)
+        traceparent, continued = gateway_traceparent(scanned.traceparent)
         exchange = Exchange(
             head=head,
             method=head.method.decode("ascii", "replace"),
@@ -209,6 +212,8 @@ class GatewayHandler:
             peer_trusted=peer_trusted,
             client_ip=proxies.client_ip(peer, scanned.forwarded_for) if peer_trusted else peer,
             request_id=trusted_request_id(scanned, peer_trusted),
+            traceparent=traceparent,
+            trace_continued=continued,
         )
         bans = self._bans
         if bans is not None and bans.refuses(exchange.client_ip):
@@ -306,6 +311,8 @@ class GatewayHandler:
                 request_id=request_id,
                 identity=identity,
                 forward_authorization=settings.forward_authorization,
+                traceparent=exchange.traceparent,
+                continued=exchange.trace_continued,
             ),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
@@ -373,6 +380,7 @@ class GatewayHandler:
         log.write(
             {
                 "request_id": exchange.request_id,
+                "trace_id": trace_id(exchange.traceparent),
                 "client_ip": exchange.client_ip,
                 "method": exchange.method,
                 "path": exchange.target.path,
