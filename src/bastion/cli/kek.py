@@ -18,6 +18,7 @@ from bastion.cli.common import run
 from bastion.cli.common import settings_from
 from bastion.cli.context import KEKError
 from bastion.cli.context import load_kek
+from bastion.cli.context import previous_keks
 from bastion.cli.context import ready_stores
 from bastion.cli.context import sealer_keys
 from bastion.ops.audit import AuditLog
@@ -76,7 +77,8 @@ async def _rotate(settings: Settings, new: bytes) -> int:
     audit = AuditLog(settings.resolved_audit_log())
     try:
         current = load_kek(settings, create=False)
-        if new == current:
+        if new == current and not previous_keks():
+            # With a previous KEK, the same KEK again re-seals what was sealed under the old one.
             raise KEKError("the new key-encryption key is the current one (BASTION_KEK)")
         await migrate(stores.db)
         keys = await sealer_keys(stores, current)
