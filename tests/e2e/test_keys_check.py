@@ -102,7 +102,12 @@ def test_a_healthy_stack_passes_and_a_lagging_gateway_is_named(stack: GatewaySta
     assert code == 1
     lines = out.splitlines()
     assert len(lines) == len(published) + 1
-    assert f"unpublished: pending ES256 key {new} is missing from the JWKS at {empty_jwks}" in lines
+    # Pending, or active by now on a slow run (it signs 12 s after the rotation).
+    assert any(
+        line.startswith("unpublished: ")
+        and line.endswith(f" ES256 key {new} is missing from the JWKS at {empty_jwks}")
+        for line in lines
+    ), lines
 
 
 def test_overdue_and_expiring_keys_are_named_without_a_server(tmp_path: Path) -> None:

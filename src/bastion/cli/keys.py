@@ -305,8 +305,9 @@ def keys_check(
     warn_days: float,
     as_json: bool,
 ) -> None:
-    """Check the signing keys before they go stale: exit 0 when all is well, else 1 with one
-    line per finding, naming the key.
+    """Check the signing keys before they go stale.
+
+    Exits 0 when all is well, else 1 with one line per finding, naming the key.
 
     Findings: a signing key older than key_rotation_days plus the grace (overdue), one due
     soon with no successor published (expiring), a published key missing from the JWKS the
