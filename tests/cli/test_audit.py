@@ -38,6 +38,7 @@ CLI_TYPES = frozenset(
         "role.deleted",
         "ip.banned",
         "ip.unbanned",
+        "kek.rotated",
     }
 )
 
@@ -78,6 +79,7 @@ def test_administration_commands_are_audited_as_cli_without_their_secrets(
     ok(invoke("keys", "import", str(tmp_path / "legacy.pem"), "--kid", "legacy-1"))
     ok(invoke("bans", "add", "203.0.113.7", "--for", "1h", "--reason", "scanner"))
     ok(invoke("bans", "remove", "203.0.113.7"))
+    ok(invoke("kek", "rotate", "--write-new-kek", str(tmp_path / "new-kek")))  # last: the KEK changes
 
     events = searched(invoke, "--limit", "1000")
     types = {e["type"] for e in events}

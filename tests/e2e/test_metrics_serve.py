@@ -4,6 +4,7 @@ of both workers' counters, and with one worker the same listener serves the work
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import time
 import urllib.request
@@ -130,6 +131,12 @@ def test_two_workers_are_one_scrape_target_whose_counters_are_the_sums(tmp_path:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/healthz", timeout=5) as response:
             assert response.status == 200
+        # /keys: the signing keys both workers' gateways hold (what `bastion keys check` reads).
+        with urllib.request.urlopen(f"{bastion.issuer}/jwks.json", timeout=5) as response:
+            published = {key["kid"] for key in json.load(response)["keys"]}
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/keys", timeout=5) as response:
+            held = json.load(response)["issuers"]
+        assert set(held[bastion.issuer]["kids"]) == published
     finally:
         bastion.stop()
 

@@ -142,3 +142,19 @@ def test_histogram_buckets_are_cumulative() -> None:
     assert buckets["0.005"] == 3
     assert buckets["10.0"] == 3
     assert buckets["+Inf"] == 4
+
+
+def test_a_key_is_held_only_when_every_worker_holds_it() -> None:
+    from bastion.ops.aggregate import held_keys
+    from bastion.ops.aggregate import keys_document
+
+    def exposition(*kids: str) -> str:
+        lines = ["# TYPE bastion_gateway_jwks_cached_key gauge"]
+        lines += [f'bastion_gateway_jwks_cached_key{{issuer="https://as",kid="{kid}"}} 1.0' for kid in kids]
+        return "\n".join(lines) + "\n"
+
+    both = [parse_snapshot(1, exposition("k1", "k2")), parse_snapshot(2, exposition("k1"))]
+    assert held_keys(both) == {"https://as": frozenset({"k1"})}  # worker 2 has not fetched k2 yet
+    assert held_keys([parse_snapshot(1, exposition("k1", "k2"))]) == {"https://as": frozenset({"k1", "k2"})}
+    assert held_keys([]) == {}
+    assert keys_document({"https://as": {"k2", "k1"}}) == b'{"issuers":{"https://as":{"kids":["k1","k2"]}}}'

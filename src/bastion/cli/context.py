@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from collections.abc import Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from bastion.ops.audit import AuditLog
 from bastion.services.container import Services
 from bastion.services.crypto import MIN_KEK_LENGTH
 from bastion.services.crypto import Sealer
+from bastion.services.crypto import SealError
+from bastion.services.kek import open_sealer
 from bastion.settings import Settings
 from bastion.storage.open import StoreError
 from bastion.storage.open import Stores
@@ -67,6 +70,59 @@ def load_kek(settings: Settings, environ: Mapping[str, str] | None = None, *, cr
         err=True,
     )
     return path.read_bytes().strip()
+
+
+def previous_keks(environ: Mapping[str, str] | None = None) -> tuple[bytes, ...]:
+    """The key-encryption key before the last rotation, if one is still accepted for opening:
+    ``BASTION_KEK_PREVIOUS``, else the file ``BASTION_KEK_PREVIOUS_FILE``; none by default."""
+    environ = os.environ if environ is None else environ
+    if environ.get("BASTION_KEK_PREVIOUS"):
+        kek = environ["BASTION_KEK_PREVIOUS"].encode()
+        source = "BASTION_KEK_PREVIOUS"
+    elif environ.get("BASTION_KEK_PREVIOUS_FILE"):
+        path = Path(environ["BASTION_KEK_PREVIOUS_FILE"])
+        try:
+            kek = path.read_bytes().strip()
+        except OSError as exc:
+            raise KEKError(f"BASTION_KEK_PREVIOUS_FILE: cannot read {path}: {exc.strerror}") from None
+        source = str(path)
+    else:
+        return ()
+    if len(kek) < MIN_KEK_LENGTH:
+        raise KEKError(f"{source} must hold at least {MIN_KEK_LENGTH} characters")
+    return (kek,)
+
+
+@dataclass(frozen=True, slots=True)
+class SealerKeys:
+    """What a :class:`Sealer` is built from: plain bytes, so a worker process can receive it."""
+
+    kek: bytes
+    previous: tuple[bytes, ...] = ()
+    #: The secret-hash key carried over by a KEK rotation (``None``: derived from ``kek``).
+    hash_key: bytes | None = None
+
+    def sealer(self) -> Sealer:
+        """The sealer these keys make."""
+        return Sealer(self.kek, previous=self.previous, hash_key=self.hash_key)
+
+
+async def sealer_keys(stores: Stores, kek: bytes, environ: Mapping[str, str] | None = None) -> SealerKeys:
+    """The sealer's keys for ``kek``: the previous KEK from the environment and the secret-hash
+    key from the (migrated) database.
+
+    Raises:
+        KEKError: the stored secret-hash key does not open with ``kek`` (one line).
+    """
+    previous = previous_keks(environ)
+    try:
+        sealer = await open_sealer(stores.keys, kek, previous)
+    except SealError as exc:
+        raise KEKError(str(exc)) from None
+    except StorageError:
+        sealer = Sealer(kek, previous=previous)  # not migrated yet: nothing was rotated
+    derived = Sealer(kek).hash_key
+    return SealerKeys(kek, previous, None if sealer.hash_key == derived else sealer.hash_key)
 
 
 #: The setting behind each store, for messages.
@@ -167,7 +223,8 @@ async def open_services(settings: Settings, *, auto_migrate: bool = True) -> Asy
     try:
         if auto_migrate:
             await migrate(stores.db)
-        services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
+        keys = await sealer_keys(stores, kek)
+        services = Services.create(settings.authorization_server, stores, keys.sealer(), audit)
         await services.keys.load()
         yield services
     finally:

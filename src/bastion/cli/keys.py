@@ -1,25 +1,34 @@
-"""``bastion keys``: list, rotate, revoke, import and export the signing keys.
+"""``bastion keys``: list, rotate, revoke, import, export and check the signing keys.
 
 Thin wrappers over :class:`bastion.services.keys.KeyService`; register the group on the root
-with ``cli.add_command(keys)``. Every command first applies the automatic schedule (the first
-keys are created, due rotations happen), as a starting server would.
+with ``cli.add_command(keys)``. Every command but ``check`` first applies the automatic schedule
+(the first keys are created, due rotations happen), as a starting server would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from datetime import UTC
 from datetime import datetime
 from typing import IO
 from typing import Any
 
+import aiohttp
 import click
 
+from bastion.cli.common import settings_from
 from bastion.cli.common import with_services
 from bastion.protocol import jose
 from bastion.protocol.models import SigningKey
 from bastion.services.container import Services
+from bastion.services.keycheck import DAY
+from bastion.services.keycheck import Finding
+from bastion.services.keycheck import check_gateway
+from bastion.services.keycheck import check_jwks
+from bastion.services.keycheck import check_rotation
+from bastion.services.keycheck import served_kids
 from bastion.services.keyfiles import FORMATS
 from bastion.services.keyfiles import KeyFileError
 from bastion.services.keyfiles import read_private_key
@@ -238,3 +247,114 @@ def keys_export(ctx: click.Context, public: bool) -> None:
         return services.keys.jwks()
 
     click.echo(json.dumps(with_services(ctx, go), indent=2))
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    async with session.get(url) as response:
+        if response.status != 200:
+            raise ValueError(f"HTTP {response.status}")
+        return await response.json(content_type=None)
+
+
+async def _fetch_all(jwks_url: str, gateways: tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
+    """The served JWKS and each gateway's ``/keys`` answer (an exception where a fetch failed)."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def get(url: str) -> Any:
+            try:
+                return await _get_json(session, url)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                return exc
+
+        jwks = await get(jwks_url)
+        held = {gateway: await get(gateway.rstrip("/") + "/keys") for gateway in gateways}
+    return jwks, held
+
+
+@keys.command("check", short_help="Report stale, unpublished or lagging keys (exit 1 if any).")
+@click.option("--jwks-url", metavar="URL", help="The JWKS to check (default: <issuer>/jwks.json).")
+@click.option(
+    "--gateway",
+    "gateways",
+    multiple=True,
+    metavar="URL",
+    help="A gateway's admin listener (http://127.0.0.1:9100) whose cached keys to check; repeatable.",
+)
+@click.option(
+    "--grace-days",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Days past key_rotation_days before a signing key counts as overdue.",
+)
+@click.option(
+    "--warn-days",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    help="Report a signing key due for rotation within this many days with no successor published.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+@click.pass_context
+def keys_check(
+    ctx: click.Context,
+    jwks_url: str | None,
+    gateways: tuple[str, ...],
+    grace_days: float,
+    warn_days: float,
+    as_json: bool,
+) -> None:
+    """Check the signing keys before they go stale.
+
+    Exits 0 when all is well, else 1 with one line per finding, naming the key.
+
+    Findings: a signing key older than key_rotation_days plus the grace (overdue), one due
+    soon with no successor published (expiring), a published key missing from the JWKS the
+    running server serves or a revoked one still in it, and a key a gateway has not picked up
+    although it was published longer than the publish delay ago (gateway_lag; the gateway
+    lists the keys it holds at /keys on its admin listener). Nothing is changed: unlike the
+    other key commands, this one does not apply the rotation schedule.
+    """
+    settings = settings_from(ctx)
+    issuer = settings.authorization_server.issuer
+    url = jwks_url or issuer.rstrip("/") + "/jwks.json"
+
+    async def go(services: Services) -> list[Finding]:
+        now = time.time()
+        findings = check_rotation(services.keys, now, grace=grace_days * DAY, warn_within=warn_days * DAY)
+        jwks, held = await _fetch_all(url, gateways)
+        try:
+            if isinstance(jwks, Exception):
+                raise jwks
+            findings += check_jwks(services.keys, served_kids(jwks), now, where=url)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            findings.append(
+                Finding(
+                    "unreachable", None, None, f"cannot read the JWKS at {url}: {exc or type(exc).__name__}"
+                )
+            )
+        for gateway, answer in held.items():
+            if isinstance(answer, Exception) or not isinstance(answer.get("issuers"), dict):
+                reason = answer if isinstance(answer, Exception) else "not a /keys answer"
+                findings.append(
+                    Finding(
+                        "unreachable",
+                        None,
+                        None,
+                        f"cannot read the keys of the gateway at {gateway}: {reason}",
+                    )
+                )
+                continue
+            kids = {name: entry.get("kids", []) for name, entry in answer["issuers"].items()}
+            findings += check_gateway(services.keys, issuer, kids, now, where=gateway)
+        return findings
+
+    findings = with_services(ctx, go)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(f) for f in findings], indent=2))
+    else:
+        for finding in findings:
+            click.echo(finding.line())
+    if findings:
+        ctx.exit(1)

@@ -21,6 +21,7 @@ from bastion.cli.common import run
 from bastion.cli.common import settings_from
 from bastion.cli.context import open_services
 from bastion.cli.context import ready_stores
+from bastion.cli.kek import kek
 from bastion.cli.keys import keys
 from bastion.cli.users import roles
 from bastion.cli.users import users
@@ -144,6 +145,8 @@ def render_markdown(rows: list[Option]) -> str:
         "|---|---|",
         "| `BASTION_KEK` | The key itself: any secret of at least 32 characters (`openssl rand -base64 48`). |",
         "| `BASTION_KEK_FILE` | A file holding the key (e.g. a mounted secret); it must exist. |",
+        "| `BASTION_KEK_PREVIOUS` / `BASTION_KEK_PREVIOUS_FILE` | After `bastion kek rotate`: the old key (or a file holding it), still accepted to open what a server on the old key sealed meanwhile; remove once every server runs on the new key. |",
+        "| `BASTION_NEW_KEK` | For `bastion kek rotate` only: the new key (or use `--new-kek-file`, `--write-new-kek`). |",
         "",
         "With neither set, Bastion uses `<data_dir>/kek`, and generates that file (mode 0600) only",
         "while the database holds no signing key yet. Once keys exist, a missing KEK stops",
@@ -447,6 +450,7 @@ def main() -> None:
 
 cli.add_command(audit)
 cli.add_command(keys)
+cli.add_command(kek)
 cli.add_command(bans)
 cli.add_command(users)
 cli.add_command(roles)

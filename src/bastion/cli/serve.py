@@ -34,9 +34,11 @@ from typing import Any
 import click
 
 from bastion.cli.common import asgi_server
+from bastion.cli.context import SealerKeys
 from bastion.cli.context import kek_for
 from bastion.cli.context import open_audit
 from bastion.cli.context import ready_stores
+from bastion.cli.context import sealer_keys
 from bastion.cli.context import stores_for
 from bastion.cli.gateway import open_limiter
 from bastion.cli.listen import listen_socket
@@ -115,7 +117,7 @@ def _install_uvloop() -> None:
 
 
 async def _run_worker(
-    settings: Settings, kek: bytes, listeners: Listeners, channel: socket.socket | None
+    settings: Settings, keys: SealerKeys, listeners: Listeners, channel: socket.socket | None
 ) -> None:
     import uvicorn
     from prometheus_client import CollectorRegistry
@@ -125,7 +127,6 @@ async def _run_worker(
     from bastion.server.app import create_app
     from bastion.server.people import people_routes
     from bastion.services.container import Services
-    from bastion.services.crypto import Sealer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,7 +151,7 @@ async def _run_worker(
             # (failed authentications are counted in the fast state itself).
             limiter = open_limiter(settings.resolved_state_url())
             services = Services.create(
-                settings.authorization_server, stores, Sealer(kek), audit, limiter=limiter
+                settings.authorization_server, stores, keys.sealer(), audit, limiter=limiter
             )
             registry.register(services.metrics)
             app = create_app(services, extra_routes=people_routes(services))
@@ -175,7 +176,7 @@ async def _run_worker(
         if channel is not None:
             scrapes = loop.create_task(answer_scrapes(channel, registry))
         elif listeners.metrics is not None:
-            admin = AdminServer(registry)
+            admin = AdminServer(registry, keys=gateway.gateway.cached_kids if gateway is not None else dict)
             await admin.start(sock=listeners.metrics)
 
         async def reloader() -> None:
@@ -230,7 +231,7 @@ async def _run_worker(
 
 
 def worker_main(
-    settings: Settings, kek: bytes, listeners: Listeners, channel: socket.socket | None = None
+    settings: Settings, keys: SealerKeys, listeners: Listeners, channel: socket.socket | None = None
 ) -> None:
     """Run a worker in this process, on the supervisor's ``listeners``; it answers the
     supervisor's metrics scrapes on ``channel``, or serves ``listeners.metrics`` itself."""
@@ -239,23 +240,24 @@ def worker_main(
     )
     _install_uvloop()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run_worker(settings, kek, listeners, channel))
+        asyncio.run(_run_worker(settings, keys, listeners, channel))
 
 
-def worker_process(settings: Settings, kek: bytes, listeners: Listeners, channel: socket.socket) -> None:
+def worker_process(
+    settings: Settings, keys: SealerKeys, listeners: Listeners, channel: socket.socket
+) -> None:
     """Entry point of a spawned worker: a failure the operator can fix is one line, exit 1."""
     try:
-        worker_main(settings, kek, listeners, channel)
+        worker_main(settings, keys, listeners, channel)
     except click.ClickException as exc:
         exc.show()
         sys.exit(1)
 
 
-async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
+async def _prepare(settings: Settings, *, migrate: bool) -> SealerKeys:
     """Check the stores, get the key-encryption key, migrate, and create the first signing keys
-    once, before workers race to. Returns the KEK."""
+    once, before workers race to. Returns what the workers' sealers are built from."""
     from bastion.services.container import Services
-    from bastion.services.crypto import Sealer
     from bastion.storage.sql.migrate import migrate as apply_migrations
 
     stores = await ready_stores(settings)
@@ -263,17 +265,18 @@ async def _prepare(settings: Settings, *, migrate: bool) -> bytes:
         kek = await kek_for(settings, stores)
         if migrate:
             await apply_migrations(stores.db)
+        keys = await sealer_keys(stores, kek)
         if settings.authorization_server.enabled:
             audit = open_audit(settings, stores)
             try:
-                services = Services.create(settings.authorization_server, stores, Sealer(kek), audit)
+                services = Services.create(settings.authorization_server, stores, keys.sealer(), audit)
                 await services.keys.load()
                 await services.keys.ensure()
             finally:
                 await audit.close()
     finally:
         await stores.close()
-    return kek
+    return keys
 
 
 def supervise(procs: list[Any], stopping: Callable[[], bool], signal_all: Callable[[int, Any], None]) -> bool:
@@ -338,7 +341,7 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
 def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: bool) -> None:
     from bastion.cli.common import run
 
-    kek = run(_prepare(settings, migrate=migrate))
+    keys = run(_prepare(settings, migrate=migrate))
     parts = []
     if settings.authorization_server.enabled:
         parts.append(
@@ -356,14 +359,14 @@ def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: b
     written = write_pid_file(settings)
     try:
         if workers == 1:
-            worker_main(settings, kek, listeners)
+            worker_main(settings, keys, listeners)
             return
         ctx = multiprocessing.get_context("spawn")
         # The workers accept on the public listeners; the metrics listener is the supervisor's.
         shared = dataclasses.replace(listeners, metrics=None)
         pairs = [socket.socketpair() for _ in range(workers)]
         procs = [
-            ctx.Process(target=worker_process, args=(settings, kek, shared, theirs), daemon=False)
+            ctx.Process(target=worker_process, args=(settings, keys, shared, theirs), daemon=False)
             for _, theirs in pairs
         ]
         for proc in procs:

@@ -67,6 +67,7 @@ from bastion.gateway.headers import trusted_request_id
 from bastion.gateway.limits import EngineLimits
 from bastion.gateway.observe import AccessLog
 from bastion.gateway.observe import AdminServer
+from bastion.gateway.observe import CachedKeysCollector
 from bastion.gateway.observe import GatewayMetrics
 from bastion.gateway.paths import PathError
 from bastion.gateway.paths import parse_target
@@ -86,6 +87,8 @@ from bastion.gateway.settings import GatewaySettings
 from bastion.gateway.settings import IssuerSettings
 from bastion.gateway.settings import LimitsSettings
 from bastion.gateway.settings import UpstreamSettings
+from bastion.gateway.tracing import gateway_traceparent
+from bastion.gateway.tracing import trace_id
 from bastion.gateway.upstream import UpstreamGroup as EngineGroup
 from bastion.ratelimit import Limiter
 from bastion.ratelimit.local import LocalLimiter
@@ -201,6 +204,7 @@ class GatewayHandler:
         proxies = self._rules.proxies
         peer = head.client[0]
         peer_trusted = proxies.is_trusted(peer)
+        traceparent, continued = gateway_traceparent(scanned.traceparent)
         exchange = Exchange(
             head=head,
             method=head.method.decode("ascii", "replace"),
@@ -209,6 +213,8 @@ class GatewayHandler:
             peer_trusted=peer_trusted,
             client_ip=proxies.client_ip(peer, scanned.forwarded_for) if peer_trusted else peer,
             request_id=trusted_request_id(scanned, peer_trusted),
+            traceparent=traceparent,
+            trace_continued=continued,
         )
         bans = self._bans
         if bans is not None and bans.refuses(exchange.client_ip):
@@ -306,6 +312,8 @@ class GatewayHandler:
                 request_id=request_id,
                 identity=identity,
                 forward_authorization=settings.forward_authorization,
+                traceparent=exchange.traceparent,
+                continued=exchange.trace_continued,
             ),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
@@ -373,6 +381,7 @@ class GatewayHandler:
         log.write(
             {
                 "request_id": exchange.request_id,
+                "trace_id": trace_id(exchange.traceparent),
                 "client_ip": exchange.client_ip,
                 "method": exchange.method,
                 "path": exchange.target.path,
@@ -446,6 +455,7 @@ class Gateway:
         self._ssl = ssl_context
         self.access_log = access_log
         self.metrics = metrics
+        metrics.registry.register(CachedKeysCollector(self.cached_kids))
         self._factories = tuple(policy_factories)
         self._upstreams: dict[str, tuple[UpstreamSettings, UpstreamGroup]] = {}
         self._verifiers: dict[str, tuple[IssuerSettings, TokenVerifier]] = {}
@@ -530,12 +540,24 @@ class Gateway:
         self._verifiers = verifiers
         return handler, retired
 
+    def cached_kids(self) -> dict[str, frozenset[str]]:
+        """The ``kid`` of the keys each issuer's token validator holds (introspection-only
+        verifiers have none to show)."""
+        held = {}
+        for issuer, (_, verifier) in self._verifiers.items():
+            kids = getattr(getattr(verifier, "validator", verifier), "known_kids", None)
+            if isinstance(kids, frozenset):
+                held[issuer] = kids
+        return held
+
     async def start(self) -> None:
         """Start the public listener (engine) and the admin listener."""
         settings = self.settings
         if settings.admin_listen is not None:
             host, _, port = settings.admin_listen.rpartition(":")
-            admin = AdminServer(self.metrics.registry, healthy=lambda: self._server is not None)
+            admin = AdminServer(
+                self.metrics.registry, healthy=lambda: self._server is not None, keys=self.cached_kids
+            )
             await admin.start(host.strip("[]"), int(port))
             self._admin = admin
         await self._prefetch()

@@ -85,6 +85,9 @@ _FORWARDING: Final = frozenset(
         b"x-forwarded-prefix",
         b"x-real-ip",
         b"x-request-id",
+        # W3C Trace Context: replaced by the gateway's own (see ``tracing.py``).
+        b"traceparent",
+        b"tracestate",
     }
 )
 _IDENTITY_PREFIX: Final = b"x-bastion-"
@@ -193,6 +196,9 @@ class ScannedHeaders:
     forwarded_proto: bytes | None = None
     forwarded_host: bytes | None = None
     request_id: bytes | None = None
+    #: The client's ``traceparent``; ``b""`` when it sent several (invalid).
+    traceparent: bytes | None = None
+    tracestate: list[bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +261,13 @@ def scan_request(headers: Headers, rules: HeaderRules) -> ScannedHeaders:
                 out.forwarded_host = value
             elif name == b"x-request-id":
                 out.request_id = value
+            elif name == b"traceparent":
+                out.traceparent = value if out.traceparent is None else b""
+            elif name == b"tracestate":
+                if out.tracestate is None:
+                    out.tracestate = [value]
+                else:
+                    out.tracestate.append(value)
         elif not name.startswith(_IDENTITY_PREFIX) and name not in strip:
             if b"_" in name and _reserved(name.replace(b"_", b"-"), strip):
                 continue  # ``X_Bastion_Subject``: the same CGI variable as the real header
@@ -275,6 +288,8 @@ def forward_headers(
     request_id: str,
     identity: Headers | None,
     forward_authorization: bool,
+    traceparent: bytes | None = None,
+    continued: bool = False,
 ) -> Headers:
     """The complete header set for the upstream (framing headers aside).
 
@@ -287,6 +302,8 @@ def forward_headers(
         request_id: The id of this request.
         identity: The :func:`identity_headers` of the verified token, or ``None``.
         forward_authorization: Whether the client's ``Authorization`` passes through.
+        traceparent: The gateway's ``traceparent`` (``tracing.gateway_traceparent``).
+        continued: Whether it continues the client's trace: then its ``tracestate`` passes.
     """
     headers = list(scanned.kept)
     if forward_authorization and scanned.authorization:
@@ -307,6 +324,10 @@ def forward_headers(
         headers.append((b"x-forwarded-host", host))
     headers.append((b"x-real-ip", client_ip.encode("ascii")))
     headers.append((b"x-request-id", request_id.encode("ascii")))
+    if traceparent is not None:
+        headers.append((b"traceparent", traceparent))
+        if continued and scanned.tracestate:
+            headers.append((b"tracestate", b",".join(scanned.tracestate)))
     if identity:
         headers.extend(identity)
     return headers

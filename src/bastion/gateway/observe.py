@@ -20,6 +20,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
@@ -35,6 +36,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from bastion.ops.aggregate import CACHED_KEYS
+from bastion.ops.aggregate import keys_document
 from bastion.ops.counting import Histogram
 
 __all__ = ["AccessLog", "AdminServer", "GatewayMetrics", "LogSink"]
@@ -225,13 +228,44 @@ class GatewayMetrics(Collector):
         )
 
 
-class AdminServer:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` on their own listener."""
+class CachedKeysCollector(Collector):
+    """:data:`~bastion.ops.aggregate.CACHED_KEYS`: 1 for each ``kid`` an issuer's validator
+    holds, read at scrape time (the supervisor's ``/keys`` intersects its workers' answers)."""
 
-    def __init__(self, registry: CollectorRegistry, *, healthy: Callable[[], bool] = lambda: True) -> None:
-        """Serve ``registry``; ``healthy`` decides ``/healthz`` (200 or 503)."""
+    def __init__(self, keys: Callable[[], Mapping[str, Iterable[str]]]) -> None:
+        self._keys = keys
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(CACHED_KEYS, "", labels=["issuer", "kid"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            CACHED_KEYS,
+            "1 for each signing key (kid) an issuer's token validator holds.",
+            labels=["issuer", "kid"],
+        )
+        for issuer, kids in self._keys().items():
+            for kid in sorted(kids):
+                family.add_metric([issuer, kid], 1.0)
+        yield family
+
+
+class AdminServer:
+    """``/metrics`` (Prometheus text format), ``/healthz`` and ``/keys`` (the ``kid`` of the
+    keys each issuer's validator holds, read-only) on their own listener."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        healthy: Callable[[], bool] = lambda: True,
+        keys: Callable[[], Mapping[str, Iterable[str]]] = dict,
+    ) -> None:
+        """Serve ``registry``; ``healthy`` decides ``/healthz`` (200 or 503); ``keys`` lists the
+        ``kid`` of the keys cached per issuer, for ``/keys``."""
         self._registry = registry
         self._healthy = healthy
+        self._keys = keys
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -244,6 +278,9 @@ class AdminServer:
             return web.Response(text="ok\n")
         return web.Response(status=503, text="unavailable\n")
 
+    async def _cached_keys(self, request: web.Request) -> web.Response:
+        return web.Response(body=keys_document(self._keys()), content_type="application/json")
+
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
     ) -> None:
@@ -252,6 +289,7 @@ class AdminServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/keys", self._cached_keys)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site: web.BaseSite = (

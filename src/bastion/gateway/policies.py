@@ -143,6 +143,10 @@ class Exchange:
     peer_trusted: bool
     client_ip: str
     request_id: str
+    #: The gateway's W3C ``traceparent`` for this request (``tracing.gateway_traceparent``).
+    traceparent: bytes = b""
+    #: Whether it continues a valid ``traceparent`` of the client's.
+    trace_continued: bool = False
     principal: Principal | None = None
     #: Why authentication failed (a metrics label), for the access log.
     auth_failure: str | None = None

@@ -23,18 +23,30 @@ from zero again, which Prometheus reads as an ordinary counter reset.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Final
 from typing import Literal
 
+import orjson
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-__all__ = ["DERIVED", "GAUGE_RULES", "MergedMetrics", "Snapshot", "parse_snapshot"]
+__all__ = [
+    "CACHED_KEYS",
+    "DERIVED",
+    "GAUGE_RULES",
+    "MergedMetrics",
+    "Snapshot",
+    "held_keys",
+    "keys_document",
+    "parse_snapshot",
+]
 
 Rule = Literal["sum", "min", "max"]
 
@@ -88,6 +100,32 @@ def parse_snapshot(pid: int, text: str) -> Snapshot:
                 continue
             values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return snapshot
+
+
+#: The gateway's gauge of the signing keys its validators hold: 1 per ``issuer`` and ``kid``.
+CACHED_KEYS: Final = "bastion_gateway_jwks_cached_key"
+
+
+def held_keys(snapshots: Iterable[Snapshot]) -> dict[str, frozenset[str]]:
+    """The ``kid`` every one of ``snapshots`` (workers) holds, per issuer: a key only one worker
+    has fetched is not held by the server, since the others would refuse its tokens."""
+    held: dict[str, frozenset[str]] | None = None
+    for snapshot in snapshots:
+        mine: dict[str, set[str]] = {}
+        for (_, labels), value in snapshot.samples.get(CACHED_KEYS, {}).items():
+            label = dict(labels)
+            if value and "issuer" in label and "kid" in label:
+                mine.setdefault(label["issuer"], set()).add(label["kid"])
+        if held is None:
+            held = {issuer: frozenset(kids) for issuer, kids in mine.items()}
+        else:
+            held = {issuer: kids & mine.get(issuer, set()) for issuer, kids in held.items()}
+    return held or {}
+
+
+def keys_document(held: Mapping[str, Iterable[str]]) -> bytes:
+    """The JSON of ``/keys``: ``{"issuers": {ISSUER: {"kids": [...]}}}``."""
+    return orjson.dumps({"issuers": {issuer: {"kids": sorted(kids)} for issuer, kids in held.items()}})
 
 
 def _hit_ratio(merged: dict[str, dict[SampleKey, float]]) -> float | None:

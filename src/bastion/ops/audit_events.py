@@ -59,6 +59,7 @@ EventType = Literal[
     "key.retired",
     "key.expired",
     "key.revoked",
+    "kek.rotated",
     # users and roles
     "user.created",
     "user.disabled",
@@ -107,6 +108,7 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "key.retired": "A newer key took over; the key still verifies the tokens it signed.",
     "key.expired": "A retired key outlived every token it signed and left the JWKS.",
     "key.revoked": "A signing key was withdrawn; its tokens are refused.",
+    "kek.rotated": "Every sealed secret was re-sealed under a new key-encryption key.",
     "user.created": "A user was created.",
     "user.disabled": "A user was disabled.",
     "user.enabled": "A disabled user was enabled again.",

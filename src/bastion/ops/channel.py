@@ -33,6 +33,8 @@ from prometheus_client import generate_latest
 
 from bastion.ops.aggregate import MergedMetrics
 from bastion.ops.aggregate import Snapshot
+from bastion.ops.aggregate import held_keys
+from bastion.ops.aggregate import keys_document
 from bastion.ops.aggregate import parse_snapshot
 
 __all__ = ["MetricsEndpoint", "WorkerChannel", "answer_scrapes"]
@@ -139,7 +141,8 @@ def scrape_all(channels: list[WorkerChannel], timeout: float) -> dict[int, Snaps
 
 
 class MetricsEndpoint:
-    """``/metrics`` and ``/healthz`` of a supervisor, on a socket it bound, from a thread."""
+    """``/metrics``, ``/healthz`` and ``/keys`` of a supervisor, on a socket it bound, from a
+    thread. ``/keys`` lists the signing keys *every* worker's gateway holds, per issuer."""
 
     def __init__(
         self,
@@ -163,6 +166,12 @@ class MetricsEndpoint:
                 path = self.path.partition("?")[0]
                 if path == "/metrics":
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/keys":
+                    answers = scrape_all(channels, timeout)
+                    if len(answers) < len(channels):
+                        self._send(503, b"not every worker answered\n", "text/plain")
+                    else:
+                        self._send(200, keys_document(held_keys(answers.values())), "application/json")
                 elif path == "/healthz":
                     ok = healthy()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"unavailable\n", "text/plain")

@@ -4,6 +4,13 @@ The KEK comes from ``BASTION_KEK`` (any secret of at least 32 characters) or a 0
 CLI creates in the data dir. Sub-keys are derived with HKDF-SHA256 per purpose, so the key that
 seals private keys never hashes a client secret.
 
+Rotating the KEK (``bastion kek rotate``) re-seals every sealed blob under the new KEK. The
+secret-hash key cannot change with it (the secrets it hashed are not stored), so it is carried
+over: the rotation stores it, sealed under the new KEK, and a :class:`Sealer` built after that
+uses the stored one (``hash_key``) instead of deriving it. During the switch a sealer also opens
+blobs sealed under ``previous`` KEKs (``BASTION_KEK_PREVIOUS``); it always seals under the
+current one.
+
 Client secrets, codes and refresh tokens carry 256 random bits, so a fast keyed hash
 (HMAC-SHA256) is the right store: a slow password hash would only cap throughput (bcrypt on
 client secrets bounds Hydra's client-credentials rate, ory/hydra#1477) without adding security.
@@ -15,6 +22,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -44,11 +52,26 @@ def new_secret(nbytes: int = 32) -> str:
 class Sealer:
     """Encrypts and authenticates blobs (private keys, grace-window responses) and hashes secrets."""
 
-    def __init__(self, kek: bytes) -> None:
-        if len(kek) < MIN_KEK_LENGTH:
-            raise ValueError(f"the key-encryption key must be at least {MIN_KEK_LENGTH} bytes")
+    def __init__(self, kek: bytes, *, previous: Sequence[bytes] = (), hash_key: bytes | None = None) -> None:
+        """A sealer under ``kek``, opening blobs sealed under ``previous`` KEKs too.
+
+        Args:
+            kek: The key-encryption key; everything is sealed under it.
+            previous: Older KEKs whose blobs this sealer still opens (during a KEK rotation).
+            hash_key: The carried secret-hash key (after a KEK rotation); by default it is derived
+                from ``kek``.
+        """
+        for key in (kek, *previous):
+            if len(key) < MIN_KEK_LENGTH:
+                raise ValueError(f"the key-encryption key must be at least {MIN_KEK_LENGTH} bytes")
         self._aead = AESGCM(derive(kek, "seal"))
-        self._hash_key = derive(kek, "secret-hash")
+        self._openers = (self._aead, *(AESGCM(derive(old, "seal")) for old in previous))
+        self._hash_key = derive(kek, "secret-hash") if hash_key is None else hash_key
+
+    @property
+    def hash_key(self) -> bytes:
+        """The key of :meth:`hash_secret` (what a KEK rotation carries over)."""
+        return self._hash_key
 
     def seal(self, data: bytes, aad: bytes) -> bytes:
         """``version || nonce || ciphertext+tag``; ``aad`` binds the blob to its record."""
@@ -59,10 +82,12 @@ class Sealer:
         """The plaintext of :meth:`seal`. Raises :class:`SealError` if it does not authenticate."""
         if len(blob) < 29 or blob[:1] != _VERSION:
             raise SealError("not a sealed blob")
-        try:
-            return self._aead.decrypt(blob[1:13], blob[13:], aad)
-        except InvalidTag as exc:
-            raise SealError("sealed blob does not authenticate (wrong KEK?)") from exc
+        for aead in self._openers:
+            try:
+                return aead.decrypt(blob[1:13], blob[13:], aad)
+            except InvalidTag:
+                continue
+        raise SealError("sealed blob does not authenticate (wrong KEK?)")
 
     def hash_secret(self, secret: str) -> str:
         """Keyed hash of a high-entropy secret, hex; what storage keeps instead of the secret."""

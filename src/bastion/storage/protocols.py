@@ -12,6 +12,8 @@ Durability rule: a method returns only after its write is committed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -71,6 +73,16 @@ class KeyStore(Protocol):
 
     async def delete_key(self, kid: str) -> bool:
         """Remove a key for good; ``False`` if there was none."""
+
+    async def get_sealed_secret(self, name: str) -> bytes | None:
+        """A secret stored sealed under the KEK (``secret-hash``), ``None`` if there is none."""
+
+    async def reseal(
+        self, reseal: Callable[[bytes, bytes], bytes], secrets: Mapping[str, bytes], now: float
+    ) -> int:
+        """Replace, in one transaction, every sealed blob (private keys, refresh responses) by
+        ``reseal(blob, aad)`` and store ``secrets`` (name → sealed); returns how many blobs
+        changed. If ``reseal`` raises, nothing changes and the exception propagates."""
 
 
 class TokenStore(Protocol):

@@ -206,6 +206,18 @@ class TokenValidator(AsyncResource):
     def cache_trusted(self, trusted: bool) -> None:
         self._trusted = trusted
 
+    @property
+    def known_kids(self) -> frozenset[str]:
+        """The ``kid`` of every key in the key set this validator last used (empty before its
+        first fetch): what ``bastion keys check --gateway`` compares with the issuer's JWKS.
+
+        .. versionadded:: 0.3
+        """
+        keyset = self._keyset
+        if keyset is None:
+            return frozenset()
+        return frozenset(key.kid for key in keyset.keys if key.kid is not None)
+
     # -- full validation ----------------------------------------------------------------------
 
     async def validate(self, token: str, *, audience: str | None = None) -> Principal:

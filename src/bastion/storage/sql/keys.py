@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +16,9 @@ from sqlalchemy import update
 from bastion.protocol.models import SigningKey
 from bastion.storage.protocols import Conflict
 from bastion.storage.sql.engine import Database
+from bastion.storage.sql.schema import sealed_secrets
 from bastion.storage.sql.schema import signing_keys
+from bastion.storage.sql.schema_people import refresh_tokens
 
 
 def _key(row: Any) -> SigningKey:
@@ -86,3 +90,48 @@ class SQLKeyStore:
         async with self._db.write() as conn:
             result = await conn.execute(delete(signing_keys).where(signing_keys.c.kid == kid))
         return bool(result.rowcount)
+
+    async def get_sealed_secret(self, name: str) -> bytes | None:
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(select(sealed_secrets.c.sealed).where(sealed_secrets.c.name == name))
+            ).first()
+        return None if row is None else bytes(row.sealed)
+
+    async def reseal(
+        self, reseal: Callable[[bytes, bytes], bytes], secrets: Mapping[str, bytes], now: float
+    ) -> int:
+        async with self._db.write() as conn:
+            if not self._db.is_sqlite:
+                # No process adds or changes a key until this commits (SQLite's BEGIN IMMEDIATE
+                # already holds the database's write lock); reads go on.
+                await conn.exec_driver_sql(
+                    "LOCK TABLE signing_keys, sealed_secrets IN SHARE ROW EXCLUSIVE MODE"
+                )
+            count = 0
+            keys = (await conn.execute(select(signing_keys.c.kid, signing_keys.c.private_key))).all()
+            for kid, blob in keys:
+                await conn.execute(
+                    update(signing_keys)
+                    .where(signing_keys.c.kid == kid)
+                    .values(private_key=reseal(bytes(blob), kid.encode()))
+                )
+                count += 1
+            responses = (
+                await conn.execute(
+                    select(refresh_tokens.c.token_hash, refresh_tokens.c.successor_response)
+                    .where(refresh_tokens.c.successor_response.is_not(None))
+                    .with_for_update()
+                )
+            ).all()
+            for token_hash, blob in responses:
+                await conn.execute(
+                    update(refresh_tokens)
+                    .where(refresh_tokens.c.token_hash == token_hash)
+                    .values(successor_response=reseal(bytes(blob), token_hash.encode()))
+                )
+                count += 1
+            for name, sealed in secrets.items():
+                await conn.execute(delete(sealed_secrets).where(sealed_secrets.c.name == name))
+                await conn.execute(insert(sealed_secrets).values(name=name, sealed=sealed, updated_at=now))
+        return count

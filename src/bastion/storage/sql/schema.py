@@ -55,6 +55,16 @@ signing_keys = Table(
     UniqueConstraint("alg", "generation", name="uq_signing_keys_alg_generation"),
 )
 
+#: Secrets the KEK seals that are not signing keys, by name. ``secret-hash`` is the key of the
+#: keyed hashes (client secrets, refresh tokens, codes), carried across KEK rotations.
+sealed_secrets = Table(
+    "sealed_secrets",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("sealed", LargeBinary, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 access_tokens = Table(
     "access_tokens",
     metadata,
