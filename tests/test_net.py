@@ -80,3 +80,21 @@ def test_http_issuer_on_a_name_starting_like_loopback_is_refused(issuer: str) ->
 )
 def test_address_buckets_are_ipv4_addresses_and_ipv6_64s(address: str, bucket: str) -> None:
     assert address_bucket(address) == bucket
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        (b"00-00000000000000000000000000000000-00f067aa0ba902b7-01", None),  # all-zero trace-id
+        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", None),  # all-zero parent-id
+        (b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", None),  # upper-case hex
+        (b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", None),  # unknown version
+        (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x", None),  # version 00 is 55 chars
+        (b"", None),
+    ],
+)
+def test_trace_id_of_a_traceparent(value: bytes, expected: str | None) -> None:
+    from bastion.tracecontext import trace_id_of
+
+    assert trace_id_of(value) == expected

@@ -152,6 +152,7 @@ def test_search_filters_by_time_type_subject_and_client(invoke: Invoke, config_f
         "address": "203.0.113.7",
         "reason": "wrong_password",
         "request_id": None,
+        "trace_id": None,
         "details": {},
     }
 

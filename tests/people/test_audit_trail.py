@@ -57,6 +57,7 @@ FLOW_TYPES = frozenset(
     }
 )
 REQUEST_ID = "audit-run-7f3a"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_ADDRESS = "203.0.113.9"
 
 
@@ -164,7 +165,13 @@ def test_a_full_run_audits_every_step_with_its_request_and_leaks_nothing(tmp_pat
         client_rate_limit={"requests": 1, "per": 60, "burst": 3},
     )
     harness = next(harnesses)
-    harness.client.headers.update({"x-request-id": REQUEST_ID, "x-forwarded-for": CLIENT_ADDRESS})
+    harness.client.headers.update(
+        {
+            "x-request-id": REQUEST_ID,
+            "x-forwarded-for": CLIENT_ADDRESS,
+            "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01",
+        }
+    )
     secrets: list[str] = []
     _run_flows(harness, secrets)
     events = list(harness.events)
@@ -182,6 +189,8 @@ def test_a_full_run_audits_every_step_with_its_request_and_leaks_nothing(tmp_pat
     from_requests = [e for e in events if e.request_id is not None]
     assert {e.request_id for e in from_requests} == {REQUEST_ID}
     assert {e.address for e in from_requests} == {CLIENT_ADDRESS}
+    assert {e.trace_id for e in from_requests} == {TRACE_ID}  # the gateway's access line has it too
+    assert {line["trace_id"] for line in written if line["request_id"]} == {TRACE_ID}
     by_type: dict[str, AuditEvent] = {}
     for event in events:
         by_type.setdefault(event.type, event)  # the first of each type

@@ -12,25 +12,14 @@ Cost per request: one ``os.urandom`` call and one 55-byte ``bytes``, about a mic
 from __future__ import annotations
 
 import os
-import re
 from binascii import b2a_hex
 from typing import Final
 
-#: §3.2: ``version "-" trace-id "-" parent-id "-" trace-flags``, lower-case hex (HEXDIGLC). Only
-#: version 00 is accepted, and it "MUST" be exactly 55 characters.
-_TRACEPARENT: Final = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
-_ZERO_TRACE: Final = b"0" * 32
-_ZERO_PARENT: Final = b"0" * 16
+from bastion.tracecontext import valid_traceparent
+
 #: The flags of a trace the gateway starts: sampled, so that services sampling by their parent
 #: (the common default) record it as they would a trace without a parent.
 _NEW_FLAGS: Final = b"01"
-
-
-def valid_traceparent(value: bytes) -> bool:
-    """Whether ``value`` is a version-00 ``traceparent`` whose trace-id and parent-id are not all
-    zeros (§3.2.2.3: "All bytes as zero ... is considered an invalid value")."""
-    match = _TRACEPARENT.fullmatch(value)
-    return match is not None and match[1] != _ZERO_TRACE and match[2] != _ZERO_PARENT
 
 
 def gateway_traceparent(incoming: bytes | None) -> tuple[bytes, bool]:

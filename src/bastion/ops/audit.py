@@ -168,9 +168,10 @@ class AuditLog:
         if details and not FORBIDDEN_DETAILS.isdisjoint(details):
             raise ValueError(f"audit details must not hold {sorted(FORBIDDEN_DETAILS & set(details))}")
         request = current_request()
-        request_id = None
+        request_id = trace_id = None
         if request is not None:
             request_id = request.request_id
+            trace_id = request.trace_id
             address = address or request.address
             client = client or request.client
             actor = actor or request.actor or "anonymous"
@@ -184,6 +185,7 @@ class AuditLog:
             address,
             reason,
             request_id,
+            trace_id,
             {} if details is None else details,
         )
         self._pending.append(event)

@@ -149,6 +149,8 @@ class RequestScope:
     """
 
     request_id: str | None = None
+    #: The W3C trace-id of the request's ``traceparent``, when it sent a valid one.
+    trace_id: str | None = None
     #: The client address (after trusted proxies).
     address: str | None = None
     #: The authenticated client, once known.

@@ -9,6 +9,7 @@ from bastion.net import TrustedProxies
 from bastion.ops.audit_events import RequestScope
 from bastion.ops.audit_events import request_scope
 from bastion.ops.audit_events import reset_scope
+from bastion.tracecontext import trace_id_of
 from bastion.types import ASGIApp
 from bastion.types import Receive
 from bastion.types import Scope
@@ -20,8 +21,9 @@ _REQUEST_ID_RE: Final = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
 
 class AuditScopeMiddleware:
     """Sets the :class:`~bastion.ops.audit_events.RequestScope` of every HTTP request: the
-    client address (through ``proxies``) and ``X-Request-Id`` when a trusted proxy (the gateway)
-    sent one; anyone else's is ignored, as the gateway ignores it."""
+    client address (through ``proxies``), ``X-Request-Id`` when a trusted proxy (the gateway)
+    sent one (anyone else's is ignored, as the gateway ignores it), and the trace-id of a valid
+    W3C ``traceparent`` (from anyone: it names a trace, it proves nothing)."""
 
     def __init__(self, app: ASGIApp, proxies: TrustedProxies) -> None:
         self.app = app
@@ -32,10 +34,13 @@ class AuditScopeMiddleware:
             await self.app(scope, receive, send)
             return
         request_id: bytes | None = None
+        traceparent: bytes | None = None
         forwarded: list[bytes] = []
         for key, value in scope["headers"]:
             if key == b"x-request-id":
                 request_id = value
+            elif key == b"traceparent":
+                traceparent = value
             elif key == b"x-forwarded-for":
                 forwarded.append(value)
         peer = scope.get("client")
@@ -48,7 +53,12 @@ class AuditScopeMiddleware:
             and self._proxies.is_trusted(host)
         ):
             rid = request_id.decode("ascii")
-        token = request_scope(RequestScope(request_id=rid, address=self._proxies.client_ip(host, forwarded)))
+        scoped = RequestScope(
+            request_id=rid,
+            address=self._proxies.client_ip(host, forwarded),
+            trace_id=trace_id_of(traceparent) if traceparent is not None else None,
+        )
+        token = request_scope(scoped)
         try:
             await self.app(scope, receive, send)
         finally:

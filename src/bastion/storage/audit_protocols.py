@@ -69,6 +69,8 @@ class AuditEvent:
     reason: str | None = None
     #: The id of the request that caused it (``X-Request-Id``), when there was one.
     request_id: str | None = None
+    #: The W3C trace-id of the request (``traceparent``), shared with the gateway's access log.
+    trace_id: str | None = None
     #: Facts of this event type (``jti``, ``scope``, ``grant_type``, ``alg`` ...).
     details: Mapping[str, Any] = field(default_factory=dict)
 
@@ -86,6 +88,7 @@ class AuditEvent:
             "address": self.address,
             "reason": self.reason,
             "request_id": self.request_id,
+            "trace_id": self.trace_id,
             "details": dict(self.details),
         }
 
@@ -113,6 +116,7 @@ class AuditEvent:
                 address=_text(data.get("address")),
                 reason=_text(data.get("reason")),
                 request_id=_text(data.get("request_id")),
+                trace_id=_text(data.get("trace_id")),
                 details=dict(details),
             )
         except (KeyError, TypeError) as exc:

@@ -9,7 +9,7 @@ import pytest
 
 from bastion.gateway.tracing import gateway_traceparent
 from bastion.gateway.tracing import trace_id
-from bastion.gateway.tracing import valid_traceparent
+from bastion.tracecontext import valid_traceparent
 
 from .test_policy_e2e import Stack
 from .test_policy_e2e import get

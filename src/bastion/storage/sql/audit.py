@@ -41,6 +41,7 @@ def _row(event: AuditEvent) -> dict[str, Any]:
         "address": _fit(event.address, WIDTHS["address"]),
         "reason": _fit(event.reason),
         "request_id": _fit(event.request_id, WIDTHS["request_id"]),
+        "trace_id": _fit(event.trace_id, WIDTHS["trace_id"]),
         # \u0000 escaped by JSON is fine for both engines; a raw NUL cannot occur in JSON text.
         "details": orjson.dumps(event.details, default=str).decode(),
     }
@@ -57,6 +58,7 @@ def _event(row: Any) -> AuditEvent:
         address=row.address,
         reason=row.reason,
         request_id=row.request_id,
+        trace_id=row.trace_id,
         details=orjson.loads(row.details),
     )
 

@@ -25,6 +25,7 @@ WIDTHS = {
     "client": 255,
     "address": 64,
     "request_id": 128,
+    "trace_id": 32,
 }
 
 audit_events = Table(
@@ -41,6 +42,8 @@ audit_events = Table(
     Column("address", String(WIDTHS["address"]), nullable=True),
     Column("reason", Text, nullable=True),
     Column("request_id", String(WIDTHS["request_id"]), nullable=True),
+    #: Added by migration ``0008``.
+    Column("trace_id", String(WIDTHS["trace_id"]), nullable=True),
     #: Compact JSON text.
     Column("details", Text, nullable=False),
     Index("ix_audit_events_time", "time"),
