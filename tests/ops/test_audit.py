@@ -40,6 +40,7 @@ FIELDS = [
     "address",
     "reason",
     "request_id",
+    "trace_id",
     "details",
 ]
 

@@ -378,6 +378,7 @@ async def start_gateway(
         registry=registry,
         rate_limiter=limiter,
         bans=bans.guard if bans is not None else None,
+        audit=audit,
     )
     feeds.start()
     if bans is not None:

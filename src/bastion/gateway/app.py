@@ -80,6 +80,7 @@ from bastion.gateway.policies import build_chain
 from bastion.gateway.policies import default_factories
 from bastion.gateway.policies import problem
 from bastion.gateway.policies import run_chain
+from bastion.gateway.refusals import RefusalReporter
 from bastion.gateway.routing import Route
 from bastion.gateway.routing import RouteTable
 from bastion.gateway.server import GatewayServer
@@ -90,6 +91,7 @@ from bastion.gateway.settings import UpstreamSettings
 from bastion.gateway.tracing import gateway_traceparent
 from bastion.gateway.tracing import trace_id
 from bastion.gateway.upstream import UpstreamGroup as EngineGroup
+from bastion.ops.audit import Auditor
 from bastion.ratelimit import Limiter
 from bastion.ratelimit.local import LocalLimiter
 from bastion.tokens import Introspector
@@ -148,7 +150,7 @@ VerifierFactory = Callable[[IssuerSettings], TokenVerifier]
 class GatewayHandler:
     """The per-request entry point the engine calls (one instance per route table)."""
 
-    __slots__ = ("_bans", "_forward_auth", "_identities", "_log", "_metrics", "_rules", "_table")
+    __slots__ = ("_bans", "_forward_auth", "_identities", "_log", "_metrics", "_refusals", "_rules", "_table")
 
     def __init__(
         self,
@@ -159,12 +161,14 @@ class GatewayHandler:
         forward_auth: ForwardAuth | None = None,
         *,
         bans: BanGuard | None = None,
+        refusals: RefusalReporter | None = None,
     ) -> None:
         """Serve ``table`` with ``rules``, counting in ``metrics`` and logging to ``log``; answer
         ``forward_auth``'s endpoint when it is given; ``bans`` refuses banned clients first and
-        counts their failures."""
+        counts their failures; ``refusals`` puts the policies' refusals in the audit trail."""
         self._forward_auth = forward_auth
         self._bans = bans
+        self._refusals = refusals
         self._table = table
         self._identities: dict[int, tuple[Principal, Headers]] = {}
         self._rules = rules
@@ -240,7 +244,7 @@ class GatewayHandler:
         if result is None:
             return self._forward(route, exchange)
         if isinstance(result, Reply):
-            return self._settle(self._reply(result, route, head, exchange), exchange)
+            return self._settle(self._reply(result, route, head, exchange), exchange, route)
         return self._later(result, route, head, exchange)
 
     def _client_ip(self, head: RequestHead) -> str:
@@ -251,8 +255,13 @@ class GatewayHandler:
             return peer
         return proxies.client_ip(peer, scan_request(head.headers, self._rules).forwarded_for)
 
-    def _settle(self, reply: Reply, exchange: Exchange) -> Reply | Awaitable[Reply]:
-        """``reply``, after counting it against the client when it is a counted failure."""
+    def _settle(self, reply: Reply, exchange: Exchange, route: Route) -> Reply | Awaitable[Reply]:
+        """``reply``, after auditing it and counting it against the client when it is a
+        counted failure."""
+        if self._refusals is not None and reply.status >= 400:
+            self._refusals.report(
+                exchange.client_ip, route.name, reply.status, exchange.auth_failure, exchange.principal
+            )
         if self._bans is None:
             return reply
         kind = kind_of(reply.status, exchange.auth_failure)
@@ -273,7 +282,7 @@ class GatewayHandler:
             return self._error(route, head, exchange)
         if result is None:
             return self._forward(route, exchange)
-        settled = self._settle(self._reply(result, route, head, exchange), exchange)
+        settled = self._settle(self._reply(result, route, head, exchange), exchange, route)
         return settled if isinstance(settled, Reply) else await settled
 
     def _error(self, route: Route, head: RequestHead, exchange: Exchange) -> Reply:
@@ -444,10 +453,12 @@ class Gateway:
         owns_verifiers: bool = True,
         rate_limiter: Limiter | None = None,
         bans: BanGuard | None = None,
+        refusals: RefusalReporter | None = None,
     ) -> None:
         """Use :func:`create_gateway`; this constructor builds the first handler eagerly."""
         self.rate_limiter = rate_limiter
         self.bans = bans
+        self.refusals = refusals
         self._owns_verifiers = owns_verifiers
         self._verifier_factory = verifier_factory
         self._upstream_factory = upstream_factory
@@ -529,6 +540,7 @@ class Gateway:
                 self.access_log,
                 ForwardAuth(settings.forward_auth, rules.proxies) if settings.forward_auth.enabled else None,
                 bans=self.bans,
+                refusals=self.refusals,
             )
         except BaseException:
             for obj in created:
@@ -777,6 +789,7 @@ def create_gateway(
     clock: Callable[[], float] = time.time,
     rate_limiter: Limiter | None = None,
     bans: BanGuard | None = None,
+    audit: Auditor | None = None,
 ) -> Gateway:
     """Build a :class:`Gateway` from settings and injected parts.
 
@@ -801,6 +814,8 @@ def create_gateway(
             closes it.
         bans: Refuses banned clients and counts failures toward automatic bans
             (:mod:`bastion.gateway.autoban`); none by default.
+        audit: Where the policies' refusals are audited (``gateway.refused``,
+            ``gateway.throttled``; :mod:`bastion.gateway.refusals`); nowhere by default.
 
     Returns:
         A gateway ready to :meth:`~Gateway.start`.
@@ -836,6 +851,7 @@ def create_gateway(
         owns_verifiers=owns,
         rate_limiter=rate_limiter if rate_limiter is not None else LocalLimiter(),
         bans=bans,
+        refusals=RefusalReporter(audit) if audit is not None else None,
     )
 
 

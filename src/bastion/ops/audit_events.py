@@ -73,6 +73,9 @@ EventType = Literal[
     # the gateway's bans
     "ip.banned",
     "ip.unbanned",
+    # the gateway's policies
+    "gateway.refused",
+    "gateway.throttled",
 ]
 
 #: Every event type and what it records (the same words as the table in ``docs/audit.md``).
@@ -120,6 +123,8 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "role.deleted": "A role was deleted.",
     "ip.banned": "An address or network was banned at the gateway (automatically or by an operator).",
     "ip.unbanned": "A ban was lifted.",
+    "gateway.refused": "The gateway's policies refused a request (401, 403, 405, 413, 415 ...); one per address, route, status and reason a minute.",
+    "gateway.throttled": "A rate limit refused a request (429); one per address, route and reason a minute.",
 }
 
 #: ``details`` keys that could only hold a secret or a token; :class:`~bastion.ops.audit.AuditLog`
