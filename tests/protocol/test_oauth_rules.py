@@ -133,6 +133,15 @@ def test_error_descriptions_stay_within_rfc_characters() -> None:
     assert error.to_dict()["error_description"] == "bad quote and  backslash "
 
 
+@pytest.mark.parametrize("description", ["parameter a\nb is repeated", "line\n", "\n", "tab\there\r\n"])
+def test_error_descriptions_drop_line_breaks(description: str) -> None:
+    # A newline at the end of a string satisfies ``$``: each character is checked whole.
+    body = OAuthError(description).to_dict()
+    assert "\n" not in body.get("error_description", "")
+    assert "\r" not in body.get("error_description", "")
+    assert "\t" not in body.get("error_description", "")
+
+
 @pytest.mark.parametrize(
     ("redirect_uri", "params", "expected"),
     [
