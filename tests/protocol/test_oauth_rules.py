@@ -81,7 +81,7 @@ def test_exactly_one_authentication_method() -> None:
         extract_credentials({}, None)
 
 
-@pytest.mark.parametrize("bad", ["a  b", " a", "a\tb", 'a"b', "a\\b", "é"])
+@pytest.mark.parametrize("bad", ["a  b", " a", "a\tb", 'a"b', "a\\b", "é", "a\n", "a b\n"])
 def test_scope_syntax(bad: str) -> None:
     with pytest.raises(InvalidScope):
         parse_scope(bad)
