@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import strategies as st
 
+from bastion.settings import ClientAuthThrottleSettings
 from tests.conformance.openapi_fuzz import examples
 from tests.conformance.openapi_fuzz import fuzz
 from tests.conformance.openapi_fuzz import oauth_error_form
@@ -44,6 +45,16 @@ def basic(client_id: str, secret: str) -> str:
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
     yield from make_harness(tmp_path)
+
+
+@pytest.fixture
+def unthrottled(tmp_path: Path) -> Iterator[Harness]:
+    """Hundreds of failed authentications from one address lock it (429, checked like any
+    answer); raised limits let a long session (``BASTION_FUZZ_EXAMPLES``) still reach every
+    endpoint. tests/server/test_client_auth_limits.py tests the limits themselves."""
+    limit = 1_000_000
+    throttle = ClientAuthThrottleSettings(per_client_address=limit, per_address=limit, per_client=limit)
+    yield from make_harness(tmp_path, client_auth_throttle=throttle)
 
 
 def served_document(harness: Harness) -> dict[str, Any]:
@@ -124,7 +135,8 @@ def test_fuzz_authenticated(harness: Harness) -> None:
     assert report.reached("POST /token", 400)
 
 
-def test_fuzz_without_credentials(harness: Harness) -> None:
+def test_fuzz_without_credentials(unthrottled: Harness) -> None:
+    harness = unthrottled
     codes, refresh = grants(harness, "web", "https://app.example/cb", 2)
     values = {
         "code": st.sampled_from(codes),
