@@ -81,7 +81,7 @@ def test_exactly_one_authentication_method() -> None:
         extract_credentials({}, None)
 
 
-@pytest.mark.parametrize("bad", ["a  b", " a", "a\tb", 'a"b', "a\\b", "é"])
+@pytest.mark.parametrize("bad", ["a  b", " a", "a\tb", 'a"b', "a\\b", "é", "a\n", "a b\n"])
 def test_scope_syntax(bad: str) -> None:
     with pytest.raises(InvalidScope):
         parse_scope(bad)
@@ -131,6 +131,15 @@ def test_client_credentials_needs_the_grant_and_a_confidential_client() -> None:
 def test_error_descriptions_stay_within_rfc_characters() -> None:
     error = OAuthError('bad "quote" and \\ backslash é')
     assert error.to_dict()["error_description"] == "bad quote and  backslash "
+
+
+@pytest.mark.parametrize("description", ["parameter a\nb is repeated", "line\n", "\n", "tab\there\r\n"])
+def test_error_descriptions_drop_line_breaks(description: str) -> None:
+    # A newline at the end of a string satisfies ``$``: each character is checked whole.
+    body = OAuthError(description).to_dict()
+    assert "\n" not in body.get("error_description", "")
+    assert "\r" not in body.get("error_description", "")
+    assert "\t" not in body.get("error_description", "")
 
 
 @pytest.mark.parametrize(

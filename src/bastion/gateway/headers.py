@@ -92,9 +92,10 @@ _FORWARDING: Final = frozenset(
 )
 _IDENTITY_PREFIX: Final = b"x-bastion-"
 _RESPONSE_HIDDEN: Final = HOP_BY_HOP - {b"transfer-encoding"} | {b"server", b"x-powered-by", b"x-request-id"}
-_REQUEST_ID_RE: Final = re.compile(rb"^[A-Za-z0-9._:+/=-]{1,128}$")
-_HOST_RE: Final = re.compile(rb"^[A-Za-z0-9.\-_~!$&'()*+,;=:\[\]%]{1,255}$")
-_SAFE_VALUE_RE: Final = re.compile(r"^[\x21-\x7e]*$")
+# Matched with fullmatch: ``$`` also matches before a final newline.
+_REQUEST_ID_RE: Final = re.compile(rb"[A-Za-z0-9._:+/=-]{1,128}")
+_HOST_RE: Final = re.compile(rb"[A-Za-z0-9.\-_~!$&'()*+,;=:\[\]%]{1,255}")
+_SAFE_VALUE_RE: Final = re.compile(r"[\x21-\x7e]*")
 
 
 class _RequestIds:
@@ -139,7 +140,7 @@ def identity_value(value: str) -> bytes:
     NUL copied into a header would split it. ``%`` itself is escaped so the mapping is
     reversible with one percent-decode.
     """
-    if _SAFE_VALUE_RE.match(value) and "%" not in value:
+    if _SAFE_VALUE_RE.fullmatch(value) and "%" not in value:
         return value.encode("ascii")
     return "".join(
         c if "\x21" <= c <= "\x7e" and c != "%" else "".join(f"%{b:02X}" for b in c.encode()) for c in value
@@ -320,7 +321,7 @@ def forward_headers(
         proto = scanned.forwarded_proto  # type: ignore[assignment]
     headers.append((b"x-forwarded-proto", proto))
     host = scanned.forwarded_host if peer_trusted and scanned.forwarded_host else scanned.host
-    if host and _HOST_RE.match(host):
+    if host and _HOST_RE.fullmatch(host):
         headers.append((b"x-forwarded-host", host))
     headers.append((b"x-real-ip", client_ip.encode("ascii")))
     headers.append((b"x-request-id", request_id.encode("ascii")))
@@ -346,7 +347,7 @@ def identity_headers(subject: str | None, client_id: str | None, scopes: Iterabl
 
 def trusted_request_id(scanned: ScannedHeaders, peer_trusted: bool) -> str:
     """The request id: a trusted proxy's well-formed one, else a fresh one."""
-    if peer_trusted and scanned.request_id is not None and _REQUEST_ID_RE.match(scanned.request_id):
+    if peer_trusted and scanned.request_id is not None and _REQUEST_ID_RE.fullmatch(scanned.request_id):
         return scanned.request_id.decode("ascii")
     return new_request_id()
 

@@ -27,8 +27,8 @@ import re
 from typing import ClassVar
 
 # RFC 6749 §5.2: error_description "MUST NOT include characters outside the set
-# %x20-21 / %x23-5B / %x5D-7E".
-_DESCRIPTION_RE = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]*$")
+# %x20-21 / %x23-5B / %x5D-7E". Matched with fullmatch: ``$`` would let a final newline through.
+_DESCRIPTION_RE = re.compile(r"[\x20-\x21\x23-\x5b\x5d-\x7e]*")
 
 
 class OAuthError(Exception):
@@ -38,9 +38,9 @@ class OAuthError(Exception):
     status_hint: ClassVar[int] = 400
 
     def __init__(self, description: str | None = None, *, detail: str | None = None) -> None:
-        if description is not None and not _DESCRIPTION_RE.match(description):
+        if description is not None and not _DESCRIPTION_RE.fullmatch(description):
             # Drop what RFC 6749 forbids rather than send a description a client may choke on.
-            description = "".join(ch for ch in description if _DESCRIPTION_RE.match(ch)) or None
+            description = "".join(ch for ch in description if _DESCRIPTION_RE.fullmatch(ch)) or None
         self.description = description
         self.detail = detail
         super().__init__(description or self.error)

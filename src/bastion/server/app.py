@@ -5,6 +5,9 @@ router (see :mod:`bastion.server.endpoints`); everything else is a Starlette app
 JWKS, health, and the interactive routes of sign-in. In front of both, CORS for browser-based
 clients on the endpoints they call (:mod:`bastion.server.cors`).
 
+``/openapi.json`` is the OpenAPI document of the machine endpoints and metadata
+(:mod:`bastion.server.openapi`), describing only what this app serves.
+
 ``/healthz`` is liveness: it answers while the process runs and touches nothing. ``/readyz`` is
 readiness: it checks the database and the fast-state store and answers 503 naming the one that
 is down. A store that fails while a request is served is a 503 with ``Retry-After`` in the
@@ -34,6 +37,7 @@ from bastion.server.audit_scope import AuditScopeMiddleware
 from bastion.server.cors import BrowserOrigins
 from bastion.server.cors import CorsMiddleware
 from bastion.server.cors import client_endpoints
+from bastion.server.openapi import openapi_document
 from bastion.services.container import Services
 from bastion.services.metrics import OTHER
 from bastion.storage.protocols import StorageError
@@ -142,8 +146,18 @@ class AuthorizationServer:
             finally:
                 await services.close()
 
+        routes = [*_routes(services), *(extra_routes or [])]
+        document = openapi_document(
+            issuer=services.settings.issuer,
+            grant_types=["client_credentials", *services.grant_handlers],
+            paths=[*self._fast, *(str(getattr(route, "path", "")) for route in routes)],
+        )
+
+        async def openapi(_: Request) -> Response:
+            return JSONResponse(document, headers={"cache-control": "public, max-age=300"})
+
         self.app = Starlette(
-            routes=[*_routes(services), *(extra_routes or [])],
+            routes=[*routes, Route("/openapi.json", openapi, methods=["GET"])],
             lifespan=lifespan,
             exception_handlers={StorageError: storage_unavailable},
         )

@@ -242,6 +242,7 @@ def test_forwarded_hops_are_normalised_addresses() -> None:
         ("alice@example.com", b"alice@example.com"),
         ("John Smith", b"John%20Smith"),
         ("a\r\nX-Bastion-Subject: admin", b"a%0D%0AX-Bastion-Subject:%20admin"),
+        ("alice\n", b"alice%0A"),
         ("nul\x00del\x7f", b"nul%00del%7F"),
         ("100%", b"100%25"),
         ("Zoë", b"Zo%C3%AB"),

@@ -10,7 +10,8 @@ from collections.abc import Iterable
 
 from bastion.protocol.errors import InvalidScope
 
-_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+# Matched with fullmatch: ``$`` would accept a token ending in a newline.
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
 
 def parse_scope(value: str | None) -> list[str]:
@@ -23,7 +24,7 @@ def parse_scope(value: str | None) -> list[str]:
     if value is None:
         return []
     tokens = value.split(" ")
-    if any(not _SCOPE_TOKEN.match(token) for token in tokens):
+    if any(not _SCOPE_TOKEN.fullmatch(token) for token in tokens):
         raise InvalidScope("the scope parameter is malformed")
     return list(dict.fromkeys(tokens))
 
