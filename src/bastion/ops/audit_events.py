@@ -72,6 +72,12 @@ EventType = Literal[
     # the gateway's bans
     "ip.banned",
     "ip.unbanned",
+    # alert rules
+    "alert.fired",
+    "alert.resolved",
+    "alert.action",
+    "alert.webhook_delivered",
+    "alert.webhook_failed",
 ]
 
 #: Every event type and what it records (the same words as the table in ``docs/audit.md``).
@@ -118,6 +124,11 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "role.deleted": "A role was deleted.",
     "ip.banned": "An address or network was banned at the gateway (automatically or by an operator).",
     "ip.unbanned": "A ban was lifted.",
+    "alert.fired": "An alert rule's condition held: the alert fired (its actions follow).",
+    "alert.resolved": "A firing alert's condition no longer holds.",
+    "alert.action": "An alert's ban or circuit opening was carried out, or failed.",
+    "alert.webhook_delivered": "An alert's webhook message was accepted by its receiver.",
+    "alert.webhook_failed": "An attempt to deliver an alert's webhook message failed (or the queue was full).",
 }
 
 #: ``details`` keys that could only hold a secret or a token; :class:`~bastion.ops.audit.AuditLog`
