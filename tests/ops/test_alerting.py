@@ -29,7 +29,7 @@ from .webhook_receiver import WebhookReceiver
 pytestmark = pytest.mark.anyio
 
 SECRET = b"webhook-secret-for-tests"
-#: What a test run of ``test_the_documented_alert_types`` and the gateway tests emit.
+#: The audit event types the tests of this module emit.
 ALERT_TYPES = frozenset(
     {"alert.fired", "alert.resolved", "alert.action", "alert.webhook_delivered", "alert.webhook_failed"}
 )

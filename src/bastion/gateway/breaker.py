@@ -71,7 +71,12 @@ class CircuitBreaker:
         return not self._probing or now >= self._open_until
 
     def record_success(self, now: float) -> None:
-        """A request to the target completed (any status: the target answered)."""
+        """A request to the target completed (any status: the target answered).
+
+        A request that was already in flight when the breaker opened does not close it: only the
+        half-open probe (or any request after the opening ran out) does."""
+        if self.state == "open" and now < self._open_until:
+            return
         if self.state != "closed":
             self.state = "closed"
             self._probing = False
