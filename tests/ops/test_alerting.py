@@ -253,3 +253,25 @@ async def test_a_test_firing_sends_the_webhook_but_bans_nothing(
     )
     assert [e.type for e in seen] == ["alert.fired", "alert.webhook_delivered"]
     assert json.loads(json.dumps(seen[0].details))["test"] is True
+
+
+async def test_failed_sign_ins_from_one_address_feed_the_per_address_rule(
+    audit: tuple[AuditLog, list[AuditEvent]], state: MemoryState
+) -> None:
+    from bastion.cli.alerting import RunningAlerts
+
+    log, seen = audit
+    config = settings(name="spray", kind="signin_failures", per="address", threshold=3, window=60)
+    runner = AlertRunner(config, state=state, audit=log, read=Readings)
+    running = RunningAlerts(runner, WebhookSender({}, log), None, log)
+    running.start()
+    try:
+        for address in ("2001:db8::1", "2001:db8::2", "203.0.113.5", "2001:db8::3"):
+            log.emit("login.failed", outcome="failure", address=address, reason="wrong_password")
+        await runner.settle()
+    finally:
+        await running.close()
+    (fired,) = [e for e in seen if e.type == "alert.fired"]
+    # An IPv6 client counts by its /64: three addresses of one /64 reach the threshold.
+    assert (fired.subject, fired.address, fired.details["value"]) == ("spray", "2001:db8::/64", 3)
+    assert log.listeners == [seen.append]
