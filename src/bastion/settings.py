@@ -390,6 +390,167 @@ class MetricsSettings(Section):
         return value if not value else _listen(value)
 
 
+AlertKind = Literal[
+    "http_5xx_ratio", "auth_failures_per_address", "refresh_reuse", "signin_failures", "key_expiry"
+]
+AlertAction = Literal["event", "webhook", "ban", "open_circuit"]
+
+#: The rule kinds whose alerts name a client address (``ban`` acts on it).
+ADDRESS_KINDS = frozenset({"auth_failures_per_address"})
+
+
+class AlertRuleSettings(Section):
+    """One alert rule (``[[alerts.rules]]``): a condition on the counters of each gateway or
+    authorization-server process, and what to do when it holds (see ``docs/alerts.md``)."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", use_attribute_docstrings=True, populate_by_name=True
+    )
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The rule's name (letters, digits, ``_``, ``.``, ``-``): in every alert event, webhook and
+    ``bastion alerts test NAME``."""
+
+    kind: AlertKind
+    """What is watched. ``http_5xx_ratio``: the share of 5xx answers of each gateway route (and
+    authorization-server endpoint) over ``window``, at least ``threshold`` (``0.05``: 5 %) once
+    ``min_requests`` were answered. ``auth_failures_per_address``: at least ``threshold``
+    refused tokens (401) from one client address within ``window``, counted in the fast-state
+    store across every gateway process (as ``[gateway.bans]`` counts; needs bans enabled).
+    ``refresh_reuse``: at least ``threshold`` refresh tokens reused (families revoked) within
+    ``window``. ``signin_failures``: at least ``threshold`` failed sign-ins within ``window``,
+    overall, or from one address with ``per = "address"`` (counted in the fast-state store).
+    ``key_expiry``: the seconds until a signing key must be rotated (the active key's remaining
+    signing life less the publish delay; negative when rotation is overdue) fall below
+    ``threshold``."""
+
+    threshold: float
+    """The value at which the rule holds (a ratio, a count, or seconds for ``key_expiry``)."""
+
+    window: float = Field(default=300.0, gt=0, le=86400)
+    """Seconds over which counts and ratios are taken."""
+
+    min_requests: int = Field(default=20, ge=1, le=1_000_000_000)
+    """``http_5xx_ratio``: fewer requests than this in ``window`` never fire (one failed request
+    out of two is no outage)."""
+
+    per: Literal["all", "address"] = "all"
+    """``signin_failures``: count every failure together (``all``) or per client address
+    (``address``, an IPv6 client by /64)."""
+
+    hold: float = Field(default=0.0, ge=0, le=86400, alias="for")
+    """(TOML key ``for``) Seconds the condition must hold at every evaluation before the alert
+    fires; a blip shorter than this fires nothing."""
+
+    cooldown: float = Field(default=300.0, gt=0, le=7 * 86400)
+    """Seconds after a firing during which the same alert (rule and labels) does not fire again
+    in any process sharing the fast-state store, even if it resolves and comes back."""
+
+    actions: tuple[AlertAction, ...] = ("event",)
+    """What a firing does. ``event``: the audit events ``alert.fired`` and ``alert.resolved``
+    (always, listed or not); ``webhook``: POST a signed JSON message to ``webhook``; ``ban``:
+    ban the offending address (address rules only) for ``duration`` in every gateway;
+    ``open_circuit``: open the route's upstream circuit breaker for ``duration`` in every
+    gateway process (``http_5xx_ratio`` only), so the route answers 503 meanwhile."""
+
+    webhook: str | None = None
+    """The name of the ``[alerts.webhooks.NAME]`` the ``webhook`` action posts to."""
+
+    duration: float = Field(default=600.0, gt=0, le=365 * 86400)
+    """Seconds a ``ban`` or an ``open_circuit`` lasts."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertRuleSettings:
+        where = f"alert rule {self.name!r}"
+        if self.kind == "http_5xx_ratio" and not 0 < self.threshold <= 1:
+            raise ValueError(f"{where}: an http_5xx_ratio threshold is a share between 0 and 1 (0.05: 5 %)")
+        if self.kind not in ("http_5xx_ratio", "key_expiry") and self.threshold < 1:
+            raise ValueError(f"{where}: a {self.kind} threshold is a count of at least 1")
+        if "ban" in self.actions and not self.by_address:
+            raise ValueError(
+                f"{where}: the ban action needs a rule about one address "
+                '(auth_failures_per_address, or signin_failures with per = "address")'
+            )
+        if "open_circuit" in self.actions and self.kind != "http_5xx_ratio":
+            raise ValueError(f"{where}: the open_circuit action needs an http_5xx_ratio rule")
+        if ("webhook" in self.actions) != (self.webhook is not None):
+            raise ValueError(f"{where}: name a webhook with the webhook action (and only then)")
+        return self
+
+    @property
+    def by_address(self) -> bool:
+        """Whether the rule's alerts name a client address (counted in the fast-state store)."""
+        return self.kind in ADDRESS_KINDS or (self.kind == "signin_failures" and self.per == "address")
+
+
+class WebhookSettings(Section):
+    """Where a ``webhook`` action posts (``[alerts.webhooks.NAME]``).
+
+    Each message is JSON, signed with HMAC-SHA256 under the secret: the header
+    ``X-Bastion-Signature: sha256=HEX`` signs ``TIMESTAMP.BODY``, with ``X-Bastion-Timestamp:
+    TIMESTAMP`` (POSIX seconds). Failed attempts are retried with capped, jittered backoff. The
+    secret comes from ``secret_env`` or ``secret_file``, never from this file."""
+
+    url: str = Field(pattern=r"^https?://[^\s]+$")
+    """The receiver's URL (``https://``; ``http://`` for a receiver on a trusted network)."""
+
+    secret_env: str | None = None
+    """Name of the environment variable holding the signing secret."""
+
+    secret_file: str | None = None
+    """Path of a file holding the signing secret."""
+
+    timeout: float = Field(default=5.0, gt=0, le=60)
+    """Seconds one attempt may take."""
+
+    attempts: int = Field(default=5, ge=1, le=20)
+    """Attempts per message (the first and its retries); each is an audit event."""
+
+    backoff: float = Field(default=1.0, gt=0, le=600)
+    """Seconds before the first retry; each further retry waits twice as long, jittered."""
+
+    max_backoff: float = Field(default=60.0, gt=0, le=3600)
+    """The longest wait between two attempts."""
+
+    queue: int = Field(default=100, ge=1, le=100_000)
+    """Messages waiting for delivery at most; a message beyond it is dropped (and audited)."""
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> WebhookSettings:
+        if (self.secret_env is None) == (self.secret_file is None):
+            raise ValueError("set exactly one of secret_env or secret_file")
+        return self
+
+
+class AlertsSettings(Section):
+    """Alert rules evaluated inside every gateway and authorization-server process (see
+    ``docs/alerts.md``)."""
+
+    interval: float = Field(default=10.0, ge=0.1, le=3600)
+    """Seconds between two evaluations of the rules in each process."""
+
+    rules: tuple[AlertRuleSettings, ...] = ()
+    """The rules (``[[alerts.rules]]``)."""
+
+    webhooks: dict[str, WebhookSettings] = {}
+    """Webhook receivers by name (``[alerts.webhooks.NAME]``)."""
+
+    @model_validator(mode="after")
+    def _references(self) -> AlertsSettings:
+        names = [rule.name for rule in self.rules]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two alert rules are named {name!r}")
+        for rule in self.rules:
+            if rule.webhook is not None and rule.webhook not in self.webhooks:
+                raise ValueError(f"alert rule {rule.name!r}: no [alerts.webhooks.{rule.webhook}]")
+        return self
+
+    def rule(self, name: str) -> AlertRuleSettings | None:
+        """The rule called ``name``."""
+        return next((rule for rule in self.rules if rule.name == name), None)
+
+
 class Settings(Section):
     """The whole tree: ``bastion.toml`` maps onto it section by section."""
 
@@ -406,6 +567,20 @@ class Settings(Section):
 
     logging: LoggingSettings = LoggingSettings()
     metrics: MetricsSettings = MetricsSettings()
+    alerts: AlertsSettings = AlertsSettings()
+    """Alert rules and their actions (see ``docs/alerts.md``)."""
+
+    @model_validator(mode="after")
+    def _alerts_need_bans(self) -> Settings:
+        if self.gateway is None or self.gateway.bans.enabled:
+            return self
+        for rule in self.alerts.rules:
+            if rule.kind == "auth_failures_per_address" or "ban" in rule.actions:
+                raise ValueError(
+                    f"alert rule {rule.name!r} counts or bans client addresses: it needs "
+                    "[gateway.bans] enabled = true"
+                )
+        return self
 
     def metrics_listener(self) -> tuple[str, str] | None:
         """The address of the server's metrics listener and the setting it comes from, or
@@ -480,6 +655,9 @@ _EXAMPLES: dict[str, Any] = {
     "gateway.routes[].issuers": ["https://auth.example.com"],
     "gateway.routes[].audience": "https://api.example.com",
     "gateway.routes[].rewrite_prefix": "/",
+    "alerts.rules[].webhook": "ops",
+    "alerts.webhooks.NAME.secret_env": "BASTION_WEBHOOK_SECRET",
+    "alerts.webhooks.NAME.secret_file": "/run/secrets/webhook",
 }
 
 
@@ -503,7 +681,7 @@ def describe(model: type[BaseModel] = Settings, prefix: str = "") -> list[Option
         if inner is not None:
             rows.extend(describe(inner, f"{prefix}{name}{suffix}."))
             continue
-        key = f"{prefix}{name}"
+        key = f"{prefix}{info.alias or name}"
         description = (info.description or "").strip()
         if info.is_required():
             rows.append(Option(key, None, description, required=True))

@@ -4,7 +4,8 @@ Usage: ``python -m tests.e2e.gw_upstream RECORD_FILE PORT_FILE``
 
 Listens on a free loopback port (written to ``PORT_FILE`` once listening), appends one JSON
 line per request to ``RECORD_FILE`` (request line exactly as received, header pairs in order),
-and answers ``200`` with JSON echoing what it saw. It parses nothing beyond HTTP/1.1 framing, so
+and answers ``200`` with JSON echoing what it saw — or the status a ``status=NNN`` query
+parameter asks for (an upstream failing on demand). It parses nothing beyond HTTP/1.1 framing, so
 what it records is what the gateway sent, byte for byte (decoded as latin-1).
 """
 
@@ -19,6 +20,8 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from typing import ClassVar
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
 
 
 class RecordingHandler(BaseHTTPRequestHandler):
@@ -43,7 +46,8 @@ class RecordingHandler(BaseHTTPRequestHandler):
         with self.lock, self.record_path.open("a", encoding="utf-8") as out:
             out.write(line)
         payload = json.dumps(entry).encode()
-        self.send_response(200)
+        asked = parse_qs(urlsplit(self.path).query).get("status", ["200"])[0]
+        self.send_response(int(asked) if asked.isdigit() and 200 <= int(asked) <= 599 else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("X-Powered-By", "upstream-framework")

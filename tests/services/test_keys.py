@@ -554,3 +554,26 @@ async def test_lifecycle_steps_are_audited_once_across_processes(stores: Stores,
         await audit.close()
     lines = (tmp_path / "audit-0.log").read_text()
     assert '"type":"key.expired"' in lines
+
+
+# -- the rotation judgement shared by `bastion keys check` and the key_expiry alert ----------------
+
+
+async def test_keys_check_and_the_key_expiry_alert_judge_rotation_alike(stores: Stores) -> None:
+    from bastion.services.keycheck import check_rotation
+    from bastion.services.keycheck import rotation_due_in
+
+    clock = Clock()
+    keys = await _started(clock, stores)
+    month = 30 * 86400
+    assert rotation_due_in(keys, clock.now) == {"ES256": month, "RS256": month}
+    assert check_rotation(keys, clock.now, grace=0, warn_within=0) == []
+    clock.now += month + 3600  # nobody rotated: an hour overdue
+    due = rotation_due_in(keys, clock.now)
+    assert due == {"ES256": -3600, "RS256": -3600}  # the alert's value: below a threshold of -600
+    overdue = check_rotation(keys, clock.now, grace=0, warn_within=0)
+    assert {(f.kind, f.alg) for f in overdue} == {("overdue", "ES256"), ("overdue", "RS256")}
+    await keys.rotate("ES256")
+    clock.now += 610  # the new key signs one refresh interval plus the publish delay later
+    assert rotation_due_in(keys, clock.now)["ES256"] == month
+    assert {f.alg for f in check_rotation(keys, clock.now, grace=0, warn_within=0)} == {"RS256"}

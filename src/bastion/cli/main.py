@@ -15,6 +15,7 @@ from typing import TypeVar
 import click
 
 from bastion import __version__
+from bastion.cli.alerts import alerts
 from bastion.cli.audit import audit
 from bastion.cli.bans import bans
 from bastion.cli.common import run
@@ -449,6 +450,7 @@ def main() -> None:
 
 
 cli.add_command(audit)
+cli.add_command(alerts)
 cli.add_command(keys)
 cli.add_command(kek)
 cli.add_command(bans)

@@ -145,6 +145,8 @@ async def _run_worker(
     limiter = None
     admin: AdminServer | None = None
     scrapes: asyncio.Task[None] | None = None
+    services: Services | None = None
+    alerts = None
     try:
         if settings.authorization_server.enabled:
             # The clients' request-rate buckets beside the fast state, shared by every worker
@@ -173,6 +175,10 @@ async def _run_worker(
                 raise RuntimeError("the supervisor bound no BFF listener")
             bff = await start_bff(settings.bff, stores.state, listeners.bff, registry=registry)
             tasks.append(bff.task)
+        if settings.alerts.rules and (services is not None or gateway is not None):
+            from bastion.cli.alerting import start_alerts
+
+            alerts = start_alerts(settings, stores, audit, gateway=gateway, services=services)
         if channel is not None:
             scrapes = loop.create_task(answer_scrapes(channel, registry))
         elif listeners.metrics is not None:
@@ -211,6 +217,8 @@ async def _run_worker(
             if task is not stopper and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
+        if alerts is not None:
+            await alerts.close()
         if scrapes is not None:
             scrapes.cancel()
         if admin is not None:
@@ -329,6 +337,13 @@ def serve(settings: Settings, *, workers: int, migrate: bool, config_path: Path 
             from bastion.bff.cookies import CookiePolicy
 
             CookiePolicy.for_origin(settings.bff.redirect_uri)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    if settings.alerts.webhooks:
+        from bastion.cli.alerting import receivers
+
+        try:
+            receivers(settings.alerts)  # a missing webhook secret is a clear error up front
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
     listeners = open_listeners(settings)

@@ -585,6 +585,19 @@ class Gateway:
             raise
         self._server = server
 
+    def open_circuit(self, route: str, seconds: float) -> bool:
+        """Open the circuit breakers of every target of ``route``'s upstream for ``seconds``, so
+        the route (and any other on that upstream) answers 503 meanwhile; ``False`` when no
+        route is called ``route`` or its upstream has no breakers."""
+        found = next((r for r in self.handler.table.routes() if r.name == route), None)
+        targets = getattr(found.upstream, "targets", None) if found is not None else None
+        if not targets:
+            return False
+        now = asyncio.get_running_loop().time()  # the engine's clock for breakers
+        for target in targets:
+            target.breaker.force_open(now, seconds)
+        return True
+
     async def _activate_upstreams(self) -> None:
         """Start the groups' background work (health checks); idempotent."""
         for _, group in self._upstreams.values():

@@ -11,6 +11,8 @@ threshold, and refuse banned addresses before anything else.
   its N-th failure answered is banned on this process already; the process whose ``incr``
   returns exactly the threshold (one process, whatever the concurrency: ``incr`` gives each
   caller a different value) issues the ban;
+* :attr:`BanGuard.watch` — when set (alert rules), told of each counted failure after the ban
+  count, awaited like it;
 * :meth:`BanGuard.engine_rejected` — requests the HTTP front refused as malformed (400), counted
   in the background by socket peer (the front knows nothing else).
 
@@ -34,6 +36,7 @@ from collections.abc import Coroutine
 from collections.abc import Iterator
 from typing import Any
 from typing import Final
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.core import GaugeMetricFamily
@@ -55,7 +58,7 @@ from bastion.net import address_key
 from bastion.storage.ban_protocols import Ban
 from bastion.storage.protocols import FastState
 
-__all__ = ["BanGuard", "BanMetrics", "kind_of"]
+__all__ = ["BanGuard", "BanMetrics", "FailureWatch", "kind_of"]
 
 log = logging.getLogger("bastion.gateway.bans")
 
@@ -67,6 +70,16 @@ _LABELS: Final = {
     "rate_limit": "rate-limit refusals",
     "refused": "refused requests",
 }
+
+
+class FailureWatch(Protocol):
+    """Something else that counts failures by address (alert rules, :mod:`bastion.ops.alerting`)."""
+
+    def watches(self, feed: str) -> bool:
+        """Whether failures of kind ``feed`` are counted."""
+
+    async def failure(self, network: str, feed: str) -> None:
+        """Count one failure of ``network`` (never raises)."""
 
 
 def kind_of(status: int, auth_failure: str | None, *, refused: bool = False) -> str | None:
@@ -164,6 +177,8 @@ class BanGuard:
         self.metrics = metrics if metrics is not None else BanMetrics(bans)
         self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Also told of every counted failure (alert rules); set by the composition root.
+        self.watch: FailureWatch | None = None
         self.configure(settings, trusted_proxies)
 
     def configure(self, settings: BansSettings, trusted_proxies: Networks) -> None:
@@ -211,12 +226,25 @@ class BanGuard:
         if not self.settings.enabled:
             return None
         rule = self._rules.get(kind)
-        if rule is None or rule.threshold == 0 or self.exempt(client_ip):
+        if rule is not None and rule.threshold == 0:
+            rule = None
+        watch = self.watch if self.watch is not None and self.watch.watches(kind) else None
+        if (rule is None and watch is None) or self.exempt(client_ip):
             return None
         network = ban_network(client_ip)
         if network is None:
             return None
-        return self._count(network, kind, rule)
+        if watch is None:
+            assert rule is not None
+            return self._count(network, kind, rule)
+        return self._count_watched(network, kind, rule, watch)
+
+    async def _count_watched(
+        self, network: str, kind: str, rule: BanRuleSettings | None, watch: FailureWatch
+    ) -> None:
+        if rule is not None:
+            await self._count(network, kind, rule)
+        await watch.failure(network, kind)
 
     def engine_rejected(self, peer: str, status: int) -> None:
         """The HTTP front refused a request from ``peer`` as malformed: counted as ``refused``

@@ -201,10 +201,12 @@ class BanSet:
         self._rebuild()
         return True
 
-    def replace(self, bans: Iterable[Ban]) -> None:
-        """Enforce exactly ``bans`` (a catch-up from the durable record)."""
+    def replace(self, bans: Iterable[Ban], *, keep_since: float | None = None) -> None:
+        """Enforce exactly ``bans`` (a catch-up from the durable record), plus the bans applied
+        here since ``keep_since`` (made while the record was being read, so possibly not in it)."""
         now = self._clock()
-        self._bans = {ban.network: ban for ban in bans if ban.until > now}
+        kept = {} if keep_since is None else {n: b for n, b in self._bans.items() if b.since >= keep_since}
+        self._bans = {**kept, **{ban.network: ban for ban in bans if ban.until > now}}
         self._rebuild()
 
     def _prune(self) -> None:
@@ -375,5 +377,6 @@ class BanFeed:
 
     async def _catch_up(self) -> None:
         now = self._clock()
-        self.bans.replace(await self._store.active_bans(now))
+        # A ban issued here while the record is read may be missing from it: keep it.
+        self.bans.replace(await self._store.active_bans(now), keep_since=now)
         await self._store.purge_expired_bans(now)

@@ -9,6 +9,9 @@ States (the classic breaker, as in Envoy's outlier detection or resilience4j's c
   its failure opens it again for another ``open_seconds``. A probe that never reports (its
   client went away) is replaced by another after ``open_seconds``.
 
+:meth:`CircuitBreaker.force_open` opens it from outside for a given time (an alert rule's
+``open_circuit`` action), even when failures alone are not counted (``failures = 0``).
+
 Time is a parameter (``now``): the engine passes its loop's monotonic clock.
 """
 
@@ -68,7 +71,12 @@ class CircuitBreaker:
         return not self._probing or now >= self._open_until
 
     def record_success(self, now: float) -> None:
-        """A request to the target completed (any status: the target answered)."""
+        """A request to the target completed (any status: the target answered).
+
+        A request that was already in flight when the breaker opened does not close it: only the
+        half-open probe (or any request after the opening ran out) does."""
+        if self.state == "open" and now < self._open_until:
+            return
         if self.state != "closed":
             self.state = "closed"
             self._probing = False
@@ -89,6 +97,17 @@ class CircuitBreaker:
             recent.popleft()
         if len(recent) >= self._failures:
             self._trip(now)
+
+    def force_open(self, now: float, seconds: float) -> None:
+        """Open now for ``seconds`` whatever the failures (an alert's ``open_circuit``); a
+        longer opening already in force is kept. A probe follows, as after any opening."""
+        until = now + seconds
+        if self.state == "open" and self._open_until >= until:
+            return
+        self.state = "open"
+        self._open_until = until
+        self._probing = False
+        self._recent.clear()
 
     def _trip(self, now: float) -> None:
         self.state = "open"

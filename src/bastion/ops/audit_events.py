@@ -76,6 +76,12 @@ EventType = Literal[
     # the gateway's policies
     "gateway.refused",
     "gateway.throttled",
+    # alert rules
+    "alert.fired",
+    "alert.resolved",
+    "alert.action",
+    "alert.webhook_delivered",
+    "alert.webhook_failed",
 ]
 
 #: Every event type and what it records (the same words as the table in ``docs/audit.md``).
@@ -125,6 +131,11 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "ip.unbanned": "A ban was lifted.",
     "gateway.refused": "The gateway's policies refused a request (401, 403, 405, 413, 415 ...); one per address, route, status and reason a minute.",
     "gateway.throttled": "A rate limit refused a request (429); one per address, route and reason a minute.",
+    "alert.fired": "An alert rule's condition held: the alert fired (its actions follow).",
+    "alert.resolved": "A firing alert's condition no longer holds.",
+    "alert.action": "An alert's ban or circuit opening was carried out, or failed.",
+    "alert.webhook_delivered": "An alert's webhook message was accepted by its receiver.",
+    "alert.webhook_failed": "An attempt to deliver an alert's webhook message failed (or the queue was full).",
 }
 
 #: ``details`` keys that could only hold a secret or a token; :class:`~bastion.ops.audit.AuditLog`

@@ -33,16 +33,30 @@ class Finding:
         return f"{self.kind}: {self.message}"
 
 
+def rotation_due_in(keys: KeyService, now: float) -> dict[str, float]:
+    """Per algorithm, the seconds until its active key is due for rotation (negative: overdue):
+    what :func:`check_rotation` judges, as a number for the ``key_expiry`` alert rule."""
+    period = keys.policy.rotation_period
+    due: dict[str, float] = {}
+    for alg in keys.policy.algorithms:
+        for key in keys.all_keys():
+            if key.alg == alg and key.generation >= 1 and keys.state(key, now) is KeyState.ACTIVE:
+                due_in = key.activates_at + period - now
+                due[alg] = min(due.get(alg, due_in), due_in)
+    return due
+
+
 def check_rotation(keys: KeyService, now: float, *, grace: float, warn_within: float) -> list[Finding]:
     """Signing keys older than the rotation period plus ``grace``, or due within ``warn_within``
     seconds with no successor published yet."""
     findings = []
     period = keys.policy.rotation_period
+    due = rotation_due_in(keys, now)
     for alg in keys.policy.algorithms:
         active = [k for k in keys.all_keys() if k.alg == alg and keys.state(k, now) is KeyState.ACTIVE]
         pending = [k for k in keys.all_keys() if k.alg == alg and keys.state(k, now) is KeyState.PENDING]
         for key in active:
-            if key.generation < 1:
+            if key.generation < 1 or alg not in due:
                 continue
             age = now - key.activates_at
             due_in = key.activates_at + period - now

@@ -279,6 +279,21 @@ def test_messages_apply_and_lift() -> None:
         apply_message(bans, b'{"event": "other"}')
 
 
+def test_a_catch_up_keeps_bans_issued_while_the_record_was_read() -> None:
+    clock = Clock()
+    bans = BanSet(clock)
+    old = Ban("10.0.0.1", "old", "auto", clock.now - 10, clock.now + 60, 1, "auth")
+    bans.apply(old)
+    reading_since = clock.now
+    fresh = Ban("10.0.0.2", "made meanwhile", "auto", clock.now, clock.now + 60, 1, "alert")
+    bans.apply(fresh)
+    durable = Ban("10.0.0.3", "from the record", "manual", clock.now - 5, clock.now + 60)
+    bans.replace([durable], keep_since=reading_since)
+    assert [ban.network for ban in bans.active()] == ["10.0.0.3", "10.0.0.2"]
+    bans.replace([durable])
+    assert [ban.network for ban in bans.active()] == ["10.0.0.3"]
+
+
 async def test_the_book_writes_durably_then_fast_then_publishes_and_audits(
     stores: Stores, tmp_path: Path
 ) -> None:

@@ -30,6 +30,27 @@ def test_breaker_forgets_failures_outside_the_window() -> None:
     assert breaker.state == "closed"
 
 
+def test_a_request_in_flight_when_the_breaker_opened_does_not_close_it() -> None:
+    breaker = CircuitBreaker(failures=1, window=10, open_seconds=5)
+    breaker.record_failure(0)
+    breaker.record_success(1)  # answered by the target, but sent before the opening
+    assert breaker.state == "open"
+    assert not breaker.allow(2)
+
+
+def test_force_open_refuses_for_the_time_given_then_probes() -> None:
+    breaker = CircuitBreaker(failures=0, window=10, open_seconds=5)  # failures alone never open it
+    breaker.force_open(100, 30)
+    assert breaker.state == "open"
+    assert not breaker.allow(129.9)
+    breaker.force_open(110, 5)  # a shorter opening does not cut the one in force
+    assert not breaker.would_allow(120)
+    assert breaker.allow(130)
+    assert breaker.state == "half_open"
+    breaker.record_success(130.1)
+    assert breaker.state == "closed"
+
+
 def test_breaker_half_open_lets_exactly_one_probe() -> None:
     breaker = CircuitBreaker(failures=1, window=10, open_seconds=5)
     breaker.record_failure(0)
