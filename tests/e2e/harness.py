@@ -31,12 +31,15 @@ class Bastion:
         self.tmp = tmp
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
+        self.admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.config = tmp / "bastion.toml"
         self.config.write_text(
             f"""
 data_dir = "{tmp / "data"}"
 [authorization_server]
 listen = "127.0.0.1:{self.port}"
+admin_listen = "127.0.0.1:{self.admin_port}"
 issuer = "{self.issuer}"
 {extra_config}
 {gateway_config}

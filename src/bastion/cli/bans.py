@@ -86,6 +86,27 @@ def never_banned(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.I
     return [*gateway.trusted_proxies, *gateway.bans.exempt]
 
 
+def bannable(settings: Settings) -> Callable[[str], str]:
+    """The check of a network an operator asks to ban (``bastion bans add``, the admin API):
+    it returns the network's canonical form, or raises ``ValueError`` when it is not an address
+    or CIDR, or when it overlaps a trusted proxy or exempt network (a ban there would shut out
+    every client behind the proxy)."""
+    protected = never_banned(settings)
+
+    def check(target: str) -> str:
+        network = parse_network(target)
+        banned = ipaddress.ip_network(network, strict=False)
+        for net in protected:
+            if net.version == banned.version and banned.overlaps(net):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"{network} overlaps {net}, a trusted proxy or exempt network "
+                    "(gateway.trusted_proxies, gateway.bans.exempt); it cannot be banned"
+                )
+        return network
+
+    return check
+
+
 def _with_book(ctx: click.Context, action: Callable[[BanBook], Awaitable[T]]) -> T:
     """Open the stores and the audit log, run ``action`` on a :class:`BanBook`, close them."""
     settings = settings_from(ctx)
@@ -156,18 +177,15 @@ def bans_add(ctx: click.Context, target: str, duration: str, reason: str, as_jso
     """
     seconds = parse_duration(duration)
     try:
-        network = parse_network(target)
+        parse_network(target)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="ADDRESS|CIDR") from None
     if not reason.strip():
         raise click.BadParameter("give a reason", param_hint="--reason")
-    banned = ipaddress.ip_network(network, strict=False)
-    for protected in never_banned(settings_from(ctx)):
-        if protected.version == banned.version and banned.overlaps(protected):  # type: ignore[arg-type]
-            raise BastionError(
-                f"{network} overlaps {protected}, a trusted proxy or exempt network "
-                "(gateway.trusted_proxies, gateway.bans.exempt); it cannot be banned"
-            )
+    try:
+        network = bannable(settings_from(ctx))(target)
+    except ValueError as exc:
+        raise BastionError(str(exc)) from None
     now = time.time()
     ban = Ban(network, reason.strip(), "manual", now, now + seconds)
 
