@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import re
 import time
 import uuid
@@ -220,18 +221,15 @@ class ClientService:
     def _secret_matches(self, client: Client, secret: str) -> bool:
         """Whether ``secret`` is the client's secret, or its previous one within the overlap.
 
-        Both hashes are always computed and compared in constant time, and combined without a
-        short cut, so the time taken tells nothing about which one matched (or whether an
-        overlap is running).
+        Each comparison is constant-time (``hmac.compare_digest``), and while an overlap runs
+        both are made, without a short cut, so the time taken never tells which one matched.
         """
         current = self._sealer.verify_secret(secret, client.secret_hash or _DUMMY_HASH)
-        previous_live = (
-            client.previous_secret_hash is not None
-            and client.previous_secret_expires_at is not None
-            and self._clock() < client.previous_secret_expires_at
-        )
-        previous = self._sealer.verify_secret(secret, client.previous_secret_hash or _DUMMY_HASH)
-        return current | (previous & previous_live)
+        previous = client.previous_secret_hash
+        expires = client.previous_secret_expires_at
+        if previous is None or expires is None or self._clock() >= expires:
+            return current
+        return hmac.compare_digest(self._sealer.hash_secret(secret), previous) | current
 
     async def create(
         self,

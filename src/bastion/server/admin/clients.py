@@ -58,17 +58,16 @@ def _client_id(request: Request) -> str:
 
 def client_operations(ctx: AdminContext) -> list[Operation]:
     """The client endpoints over ``ctx``."""
-    clients = ctx.services.clients
 
     async def list_clients(request: Request) -> Response:
-        found = sorted(await clients.list(), key=lambda c: (c.created_at, c.client_id))
+        found = sorted(await ctx.services.clients.list(), key=lambda c: (c.created_at, c.client_id))
         page, cursor = paginate(request, found, lambda c: [c.created_at, c.client_id])
         return json_response(ClientPage(items=[client_out(c) for c in page], next_cursor=cursor))
 
     async def create_client(request: Request) -> Response:
         body = await read_json(request, ClientCreate, ctx.max_body)
         try:
-            client, secret = await clients.create(
+            client, secret = await ctx.services.clients.create(
                 name=body.name,
                 public=body.public,
                 grant_types=body.grant_types,
@@ -87,7 +86,7 @@ def client_operations(ctx: AdminContext) -> list[Operation]:
         return json_response(ClientSecretOut(client=client_out(client), client_secret=secret), 201)
 
     async def get_client(request: Request) -> Response:
-        client = await clients.get(_client_id(request))
+        client = await ctx.services.clients.get(_client_id(request))
         if client is None:
             raise Problem(404, "no such client")
         return json_response(client_out(client))
@@ -96,7 +95,7 @@ def client_operations(ctx: AdminContext) -> list[Operation]:
         client_id = _client_id(request)
         body = await read_json(request, ClientUpdate, ctx.max_body)
         try:
-            client = await clients.update(client_id, **body.model_dump(exclude_unset=True))
+            client = await ctx.services.clients.update(client_id, **body.model_dump(exclude_unset=True))
         except NotFound:
             raise Problem(404, "no such client") from None
         except ClientError as exc:
@@ -104,13 +103,13 @@ def client_operations(ctx: AdminContext) -> list[Operation]:
         return json_response(client_out(client))
 
     async def delete_client(request: Request) -> Response:
-        if not await clients.delete(_client_id(request)):
+        if not await ctx.services.clients.delete(_client_id(request)):
             raise Problem(404, "no such client")
         return no_content()
 
     async def _set_disabled(request: Request, disabled: bool) -> Response:
         try:
-            client = await clients.set_disabled(_client_id(request), disabled)
+            client = await ctx.services.clients.set_disabled(_client_id(request), disabled)
         except NotFound:
             raise Problem(404, "no such client") from None
         return json_response(client_out(client))
@@ -125,7 +124,7 @@ def client_operations(ctx: AdminContext) -> list[Operation]:
         client_id = _client_id(request)
         body = await read_json(request, SecretRotation, ctx.max_body, optional=True)
         try:
-            client, secret = await clients.rotate_secret(client_id, overlap=body.overlap)
+            client, secret = await ctx.services.clients.rotate_secret(client_id, overlap=body.overlap)
         except NotFound:
             raise Problem(404, "no such client") from None
         except ClientError as exc:

@@ -98,20 +98,21 @@ def _text(request: Request, name: str) -> str | None:
 
 def operations(ctx: AdminContext) -> list[Operation]:
     """The key, ban and audit endpoints over ``ctx``."""
-    keys = ctx.services.keys
 
     async def list_keys(request: Request) -> Response:
-        await keys.load()
-        found = sorted(keys.all_keys(), key=lambda k: (k.created_at, k.kid))
+        await ctx.services.keys.load()
+        found = sorted(ctx.services.keys.all_keys(), key=lambda k: (k.created_at, k.kid))
         page, cursor = paginate(request, found, lambda k: [k.created_at, k.kid])
         return json_response(KeyPage(items=[key_out(ctx, k) for k in page], next_cursor=cursor))
 
     async def rotate_key(request: Request) -> Response:
         body = await read_json(request, KeyRotation, ctx.max_body, optional=True)
-        targets = keys.policy.algorithms if body.alg is None else (body.alg,)
-        if body.alg is not None and body.alg not in keys.policy.algorithms:
-            raise refused(f"this server signs with {', '.join(keys.policy.algorithms)}, not {body.alg}")
-        created = [await keys.rotate(alg, publish_delay=body.publish_delay) for alg in targets]
+        targets = ctx.services.keys.policy.algorithms if body.alg is None else (body.alg,)
+        if body.alg is not None and body.alg not in ctx.services.keys.policy.algorithms:
+            raise refused(
+                f"this server signs with {', '.join(ctx.services.keys.policy.algorithms)}, not {body.alg}"
+            )
+        created = [await ctx.services.keys.rotate(alg, publish_delay=body.publish_delay) for alg in targets]
         return json_response(KeyPage(items=[key_out(ctx, k) for k in created], next_cursor=None), 201)
 
     async def revoke_key(request: Request) -> Response:
@@ -119,7 +120,7 @@ def operations(ctx: AdminContext) -> list[Operation]:
         if not 1 <= len(kid) <= 128 or not kid.isprintable():
             raise Problem(404, "no such key")
         try:
-            done = await keys.revoke(kid)
+            done = await ctx.services.keys.revoke(kid)
         except NotFound:
             raise Problem(404, "no such key") from None
         replacement = None if done.replacement is None else key_out(ctx, done.replacement)

@@ -63,27 +63,26 @@ def role_out(role: Role) -> RoleOut:
 
 def people_operations(ctx: AdminContext) -> list[Operation]:
     """The user and role endpoints over ``ctx``."""
-    services = ctx.services
 
     async def _user(request: Request) -> User:
         username = str(request.path_params["username"])
-        user = await users.get_user(services, username) if users.is_username(username) else None
+        user = await users.get_user(ctx.services, username) if users.is_username(username) else None
         if user is None:
             raise Problem(404, "no such user")
         return user
 
     async def list_users(request: Request) -> Response:
-        found = await users.list_users(services)
+        found = await users.list_users(ctx.services)
         page, cursor = paginate(request, found, lambda u: [u.created_at, u.user_id])
         return json_response(UserPage(items=[user_out(u) for u in page], next_cursor=cursor))
 
     async def create_user(request: Request) -> Response:
         body = await read_json(request, UserCreate, ctx.max_body)
-        if await users.get_user(services, body.username) is not None:
+        if await users.get_user(ctx.services, body.username) is not None:
             raise refused(f"the username {body.username!r} is taken", 409)
         try:
             user = await users.create_user(
-                services, body.username, body.password, roles=body.roles, email=body.email, name=body.name
+                ctx.services, body.username, body.password, roles=body.roles, email=body.email, name=body.name
             )
         except users.UserError as exc:
             raise refused(str(exc)) from None
@@ -96,19 +95,21 @@ def people_operations(ctx: AdminContext) -> list[Operation]:
         user = await _user(request)
         body = await read_json(request, UserUpdate, ctx.max_body)
         try:
-            changed = await users.update_user(services, user.username, **body.model_dump(exclude_unset=True))
+            changed = await users.update_user(
+                ctx.services, user.username, **body.model_dump(exclude_unset=True)
+            )
         except users.UserError as exc:
             raise refused(str(exc)) from None
         return json_response(user_out(changed))
 
     async def delete_user(request: Request) -> Response:
         user = await _user(request)
-        await users.delete_user(services, user.username)
+        await users.delete_user(ctx.services, user.username)
         return no_content()
 
     async def _set_disabled(request: Request, disabled: bool) -> Response:
         user = await _user(request)
-        return json_response(user_out(await users.set_disabled(services, user.username, disabled)))
+        return json_response(user_out(await users.set_disabled(ctx.services, user.username, disabled)))
 
     async def disable_user(request: Request) -> Response:
         return await _set_disabled(request, True)
@@ -120,14 +121,14 @@ def people_operations(ctx: AdminContext) -> list[Operation]:
         user = await _user(request)
         body = await read_json(request, PasswordReset, ctx.max_body)
         try:
-            await users.set_password(services, user.username, body.password)
+            await users.set_password(ctx.services, user.username, body.password)
         except users.UserError as exc:
             raise refused(str(exc)) from None
         return no_content()
 
     async def list_consents(request: Request) -> Response:
         user = await _user(request)
-        found = await consent.list_for_user(services, user)
+        found = await consent.list_for_user(ctx.services, user)
         page, cursor = paginate(request, found, lambda c: [c.client_id])
         items = [
             ConsentOut(client_id=c.client_id, scopes=sorted(c.scopes), granted_at=when(c.granted_at) or "")
@@ -138,13 +139,13 @@ def people_operations(ctx: AdminContext) -> list[Operation]:
     async def revoke_consent(request: Request) -> Response:
         user = await _user(request)
         client_id = str(request.path_params["client_id"])
-        if not is_client_id(client_id) or not await consent.revoke(services, user, client_id):
+        if not is_client_id(client_id) or not await consent.revoke(ctx.services, user, client_id):
             raise Problem(404, "no consent of this user to this client")
         return no_content()
 
     async def list_sessions(request: Request) -> Response:
         user = await _user(request)
-        found = await sessions.for_user(services, user.user_id)
+        found = await sessions.for_user(ctx.services, user.user_id)
         page, cursor = paginate(request, found, lambda s: [s.created_at, s.sid])
         items = [
             SessionOut(sid=s.sid, created_at=when(s.created_at) or "", expires_at=when(s.expires_at) or "")
@@ -155,16 +156,16 @@ def people_operations(ctx: AdminContext) -> list[Operation]:
     async def revoke_session(request: Request) -> Response:
         user = await _user(request)
         sid = str(request.path_params["sid"])
-        if not _SID_RE.fullmatch(sid) or not await sessions.revoke(services, user.user_id, sid):
+        if not _SID_RE.fullmatch(sid) or not await sessions.revoke(ctx.services, user.user_id, sid):
             raise Problem(404, "no such session of this user")
         return no_content()
 
     async def revoke_sessions(request: Request) -> Response:
         user = await _user(request)
-        return json_response(SessionsEnded(ended=await sessions.end_for_user(services, user.user_id)))
+        return json_response(SessionsEnded(ended=await sessions.end_for_user(ctx.services, user.user_id)))
 
     async def list_roles(request: Request) -> Response:
-        found = await users.list_roles(services)
+        found = await users.list_roles(ctx.services)
         page, cursor = paginate(request, found, lambda r: [r.name])
         return json_response(RolePage(items=[role_out(r) for r in page], next_cursor=cursor))
 
@@ -173,17 +174,17 @@ def people_operations(ctx: AdminContext) -> list[Operation]:
         if await services_role_exists(body.name):
             raise refused(f"the role {body.name!r} exists", 409)
         try:
-            role = await users.create_role(services, body.name, body.scopes, body.description)
+            role = await users.create_role(ctx.services, body.name, body.scopes, body.description)
         except users.UserError as exc:
             raise refused(str(exc)) from None
         return json_response(role_out(role), 201)
 
     async def services_role_exists(name: str) -> bool:
-        return bool(await users.people(services).roles.get_roles([name]))
+        return bool(await users.people(ctx.services).roles.get_roles([name]))
 
     async def delete_role(request: Request) -> Response:
         name = str(request.path_params["name"])
-        if not _ROLE_RE.fullmatch(name) or not await users.delete_role(services, name):
+        if not _ROLE_RE.fullmatch(name) or not await users.delete_role(ctx.services, name):
             raise Problem(404, "no such role")
         return no_content()
 
