@@ -202,10 +202,11 @@ def test_a_full_run_audits_every_step_with_its_request_and_leaks_nothing(tmp_pat
 
 def test_every_documented_event_type_is_emitted_by_a_test() -> None:
     from tests.cli.test_audit import CLI_TYPES
+    from tests.server.admin.test_admin_api import ADMIN_TYPES
     from tests.services.test_keys import KEY_STEP_TYPES
 
     from .test_services import OTHER_PEOPLE_TYPES
 
-    covered = FLOW_TYPES | CLI_TYPES | KEY_STEP_TYPES | OTHER_PEOPLE_TYPES
+    covered = FLOW_TYPES | CLI_TYPES | KEY_STEP_TYPES | OTHER_PEOPLE_TYPES | ADMIN_TYPES
     assert sorted(set(EVENT_TYPES) - covered) == []
     assert sorted(covered - set(EVENT_TYPES)) == []
