@@ -39,13 +39,18 @@ class Bastion:
 data_dir = "{tmp / "data"}"
 [authorization_server]
 listen = "127.0.0.1:{self.port}"
-admin_listen = "127.0.0.1:{self.admin_port}"
 issuer = "{self.issuer}"
 {extra_config}
 {gateway_config}
 """
         )
-        self.env = {**os.environ, "BASTION_KEK": "e2e-" + "k" * 40, **(env or {})}
+        self.env = {
+            **os.environ,
+            "BASTION_KEK": "e2e-" + "k" * 40,
+            # Its own free port (tests/conftest.py turns the admin API off for everything else).
+            "BASTION_AUTHORIZATION_SERVER__ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            **(env or {}),
+        }
         self.env.pop("BASTION_CONFIG", None)
         self.process: subprocess.Popen[bytes] | None = None
 
