@@ -23,6 +23,11 @@ from bastion.storage.sql.migrate import migrate
 
 REQUIRE_SERVICES = os.environ.get("BASTION_REQUIRE_SERVICES") == "1"
 
+# The admin API listens beside every authorization server, by default on the port after its
+# own: a port the tests did not choose, which another test's socket may hold. Servers started by
+# tests go without it unless a test gives it a port (tests/e2e/harness.py does).
+os.environ.setdefault("BASTION_AUTHORIZATION_SERVER__ADMIN_LISTEN", "")
+
 
 @pytest.fixture
 def anyio_backend() -> str:

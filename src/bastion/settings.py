@@ -166,6 +166,18 @@ class AuthorizationServerSettings(Section):
     listen: str = "127.0.0.1:8000"
     """Address to listen on (HOST:PORT)."""
 
+    admin_listen: str | None = None
+    """HOST:PORT of the admin API (``docs/admin-api.md``), apart from the public endpoints.
+    Every request needs an access token of this server with the ``bastion:admin`` scope. Plain
+    HTTP, so only a loopback address is accepted unless ``insecure_admin_listen`` is set. Unset:
+    ``127.0.0.1`` on the port after ``listen``'s (``127.0.0.1:8001`` with the default
+    ``listen``). Empty: no admin API."""
+
+    insecure_admin_listen: bool = False
+    """DANGEROUS: allow ``admin_listen`` on a non-loopback address. The admin API speaks plain
+    HTTP: its bearer tokens cross the network in the clear unless TLS is terminated in front of
+    it on a network only operators reach. ``bastion serve`` logs a warning at every start."""
+
     issuer: str = "http://127.0.0.1:8000"
     """The issuer identifier (RFC 8414 §2): an https URL without query or fragment. Plain http is
     accepted only for loopback hosts."""
@@ -242,6 +254,11 @@ class AuthorizationServerSettings(Section):
     def _check_listen(cls, value: str) -> str:
         return _listen(value)
 
+    @field_validator("admin_listen")
+    @classmethod
+    def _check_admin_listen(cls, value: str | None) -> str | None:
+        return value if not value else _listen(value)
+
     @field_validator("trusted_proxies")
     @classmethod
     def _check_proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -269,9 +286,26 @@ class AuthorizationServerSettings(Section):
                 "issuer: http is allowed only on loopback hosts; use https, or set "
                 "allow_insecure_http_issuer = true if TLS is terminated in front of Bastion"
             )
+        if self.admin_listen is None and self.listen.endswith(":65535"):
+            raise ValueError("admin_listen: set it (or empty) when listen uses port 65535")
+        admin = self.admin_address
+        if admin and not is_loopback_host(admin.rpartition(":")[0]) and not self.insecure_admin_listen:
+            raise ValueError(
+                f"admin_listen: {admin} is not a loopback address; the admin API speaks "
+                "plain HTTP, so keep it on 127.0.0.1 (and reach it through SSH or a TLS proxy), or "
+                "set insecure_admin_listen = true if TLS is terminated in front of it"
+            )
         if self.refresh_token_idle_ttl > self.refresh_token_absolute_ttl:
             raise ValueError("refresh_token_idle_ttl must not exceed refresh_token_absolute_ttl")
         return self
+
+    @property
+    def admin_address(self) -> str | None:
+        """The admin API's ``HOST:PORT`` (see :attr:`admin_listen`), ``None`` for none."""
+        if self.admin_listen is not None:
+            return self.admin_listen or None
+        port = int(self.listen.rpartition(":")[2])
+        return f"127.0.0.1:{port + 1 if port else 0}"
 
     @property
     def publish_delay(self) -> int:

@@ -173,7 +173,7 @@ def test_search_prints_an_aligned_table(invoke: Invoke, config_file: Path) -> No
         "REASON",
     ]
     assert len(rows) == len(SAMPLE)
-    assert rows[0].startswith("2025-01-31 12:00:00.000Z  login.failed")
+    assert rows[0].startswith("2025-01-31T12:00:00.000Z  login.failed")
     for column, values in (("TYPE", [e.type for e in SAMPLE]), ("CLIENT", [e.client for e in SAMPLE])):
         at = header.index(column)
         assert [row[at:].split()[0] for row in rows] == values

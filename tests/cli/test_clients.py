@@ -25,6 +25,8 @@ CLIENT_KEYS = {
     "first_party",
     "disabled",
     "created_at",
+    "updated_at",
+    "previous_secret_valid_until",
 }
 
 

@@ -216,9 +216,10 @@ def _send(client: httpx.Client, case: Case, headers: Mapping[str, str]) -> httpx
     content = body.encode() if isinstance(body, str) else body
     url = urlsplit(prepared.url or "")
     target = url.path + (f"?{url.query}" if url.query else "")
-    return client.request(
-        prepared.method or "GET", target, headers=dict(prepared.headers), content=content or b""
-    )
+    # A field value has no leading or trailing whitespace (RFC 9110 §5.5): a generated
+    # "Bearer " (an empty token) goes out as "Bearer", which the server must refuse all the same.
+    sent = {name: value.strip() for name, value in prepared.headers.items()}
+    return client.request(prepared.method or "GET", target, headers=sent, content=content or b"")
 
 
 def fuzz(

@@ -1,8 +1,8 @@
 """The admin API fuzzed from its OpenAPI document (``docs/admin-openapi.json``) on a real
 ``bastion serve``, with the same harness as the authorization server's machine endpoints.
 
-The admin listener's setting and the admin scope are read from Bastion itself (``bastion config
-keys`` and the document's security schemes), so the test follows the admin API as it is. Two
+The admin scope is read from the document's security schemes, so the test follows the admin API
+as it is. Two
 runs: with a Bastion access token carrying the admin scope, and without one. Each answer: no
 5xx, conforms to the document, and every 4xx is ``application/problem+json`` (RFC 9457), a 401
 with a ``Bearer`` challenge (RFC 6750 §3).
@@ -11,7 +11,6 @@ with a ``Bearer`` challenge (RFC 6750 §3).
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from tests.conformance.openapi_fuzz import fuzz
 from tests.conformance.openapi_fuzz import problem_details_form
 from tests.conformance.openapi_fuzz import url_client
 from tests.e2e.harness import Bastion
-from tests.e2e.harness import free_port
 
 DOCUMENT = Path(__file__).parents[2] / "docs" / "admin-openapi.json"
 #: The scope used when the document names none in an OAuth 2.0 security scheme.
@@ -39,16 +37,6 @@ pytestmark = [
         not DOCUMENT.exists(), reason="docs/admin-openapi.json does not exist: no admin API to fuzz yet"
     ),
 ]
-
-
-def admin_listen_key(server: Bastion) -> str:
-    """The setting of the authorization server's admin listener (not the gateway's)."""
-    keys = re.findall(r"^([a-z_.]+) = ", server.cli("config", "keys"), re.MULTILINE)
-    found = [
-        key for key in keys if "admin" in key and key.endswith("listen") and not key.startswith("gateway.")
-    ]
-    assert len(found) == 1, f"expected one admin listener setting besides gateway.admin_listen, got {found}"
-    return found[0]
 
 
 def admin_scope(document: dict[str, Any]) -> str:
@@ -88,10 +76,8 @@ def wait_for(url: str) -> dict[str, Any]:
 
 def test_fuzz_admin_api(tmp_path: Path) -> None:
     document = json.loads(DOCUMENT.read_text())
-    port = free_port()
     server = Bastion(tmp_path)
-    variable = "BASTION_" + admin_listen_key(server).upper().replace(".", "__")
-    server.env[variable] = f"127.0.0.1:{port}"
+    port = server.admin_port  # authorization_server.admin_listen, a free port of its own
     scope = admin_scope(document)
     created = server.cli_json("clients", "create", "--name", "admin-fuzz", "--scope", scope)
     server.start()

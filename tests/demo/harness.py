@@ -30,7 +30,14 @@ from tests.e2e.gw_stack import ports_free
 
 def ports_of(ports: DemoPorts) -> list[int]:
     """Every port a demo on ``ports`` listens on."""
-    return [ports.server, ports.gateway, ports.shop, ports.metrics, *(ports.service(n) for n in SERVICES)]
+    return [
+        ports.server,
+        ports.admin,
+        ports.gateway,
+        ports.shop,
+        ports.metrics,
+        *(ports.service(n) for n in SERVICES),
+    ]
 
 
 def free_base() -> int:

@@ -42,6 +42,8 @@ class Bastion:
         self.tmp = tmp
         self.port = free_port()
         self.issuer = f"http://127.0.0.1:{self.port}"
+        self.admin_port = free_port()
+        self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.config = tmp / "bastion.toml"
         self.config.write_text(
             f"""
@@ -53,7 +55,13 @@ issuer = "{self.issuer}"
 {gateway_config}
 """
         )
-        self.env = {**os.environ, "BASTION_KEK": "e2e-" + "k" * 40, **(env or {})}
+        self.env = {
+            **os.environ,
+            "BASTION_KEK": "e2e-" + "k" * 40,
+            # Its own free port (tests/conftest.py turns the admin API off for everything else).
+            "BASTION_AUTHORIZATION_SERVER__ADMIN_LISTEN": f"127.0.0.1:{self.admin_port}",
+            **(env or {}),
+        }
         self.env.pop("BASTION_CONFIG", None)
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -47,7 +47,10 @@ def state_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[s
 def second_process(stack: GatewayStack, tmp: Path, env: dict[str, str]) -> tuple[Bastion, int]:
     """Another ``bastion serve`` on the first one's data dir and stores, on ports of its own."""
     tmp.mkdir()
-    other = Bastion(tmp, env=env)
+    # Its own admin API port, not the first process's.
+    other = Bastion(
+        tmp, env={k: v for k, v in env.items() if k != "BASTION_AUTHORIZATION_SERVER__ADMIN_LISTEN"}
+    )
     gateway_port, admin_port = free_port(), free_port()
     text = stack.bastion.config.read_text()
     text = text.replace(f'listen = "127.0.0.1:{stack.bastion.port}"', f'listen = "127.0.0.1:{other.port}"')

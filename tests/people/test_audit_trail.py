@@ -213,10 +213,19 @@ def test_every_documented_event_type_is_emitted_by_a_test() -> None:
     from tests.cli.test_audit import CLI_TYPES
     from tests.gateway.policy.test_policy_refusals import GATEWAY_TYPES
     from tests.ops.test_alerting import ALERT_TYPES
+    from tests.server.admin.test_admin_api import ADMIN_TYPES
     from tests.services.test_keys import KEY_STEP_TYPES
 
     from .test_services import OTHER_PEOPLE_TYPES
 
-    covered = FLOW_TYPES | CLI_TYPES | KEY_STEP_TYPES | OTHER_PEOPLE_TYPES | GATEWAY_TYPES | ALERT_TYPES
+    covered = (
+        FLOW_TYPES
+        | CLI_TYPES
+        | KEY_STEP_TYPES
+        | OTHER_PEOPLE_TYPES
+        | GATEWAY_TYPES
+        | ALERT_TYPES
+        | ADMIN_TYPES
+    )
     assert sorted(set(EVENT_TYPES) - covered) == []
     assert sorted(covered - set(EVENT_TYPES)) == []

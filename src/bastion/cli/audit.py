@@ -15,8 +15,6 @@ from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC
-from datetime import datetime
 from typing import TypeVar
 
 import click
@@ -30,6 +28,7 @@ from bastion.storage.audit_protocols import AuditEvent
 from bastion.storage.audit_protocols import AuditQuery
 from bastion.storage.audit_protocols import AuditStore
 from bastion.storage.audit_protocols import parse_rfc3339
+from bastion.storage.audit_protocols import rfc3339
 from bastion.storage.sql.migrate import migrate
 
 T = TypeVar("T")
@@ -97,7 +96,7 @@ def _with_store(ctx: click.Context, action: Callable[[AuditStore], Awaitable[T]]
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+    return rfc3339(ts)
 
 
 def _cut(value: str, width: int) -> str:

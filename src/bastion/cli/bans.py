@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
-from datetime import UTC
-from datetime import datetime
 from typing import TypeVar
 
 import click
 from prometheus_client import CollectorRegistry
 
+from bastion.cli.common import duration_seconds
 from bastion.cli.common import run
 from bastion.cli.common import settings_from
+from bastion.cli.common import table
+from bastion.cli.common import when
 from bastion.cli.context import BastionError
 from bastion.cli.context import open_audit
 from bastion.cli.context import ready_stores
@@ -42,8 +42,6 @@ from bastion.storage.sql.migrate import migrate
 
 T = TypeVar("T")
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 #: The longest manual ban (a year): a ban is a temporary measure; ``ip_deny`` is for good.
 MAX_BAN_SECONDS = 365 * 86400
 
@@ -54,19 +52,15 @@ def parse_duration(text: str) -> float:
     Raises:
         click.BadParameter: anything else, zero, or more than a year.
     """
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise click.BadParameter(f"{text!r} is not a duration such as 90s, 15m, 1h or 2d")
-    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    try:
+        seconds = duration_seconds(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     if not 0 < seconds <= MAX_BAN_SECONDS:
         raise click.BadParameter(
             "a ban lasts more than 0 seconds and at most a year (use gateway.ip_deny for good)"
         )
     return seconds
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def ban_json(ban: Ban) -> dict[str, object]:
@@ -84,6 +78,27 @@ def never_banned(settings: Settings) -> list[ipaddress.IPv4Network | ipaddress.I
     if gateway is None:
         return []
     return [*gateway.trusted_proxies, *gateway.bans.exempt]
+
+
+def bannable(settings: Settings) -> Callable[[str], str]:
+    """The check of a network an operator asks to ban (``bastion bans add``, the admin API):
+    it returns the network's canonical form, or raises ``ValueError`` when it is not an address
+    or CIDR, or when it overlaps a trusted proxy or exempt network (a ban there would shut out
+    every client behind the proxy)."""
+    protected = never_banned(settings)
+
+    def check(target: str) -> str:
+        network = parse_network(target)
+        banned = ipaddress.ip_network(network, strict=False)
+        for net in protected:
+            if net.version == banned.version and banned.overlaps(net):  # type: ignore[arg-type]
+                raise ValueError(
+                    f"{network} overlaps {net}, a trusted proxy or exempt network "
+                    "(gateway.trusted_proxies, gateway.bans.exempt); it cannot be banned"
+                )
+        return network
+
+    return check
 
 
 def _with_book(ctx: click.Context, action: Callable[[BanBook], Awaitable[T]]) -> T:
@@ -127,12 +142,13 @@ def bans_list(ctx: click.Context, as_json: bool) -> None:
     if not found:
         click.echo("no bans in force")
         return
-    click.echo(f"{'NETWORK':24} {'SOURCE':6} {'SINCE (UTC)':20} {'UNTIL (UTC)':20} {'REPEAT':>6}  REASON")
-    for ban in found:
-        click.echo(
-            f"{ban.network:24} {ban.source:6} {_when(ban.since):20} {_when(ban.until):20} "
-            f"{ban.repeat:>6}  {ban.reason}"
-        )
+    header = ("NETWORK", "SOURCE", "SINCE (UTC)", "UNTIL (UTC)", "REPEAT", "REASON")
+    rows = [
+        (ban.network, ban.source, when(ban.since), when(ban.until), str(ban.repeat), ban.reason)
+        for ban in found
+    ]
+    for line in table(header, rows):
+        click.echo(line)
 
 
 @bans.command("add", short_help="Ban an address or network for a while.")
@@ -156,18 +172,15 @@ def bans_add(ctx: click.Context, target: str, duration: str, reason: str, as_jso
     """
     seconds = parse_duration(duration)
     try:
-        network = parse_network(target)
+        parse_network(target)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="ADDRESS|CIDR") from None
     if not reason.strip():
         raise click.BadParameter("give a reason", param_hint="--reason")
-    banned = ipaddress.ip_network(network, strict=False)
-    for protected in never_banned(settings_from(ctx)):
-        if protected.version == banned.version and banned.overlaps(protected):  # type: ignore[arg-type]
-            raise BastionError(
-                f"{network} overlaps {protected}, a trusted proxy or exempt network "
-                "(gateway.trusted_proxies, gateway.bans.exempt); it cannot be banned"
-            )
+    try:
+        network = bannable(settings_from(ctx))(target)
+    except ValueError as exc:
+        raise BastionError(str(exc)) from None
     now = time.time()
     ban = Ban(network, reason.strip(), "manual", now, now + seconds)
 
@@ -178,7 +191,7 @@ def bans_add(ctx: click.Context, target: str, duration: str, reason: str, as_jso
     if as_json:
         click.echo(json.dumps(ban_json(ban), indent=2))
     else:
-        click.echo(f"banned {network} until {_when(ban.until)}: {ban.reason}")
+        click.echo(f"banned {network} until {when(ban.until)}: {ban.reason}")
 
 
 @bans.command("remove", short_help="Lift the ban of an address or network.")

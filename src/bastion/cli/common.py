@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Coroutine
+from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 from typing import TypeVar
 
@@ -20,11 +23,44 @@ from bastion.services.container import Services
 from bastion.services.crypto import SealError
 from bastion.services.users import UserError
 from bastion.settings import Settings
+from bastion.storage.audit_protocols import rfc3339
 from bastion.storage.protocols import Conflict
 from bastion.storage.protocols import NotFound
 from bastion.storage.protocols import StorageError
 
 T = TypeVar("T")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+
+
+def duration_seconds(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h``, ``2d``, ``1w`` as seconds.
+
+    Raises:
+        ValueError: anything else.
+    """
+    match = _DURATION.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 1h or 2d")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+def when(ts: float | None) -> str:
+    """The one time format of every command's output: RFC 3339 UTC to the second
+    (``2025-01-31T12:00:00Z``); ``-`` for none."""
+    return "-" if ts is None else rfc3339(ts, "seconds")
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    """Rows as columns aligned under ``header`` (each as wide as its widest cell)."""
+    lines = [tuple(header), *(tuple(row) for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    ]
 
 
 def settings_from(ctx: click.Context) -> Settings:

@@ -61,6 +61,10 @@ class DemoPorts:
         return self.base
 
     @property
+    def admin(self) -> int:
+        return self.base + 1
+
+    @property
     def gateway(self) -> int:
         return self.base + 80
 
@@ -188,7 +192,11 @@ class Demo:
         return Settings.model_validate(
             {
                 "data_dir": self.data_dir,
-                "authorization_server": {"listen": f"127.0.0.1:{ports.server}", "issuer": self.issuer},
+                "authorization_server": {
+                    "listen": f"127.0.0.1:{ports.server}",
+                    "admin_listen": f"127.0.0.1:{ports.admin}",
+                    "issuer": self.issuer,
+                },
                 "gateway": {
                     "listen": f"127.0.0.1:{ports.gateway}",
                     "admin_listen": f"127.0.0.1:{ports.metrics}",
@@ -376,7 +384,7 @@ def bind_services(demo: Demo) -> dict[str, socket.socket]:
         ListenError: a port is in use (the message names it).
     """
     ports = demo.ports
-    for port, what in ((ports.server, "authorization server"), (ports.gateway, "gateway"),
+    for port, what in ((ports.server, "authorization server"), (ports.admin, "admin API"), (ports.gateway, "gateway"),
                        (ports.shop, "shop (BFF)"), (ports.metrics, "metrics")):  # fmt: skip
         probe(f"127.0.0.1:{port}", f"the demo's {what}")
     listeners: dict[str, socket.socket] = {}
@@ -414,6 +422,7 @@ Bastion demo: a shop behind the whole chain (data in {demo.data_dir}/)
 
   Shop                  {demo.shop}/   <- open this in a browser
   Authorization server  {demo.issuer}   (sign-in, consent, tokens)
+  Admin API             http://127.0.0.1:{ports.admin}   (bastion:admin tokens only; docs/admin-api.md)
   Gateway               {api}   (every API call passes it)
   Services              {services}   (each checks the token itself)
   Metrics (Prometheus)  http://127.0.0.1:{ports.metrics}/metrics

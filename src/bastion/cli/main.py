@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import UTC
-from datetime import datetime
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -15,16 +13,22 @@ from typing import TypeVar
 import click
 
 from bastion import __version__
+from bastion.cli.admin import admin
 from bastion.cli.alerts import alerts
 from bastion.cli.audit import audit
 from bastion.cli.bans import bans
+from bastion.cli.common import duration_seconds
 from bastion.cli.common import run
 from bastion.cli.common import settings_from
+from bastion.cli.common import table
+from bastion.cli.common import when
 from bastion.cli.context import open_services
 from bastion.cli.context import ready_stores
 from bastion.cli.kek import kek
 from bastion.cli.keys import keys
+from bastion.cli.users import consents
 from bastion.cli.users import roles
+from bastion.cli.users import sessions
 from bastion.cli.users import users
 from bastion.protocol.models import Client
 from bastion.protocol.models import TokenFormat
@@ -215,7 +219,11 @@ def client_json(client: Client, secret: str | None = None) -> dict[str, Any]:
         "token_format": client.token_format.value,
         "first_party": client.first_party,
         "disabled": client.disabled,
-        "created_at": datetime.fromtimestamp(client.created_at, UTC).isoformat(timespec="seconds"),
+        "created_at": when(client.created_at),
+        "updated_at": when(client.updated_at),
+        "previous_secret_valid_until": None
+        if client.previous_secret_expires_at is None
+        else when(client.previous_secret_expires_at),
     }
     if secret is not None:
         data["client_secret"] = secret
@@ -320,13 +328,112 @@ def clients_list(settings: Settings, as_json: bool) -> None:
     if not found:
         click.echo("no clients yet: bastion clients create --name NAME --scope SCOPE")
         return
-    click.echo(f"{'CLIENT ID':24} {'NAME':20} {'TYPE':12} {'GRANTS':45} STATUS")
-    for c in found:
-        kind = "public" if c.public else "confidential"
-        status = "disabled" if c.disabled else "enabled"
-        click.echo(
-            f"{c.client_id:24} {c.name[:20]:20} {kind:12} {','.join(sorted(c.grant_types)):45} {status}"
+    rows = [
+        (
+            c.client_id,
+            c.name,
+            "public" if c.public else "confidential",
+            ",".join(sorted(c.grant_types)),
+            " ".join(sorted(c.scopes)) or "-",
+            "disabled" if c.disabled else "enabled",
+            when(c.created_at),
         )
+        for c in found
+    ]
+    for line in table(("CLIENT ID", "NAME", "TYPE", "GRANTS", "SCOPES", "STATUS", "CREATED (UTC)"), rows):
+        click.echo(line)
+
+
+@clients.command(
+    "update", short_help="Change a client's name, scopes, redirect URIs, grants or token format."
+)
+@click.argument("client_id")
+@click.option("--name", help="New name.")
+@click.option(
+    "--scope", "scopes", multiple=True, help="Allowed scope (replaces them all); repeat or space-separate."
+)
+@click.option("--no-scopes", is_flag=True, help="Allow no scope at all.")
+@click.option(
+    "--redirect-uri", "redirect_uris", multiple=True, help="Redirect URI (replaces them all); repeat."
+)
+@click.option(
+    "--grant-type",
+    "grant_types",
+    multiple=True,
+    type=click.Choice(["client_credentials", "authorization_code", "refresh_token"]),
+    help="Allowed grant type (replaces them all); repeat.",
+)
+@click.option("--token-format", type=click.Choice(["jwt", "opaque"]), help="JWT or opaque access tokens.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+@with_settings
+def clients_update(
+    settings: Settings,
+    client_id: str,
+    name: str | None,
+    scopes: tuple[str, ...],
+    no_scopes: bool,
+    redirect_uris: tuple[str, ...],
+    grant_types: tuple[str, ...],
+    token_format: str | None,
+    as_json: bool,
+) -> None:
+    """Change a client's registration; what is not given stays. Audited as client.updated.
+
+    Each of --scope, --redirect-uri and --grant-type replaces the whole list.
+    """
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if scopes or no_scopes:
+        changes["scopes"] = [s for value in scopes for s in value.split()]
+    if redirect_uris:
+        changes["redirect_uris"] = redirect_uris
+    if grant_types:
+        changes["grant_types"] = grant_types
+    if token_format is not None:
+        changes["token_format"] = token_format
+    if not changes:
+        raise click.UsageError(
+            "nothing to change: give --name, --scope, --redirect-uri, --grant-type or --token-format"
+        )
+
+    async def go() -> Client:
+        async with open_services(settings) as services:
+            return await services.clients.update(client_id, **changes)
+
+    _print_client(run(go()), None, as_json)
+
+
+@clients.command(
+    "rotate-secret", short_help="Replace a client's secret, optionally keeping the old one a while."
+)
+@click.argument("client_id")
+@click.option(
+    "--overlap",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    help="How long the old secret keeps working beside the new one: 90s, 15m, 1h, 2d (at most 30d).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+@with_settings
+def clients_rotate_secret(settings: Settings, client_id: str, overlap: str, as_json: bool) -> None:
+    """Replace a client's secret and print the new one (once).
+
+    With --overlap, the old secret keeps working that long, so the client's deployments can
+    switch to the new one without an outage; without, it stops working at once.
+    """
+    try:
+        seconds = duration_seconds(overlap)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--overlap") from None
+
+    async def go() -> tuple[Client, str]:
+        async with open_services(settings) as services:
+            return await services.clients.rotate_secret(client_id, overlap=seconds)
+
+    client, secret = run(go())
+    _print_client(client, secret, as_json)
 
 
 def _client_command(action: str) -> Callable[[Settings, str, bool], None]:
@@ -335,8 +442,6 @@ def _client_command(action: str) -> Callable[[Settings, str, bool], None]:
             async with open_services(settings) as services:
                 if action == "show":
                     return await services.clients.get(client_id), None
-                if action == "rotate-secret":
-                    return await services.clients.rotate_secret(client_id)
                 if action == "disable":
                     return await services.clients.set_disabled(client_id, True), None
                 if action == "enable":
@@ -361,7 +466,6 @@ def _client_command(action: str) -> Callable[[Settings, str, bool], None]:
 
 for _action, _help in (
     ("show", "Show one client."),
-    ("rotate-secret", "Replace a client's secret and print the new one (once)."),
     ("disable", "Disable a client: its tokens can no longer be obtained."),
     ("enable", "Re-enable a disabled client."),
     ("delete", "Delete a client."),
@@ -424,8 +528,8 @@ def reload(settings: Settings) -> None:
     type=click.IntRange(1024, 64000),
     default=8000,
     show_default=True,
-    help="The authorization server's port; the others follow (gateway +80, shop +300, "
-    "services +401..+404, metrics +1100).",
+    help="The authorization server's port; the others follow (admin API +1, gateway +80, "
+    "shop +300, services +401..+404, metrics +1100).",
 )
 @click.option("--reset", is_flag=True, help="Delete the data directory first and start afresh.")
 def demo(data_dir: Path, base_port: int, reset: bool) -> None:
@@ -449,6 +553,7 @@ def main() -> None:
         sys.exit(130)
 
 
+cli.add_command(admin)
 cli.add_command(audit)
 cli.add_command(alerts)
 cli.add_command(keys)
@@ -456,3 +561,5 @@ cli.add_command(kek)
 cli.add_command(bans)
 cli.add_command(users)
 cli.add_command(roles)
+cli.add_command(sessions)
+cli.add_command(consents)

@@ -42,6 +42,7 @@ from bastion.cli.context import sealer_keys
 from bastion.cli.context import stores_for
 from bastion.cli.gateway import open_limiter
 from bastion.cli.listen import listen_socket
+from bastion.net import is_loopback_host
 from bastion.settings import Settings
 
 log = logging.getLogger("bastion.serve")
@@ -75,10 +76,12 @@ class Listeners:
     """The backend-for-frontend's (``bff.listen``)."""
     metrics: socket.socket | None = None
     """The server's metrics listener (``metrics.listen`` or ``gateway.admin_listen``)."""
+    admin: socket.socket | None = None
+    """The admin API's (``authorization_server.admin_listen``)."""
 
     def close(self) -> None:
         """Close the supervisor's copies (workers hold their own)."""
-        for sock in (self.server, self.gateway, self.bff, self.metrics):
+        for sock in (self.server, self.gateway, self.bff, self.metrics, self.admin):
             if sock is not None:
                 sock.close()
 
@@ -95,6 +98,9 @@ def open_listeners(settings: Settings) -> Listeners:
             listeners.server = listen_socket(
                 settings.authorization_server.listen, "authorization_server.listen"
             )
+            admin = settings.authorization_server.admin_address
+            if admin is not None:
+                listeners.admin = listen_socket(admin, "authorization_server.admin_listen")
         if settings.gateway is not None:
             listeners.gateway = listen_socket(settings.gateway.listen, "gateway.listen")
         if settings.bff is not None:
@@ -140,6 +146,7 @@ async def _run_worker(
     registry = CollectorRegistry(auto_describe=True)
     tasks: list[asyncio.Task[Any]] = []
     server: uvicorn.Server | None = None
+    admin_server: uvicorn.Server | None = None
     gateway = None
     bff = None
     limiter = None
@@ -161,6 +168,10 @@ async def _run_worker(
             if listeners.server is None:
                 raise RuntimeError("the supervisor bound no authorization server listener")
             tasks.append(loop.create_task(server.serve(sockets=[listeners.server])))
+            if listeners.admin is not None:
+                # No lifespan: the public app's starts and stops the services both share.
+                admin_server = asgi_server(admin_app(settings, services, stores, audit), lifespan=False)
+                tasks.append(loop.create_task(admin_server.serve(sockets=[listeners.admin])))
         if settings.gateway is not None:
             from bastion.cli.gateway import start_gateway
 
@@ -225,6 +236,8 @@ async def _run_worker(
             await admin.close()
         if server is not None:
             server.should_exit = True
+        if admin_server is not None:
+            admin_server.should_exit = True
         if gateway is not None:
             await gateway.close()
         if bff is not None:
@@ -236,6 +249,23 @@ async def _run_worker(
             await limiter.close()
         await audit.close()
         await stores.close()
+
+
+def admin_app(settings: Settings, services: Any, stores: Any, audit: Any) -> Any:
+    """The admin API over a worker's services (see :mod:`bastion.server.admin`)."""
+    from bastion.cli.bans import bannable
+    from bastion.gateway.bans import BanBook
+    from bastion.server.admin.app import create_admin_app
+    from bastion.server.admin.routing import AdminContext
+
+    server = settings.authorization_server
+    context = AdminContext(
+        services=services,
+        bans=BanBook(stores.bans, stores.state, audit),
+        bannable=bannable(settings),
+        max_body=server.max_body_bytes,
+    )
+    return create_admin_app(context, server.trusted_proxies)
 
 
 def worker_main(
@@ -363,6 +393,19 @@ def _serve(settings: Settings, listeners: Listeners, *, workers: int, migrate: b
             f"authorization server on http://{settings.authorization_server.listen} "
             f"(issuer {settings.authorization_server.issuer})"
         )
+        admin = settings.authorization_server.admin_address
+        if admin is not None:
+            parts.append(f"admin API on http://{admin}")
+            if settings.authorization_server.insecure_admin_listen and not is_loopback_host(
+                admin.rpartition(":")[0]
+            ):
+                click.secho(
+                    f"WARNING: the admin API listens on {admin}, beyond loopback, in plain HTTP "
+                    "(insecure_admin_listen = true): its bearer tokens cross the network in the "
+                    "clear unless TLS is terminated in front of it",
+                    fg="red",
+                    err=True,
+                )
     if settings.gateway is not None:
         parts.append(f"gateway on {settings.gateway.listen}")
     if settings.bff is not None:

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC
-from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 from typing import TypeVar
 
 import click
 
+from bastion.cli.common import table
+from bastion.cli.common import when
 from bastion.cli.common import with_services
 from bastion.cli.context import BastionError
 from bastion.protocol.models import Role
 from bastion.protocol.models import User
+from bastion.services import consent
+from bastion.services import sessions as login_sessions
 from bastion.services import users as service
+from bastion.services.container import Services
+from bastion.storage.people_protocols import Consent
+from bastion.storage.people_protocols import LoginSession
 
 T = TypeVar("T")
 
@@ -37,10 +43,6 @@ def _read_password(from_stdin: bool) -> str:
     return value
 
 
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def user_json(user: User) -> dict[str, Any]:
     """A user as printed by ``--json`` (never the password hash)."""
     return {
@@ -50,7 +52,8 @@ def user_json(user: User) -> dict[str, Any]:
         "name": user.name,
         "roles": sorted(user.roles),
         "disabled": user.disabled,
-        "created_at": user.created_at,
+        "created_at": when(user.created_at),
+        "updated_at": when(user.updated_at),
     }
 
 
@@ -111,12 +114,60 @@ def users_list(ctx: click.Context, as_json: bool) -> None:
     if not found:
         click.echo("no users yet: bastion users create NAME --password-stdin")
         return
-    for user in found:
-        state = "disabled" if user.disabled else "active"
-        roles = ",".join(sorted(user.roles)) or "-"
-        click.echo(
-            f"{user.username:<24} {state:<9} roles={roles:<20} {user.email or '-':<30} {_when(user.created_at)}"
+    rows = [
+        (
+            user.username,
+            "disabled" if user.disabled else "active",
+            ",".join(sorted(user.roles)) or "-",
+            user.email or "-",
+            when(user.created_at),
         )
+        for user in found
+    ]
+    for line in table(("USERNAME", "STATE", "ROLES", "E-MAIL", "CREATED (UTC)"), rows):
+        click.echo(line)
+
+
+@users.command("show")
+@click.argument("username")
+@_json_option
+@click.pass_context
+def users_show(ctx: click.Context, username: str, as_json: bool) -> None:
+    """Show one user (never the password hash)."""
+    user = with_services(ctx, lambda s: service.get_user(s, username))
+    if user is None:
+        raise click.ClickException(f"no user named {username!r} (see `bastion users list`)")
+    data = user_json(user)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        shown = " ".join(value) if isinstance(value, list) else ("-" if value is None else value)
+        click.echo(f"{key:12} {shown}")
+
+
+@users.command("update", short_help="Change a user's e-mail address or display name.")
+@click.argument("username")
+@click.option("--email", help="New e-mail address (empty: none).")
+@click.option("--name", "full_name", help="New display name (empty: none).")
+@_json_option
+@click.pass_context
+def users_update(
+    ctx: click.Context, username: str, email: str | None, full_name: str | None, as_json: bool
+) -> None:
+    """Change a user's e-mail address or display name (roles: `bastion users set-roles`)."""
+    changes: dict[str, Any] = {}
+    if email is not None:
+        changes["email"] = email or None
+    if full_name is not None:
+        changes["name"] = full_name or None
+    if not changes:
+        raise click.UsageError("nothing to change: give --email or --name")
+    user = with_services(ctx, lambda s: service.update_user(s, username, **changes))
+    if as_json:
+        click.echo(json.dumps(user_json(user), indent=2))
+    else:
+        click.echo(f"updated {user.username}")
 
 
 @users.command("disable", short_help="Disable a user, end their login sessions, revoke their tokens.")
@@ -219,8 +270,9 @@ def roles_list(ctx: click.Context, as_json: bool) -> None:
     if not found:
         click.echo("no roles yet: bastion roles create NAME --scope SCOPE")
         return
-    for role in found:
-        click.echo(f"{role.name:<20} {' '.join(sorted(role.scopes)):<40} {role.description}")
+    rows = [(role.name, " ".join(sorted(role.scopes)), role.description or "-") for role in found]
+    for line in table(("ROLE", "SCOPES", "DESCRIPTION"), rows):
+        click.echo(line)
 
 
 @roles.command("delete")
@@ -231,3 +283,117 @@ def roles_delete(ctx: click.Context, name: str) -> None:
     if not with_services(ctx, lambda s: service.delete_role(s, name)):
         raise click.ClickException(f"no role named {name!r}")
     click.echo(f"deleted role {name}")
+
+
+async def _user(services: Services, username: str) -> User:
+    user = await service.get_user(services, username)
+    if user is None:
+        raise BastionError(f"no user named {username!r} (see `bastion users list`)")
+    return user
+
+
+@click.group()
+def sessions() -> None:
+    """List and end the sign-in sessions of users."""
+
+
+@sessions.command("list")
+@click.argument("username")
+@_json_option
+@click.pass_context
+def sessions_list(ctx: click.Context, username: str, as_json: bool) -> None:
+    """List a user's live sign-in sessions, oldest first."""
+
+    async def go(services: Services) -> Sequence[LoginSession]:
+        return await login_sessions.for_user(services, (await _user(services, username)).user_id)
+
+    found = with_services(ctx, go)
+    if as_json:
+        rows = [
+            {"sid": s.sid, "created_at": when(s.created_at), "expires_at": when(s.expires_at)} for s in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not found:
+        click.echo(f"{username} has no live sessions")
+        return
+    for line in table(
+        ("SID", "SIGNED IN (UTC)", "EXPIRES (UTC)"),
+        [(s.sid, when(s.created_at), when(s.expires_at)) for s in found],
+    ):
+        click.echo(line)
+
+
+@sessions.command("revoke", short_help="End one sign-in session of a user, or all of them.")
+@click.argument("username")
+@click.argument("sid", required=False)
+@click.option("--all", "every", is_flag=True, help="End every session of the user.")
+@click.pass_context
+def sessions_revoke(ctx: click.Context, username: str, sid: str | None, every: bool) -> None:
+    """End session SID of USERNAME (`bastion sessions list` shows them), or --all of them.
+
+    The browser holding it must sign in again; codes not yet redeemed die with it.
+    """
+    if (sid is None) == (not every):
+        raise click.UsageError("give a SID or --all (not both)")
+
+    async def go(services: Services) -> int:
+        user = await _user(services, username)
+        if sid is None:
+            return await login_sessions.end_for_user(services, user.user_id)
+        if not await login_sessions.revoke(services, user.user_id, sid):
+            raise BastionError(f"{username} has no session {sid!r} (see `bastion sessions list {username}`)")
+        return 1
+
+    ended = with_services(ctx, go)
+    click.echo(f"ended {ended} session(s) of {username}")
+
+
+@click.group()
+def consents() -> None:
+    """List and revoke what users allowed clients."""
+
+
+@consents.command("list")
+@click.argument("username")
+@_json_option
+@click.pass_context
+def consents_list(ctx: click.Context, username: str, as_json: bool) -> None:
+    """List the consents a user gave, by client."""
+
+    async def go(services: Services) -> Sequence[Consent]:
+        return await consent.list_for_user(services, await _user(services, username))
+
+    found = with_services(ctx, go)
+    if as_json:
+        rows = [
+            {"client_id": c.client_id, "scopes": sorted(c.scopes), "granted_at": when(c.granted_at)}
+            for c in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not found:
+        click.echo(f"{username} gave no consents")
+        return
+    rows2 = [(c.client_id, " ".join(sorted(c.scopes)), when(c.granted_at)) for c in found]
+    for line in table(("CLIENT ID", "SCOPES", "GRANTED (UTC)"), rows2):
+        click.echo(line)
+
+
+@consents.command("revoke", short_help="Revoke a user's consent to a client, and its refresh tokens.")
+@click.argument("username")
+@click.argument("client_id")
+@click.pass_context
+def consents_revoke(ctx: click.Context, username: str, client_id: str) -> None:
+    """Revoke USERNAME's consent to CLIENT_ID.
+
+    The client's refresh tokens for the user are revoked with the access tokens issued from
+    them, and the next sign-in through the client asks for consent again.
+    """
+
+    async def go(services: Services) -> bool:
+        return await consent.revoke(services, await _user(services, username), client_id)
+
+    if not with_services(ctx, go):
+        raise BastionError(f"{username} gave {client_id!r} no consent")
+    click.echo(f"revoked the consent of {username} to {client_id}")

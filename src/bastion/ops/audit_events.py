@@ -30,8 +30,10 @@ EventType = Literal[
     "login.throttled",
     "logout.succeeded",
     "login_sessions.ended",
+    "login_session.revoked",
     "consent.granted",
     "consent.denied",
+    "consent.revoked",
     # codes and tokens
     "authorization_code.issued",
     "authorization_code.replayed",
@@ -45,6 +47,7 @@ EventType = Literal[
     # clients
     "client.created",
     "client.secret_rotated",
+    "client.updated",
     "client.disabled",
     "client.enabled",
     "client.deleted",
@@ -67,6 +70,7 @@ EventType = Literal[
     "user.password_changed",
     "user.password_rehashed",
     "user.roles_changed",
+    "user.updated",
     "user.deleted",
     "role.created",
     "role.deleted",
@@ -82,6 +86,8 @@ EventType = Literal[
     "alert.action",
     "alert.webhook_delivered",
     "alert.webhook_failed",
+    # the admin API
+    "admin.call",
 ]
 
 #: Every event type and what it records (the same words as the table in ``docs/audit.md``).
@@ -91,8 +97,10 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "login.throttled": "Sign-in attempts for an account or from an address went over the limit.",
     "logout.succeeded": "A user signed out (RP-initiated logout).",
     "login_sessions.ended": "Every sign-in session of a user ended (disabled, deleted, new password).",
+    "login_session.revoked": "An operator ended one sign-in session of a user.",
     "consent.granted": "A user allowed a client the scopes shown.",
     "consent.denied": "A user refused the consent screen.",
+    "consent.revoked": "An operator revoked a user's consent to a client (its refresh tokens too).",
     "authorization_code.issued": "An authorization code was issued to a client for a user.",
     "authorization_code.replayed": "A used authorization code was presented again; its tokens are revoked.",
     "token.issued": "An access token was issued (client_credentials or authorization_code).",
@@ -104,6 +112,7 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "refresh_token.grace_replay": "A just-rotated refresh token was presented again within the grace window.",
     "client.created": "A client was registered.",
     "client.secret_rotated": "A client's secret was replaced.",
+    "client.updated": "A client's registration was changed (name, scopes, redirect URIs, grants ...).",
     "client.disabled": "A client was disabled.",
     "client.enabled": "A disabled client was enabled again.",
     "client.deleted": "A client was deleted.",
@@ -124,6 +133,7 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "user.password_changed": "A user's password was replaced.",
     "user.password_rehashed": "A user's password hash was upgraded at sign-in.",
     "user.roles_changed": "A user's roles were replaced.",
+    "user.updated": "A user's e-mail address or display name was changed.",
     "user.deleted": "A user was deleted.",
     "role.created": "A role was created.",
     "role.deleted": "A role was deleted.",
@@ -136,6 +146,7 @@ EVENT_TYPES: Final[dict[str, str]] = {
     "alert.action": "An alert's ban or circuit opening was carried out, or failed.",
     "alert.webhook_delivered": "An alert's webhook message was accepted by its receiver.",
     "alert.webhook_failed": "An attempt to deliver an alert's webhook message failed (or the queue was full).",
+    "admin.call": "A request to the admin API, answered or refused (method, path, status).",
 }
 
 #: ``details`` keys that could only hold a secret or a token; :class:`~bastion.ops.audit.AuditLog`

@@ -31,6 +31,8 @@ class Client:
     """A registered OAuth client.
 
     ``secret_hash`` is a keyed hash of the secret (never the secret); ``None`` for public clients.
+    After a rotation with an overlap, ``previous_secret_hash`` is the replaced secret's hash, still
+    accepted until ``previous_secret_expires_at``.
     """
 
     client_id: str
@@ -47,6 +49,8 @@ class Client:
     secret_hash: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    previous_secret_hash: str | None = None
+    previous_secret_expires_at: float | None = None
 
     @property
     def confidential(self) -> bool:

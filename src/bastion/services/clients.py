@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import re
 import time
 import uuid
@@ -54,6 +55,60 @@ def is_client_id(value: str) -> bool:
 
 class ClientError(ValueError):
     """A client definition that cannot be registered; the message says what to fix."""
+
+
+#: The longest a replaced secret keeps working after a rotation (30 days).
+MAX_OVERLAP = 30 * 86400
+#: What :meth:`ClientService.update` may change.
+UPDATABLE = frozenset(
+    {
+        "name",
+        "scopes",
+        "redirect_uris",
+        "post_logout_redirect_uris",
+        "grant_types",
+        "token_format",
+        "audience",
+        "first_party",
+    }
+)
+
+
+def check_definition(
+    public: bool, grants: frozenset[str], uris: tuple[str, ...], logout_uris: tuple[str, ...]
+) -> None:
+    """Raises :class:`ClientError` unless the grant types and redirect URIs fit together."""
+    known = {g.value for g in GrantType}
+    if unknown := sorted(grants - known):
+        raise ClientError(
+            f"unsupported grant type(s): {', '.join(unknown)} (supported: {', '.join(sorted(known))})"
+        )
+    if public and GrantType.CLIENT_CREDENTIALS in grants:
+        raise ClientError("a public client cannot use client_credentials (it has no secret)")
+    if GrantType.AUTHORIZATION_CODE in grants and not uris:
+        raise ClientError("authorization_code clients need at least one --redirect-uri")
+    for uri in (*uris, *logout_uris):
+        if "#" in uri or (not uri.startswith(("https://", "http://")) and ":" not in uri):
+            raise ClientError(f"invalid redirect URI {uri!r}: absolute URI without fragment required")
+        # Private-use schemes serve native apps (RFC 8252 §7.1); these never name an app but
+        # run script or read local files where a browser follows them.
+        if uri.split(":", 1)[0].strip().lower() in _FORBIDDEN_SCHEMES:
+            raise ClientError(f"invalid redirect URI {uri!r}: scheme not allowed")
+
+
+def _described(client: Client, changed: Mapping[str, Any]) -> dict[str, Any]:
+    """The new values of the changed fields, as audit details (JSON-ready)."""
+    out: dict[str, Any] = {}
+    for name in changed:
+        value = getattr(client, name)
+        if isinstance(value, frozenset):
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, TokenFormat):
+            value = value.value
+        out[name] = value
+    return out
 
 
 class ClientService:
@@ -159,9 +214,22 @@ class ClientService:
             return client
         if creds.secret is None or client.secret_hash is None:
             raise InvalidClient("client authentication is required", used_basic=used_basic)
-        if not self._sealer.verify_secret(creds.secret, client.secret_hash):
+        if not self._secret_matches(client, creds.secret):
             raise InvalidClient("client authentication failed", detail="wrong secret", used_basic=used_basic)
         return client
+
+    def _secret_matches(self, client: Client, secret: str) -> bool:
+        """Whether ``secret`` is the client's secret, or its previous one within the overlap.
+
+        Each comparison is constant-time (``hmac.compare_digest``), and while an overlap runs
+        both are made, without a short cut, so the time taken never tells which one matched.
+        """
+        current = self._sealer.verify_secret(secret, client.secret_hash or _DUMMY_HASH)
+        previous = client.previous_secret_hash
+        expires = client.previous_secret_expires_at
+        if previous is None or expires is None or self._clock() >= expires:
+            return current
+        return hmac.compare_digest(self._sealer.hash_secret(secret), previous) | current
 
     async def create(
         self,
@@ -184,25 +252,10 @@ class ClientService:
                 authorization_code without redirect URIs, unknown grant type ...).
         """
         grants = frozenset(str(g) for g in grant_types)
-        known = {g.value for g in GrantType}
-        if unknown := sorted(grants - known):
-            raise ClientError(
-                f"unsupported grant type(s): {', '.join(unknown)} (supported: {', '.join(sorted(known))})"
-            )
-        if public and GrantType.CLIENT_CREDENTIALS in grants:
-            raise ClientError("a public client cannot use client_credentials (it has no secret)")
         if client_id is not None and not is_client_id(client_id):
             raise ClientError("a client id is 1-255 printable ASCII characters (RFC 6749 Appendix A.1)")
         uris = tuple(redirect_uris)
-        if GrantType.AUTHORIZATION_CODE in grants and not uris:
-            raise ClientError("authorization_code clients need at least one --redirect-uri")
-        for uri in (*uris, *post_logout_redirect_uris):
-            if "#" in uri or (not uri.startswith(("https://", "http://")) and ":" not in uri):
-                raise ClientError(f"invalid redirect URI {uri!r}: absolute URI without fragment required")
-            # Private-use schemes serve native apps (RFC 8252 §7.1); these never name an app but
-            # run script or read local files where a browser follows them.
-            if uri.split(":", 1)[0].strip().lower() in _FORBIDDEN_SCHEMES:
-                raise ClientError(f"invalid redirect URI {uri!r}: scheme not allowed")
+        check_definition(public, grants, uris, tuple(post_logout_redirect_uris))
         now = self._clock()
         secret = None if public else new_secret(32)
         client = Client(
@@ -243,20 +296,74 @@ class ClientService:
             raise NotFound(f"no client {client_id!r}")
         return client
 
-    async def rotate_secret(self, client_id: str) -> tuple[Client, str]:
-        """Replace a confidential client's secret; the old one stops working at once here and
-        within ``cache_ttl`` on other processes."""
+    async def rotate_secret(self, client_id: str, overlap: float = 0.0) -> tuple[Client, str]:
+        """Replace a confidential client's secret and return the new one (shown once).
+
+        With ``overlap`` seconds, the replaced secret keeps working that long beside the new
+        one, so the client's deployments can switch without an outage; with none, it stops
+        working at once here and within ``cache_ttl`` on other processes. A secret still in
+        its overlap when another rotation comes is dropped: only the one replaced now survives.
+
+        Raises:
+            NotFound: no such client.
+            ClientError: a public client, or ``overlap`` outside 0 to :data:`MAX_OVERLAP`.
+        """
+        if not 0 <= overlap <= MAX_OVERLAP:
+            raise ClientError(f"the overlap is 0 to {MAX_OVERLAP} seconds (30 days)")
         client = await self._require(client_id)
         if client.public:
             raise ClientError("public clients have no secret")
+        now = self._clock()
         secret = new_secret(32)
         updated = dataclasses.replace(
-            client, secret_hash=self._sealer.hash_secret(secret), updated_at=self._clock()
+            client,
+            secret_hash=self._sealer.hash_secret(secret),
+            previous_secret_hash=client.secret_hash if overlap else None,
+            previous_secret_expires_at=now + overlap if overlap else None,
+            updated_at=now,
         )
         await self._store.update_client(updated)
         self.forget(client_id)
-        self._emit("client.secret_rotated", updated)
+        details = {"overlap": overlap, "previous_valid_until": updated.previous_secret_expires_at}
+        self._emit("client.secret_rotated", updated, details)
         return updated, secret
+
+    async def update(self, client_id: str, **changes: Any) -> Client:
+        """Change a client's registration: any of ``name``, ``scopes``, ``redirect_uris``,
+        ``post_logout_redirect_uris``, ``grant_types``, ``token_format``, ``audience`` and
+        ``first_party`` (omitted ones stay). The same rules as :meth:`create` apply to the result.
+
+        Raises:
+            NotFound: no such client.
+            ClientError: an unknown field, or the result breaks a rule.
+        """
+        if unknown := sorted(set(changes) - UPDATABLE):
+            raise ClientError(
+                f"cannot change {', '.join(unknown)} (changeable: {', '.join(sorted(UPDATABLE))})"
+            )
+        client = await self._require(client_id)
+        values: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name in ("scopes", "grant_types"):
+                value = frozenset(str(v) for v in value)
+            elif name in ("redirect_uris", "post_logout_redirect_uris"):
+                value = tuple(value)
+            elif name == "token_format":
+                value = TokenFormat(value)
+            elif name == "name" and not str(value).strip():
+                raise ClientError("a client's name cannot be empty")
+            if getattr(client, name) != value:
+                values[name] = value
+        if not values:
+            return client
+        updated = dataclasses.replace(client, **values, updated_at=self._clock())
+        check_definition(
+            updated.public, updated.grant_types, updated.redirect_uris, updated.post_logout_redirect_uris
+        )
+        await self._store.update_client(updated)
+        self.forget(client_id)
+        self._emit("client.updated", updated, {"changed": sorted(values), **_described(updated, values)})
+        return updated
 
     async def set_disabled(self, client_id: str, disabled: bool = True) -> Client:
         """Disable (or re-enable) a client.

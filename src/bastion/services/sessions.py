@@ -17,7 +17,10 @@ ended, its cookie is a stranger's: the login page again, and no code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bastion.services.container import Services
+from bastion.storage.people_protocols import LoginSession
 from bastion.storage.sql.people import PeopleStores
 from bastion.storage.sql.people import SQLLoginSessionIndex
 
@@ -56,6 +59,21 @@ async def end_for_user(services: Services, user_id: str) -> int:
     if sids:
         services.audit.emit("login_sessions.ended", subject=user_id, details={"count": len(sids)})
     return len(sids)
+
+
+async def for_user(services: Services, user_id: str) -> Sequence[LoginSession]:
+    """The live sessions of a user, oldest first."""
+    return await _index(services).user_sessions(user_id, services.clock())
+
+
+async def revoke(services: Services, user_id: str, sid: str) -> bool:
+    """End session ``sid`` of ``user_id`` (an operator's act, audited as
+    ``login_session.revoked``); ``False`` if the user has no such session."""
+    if await _index(services).session_owner(sid) != user_id:
+        return False
+    await end(services, sid)
+    services.audit.emit("login_session.revoked", subject=user_id, details={"sid": sid})
+    return True
 
 
 async def purge(services: Services, now: float) -> int:

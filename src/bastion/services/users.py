@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import re
 import secrets
 from collections.abc import Iterable
 from collections.abc import Sequence
+from typing import Final
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError
@@ -34,6 +36,15 @@ MAX_PASSWORD_LENGTH = 1024
 
 class UserError(ValueError):
     """A user or role definition breaks a rule; the message says which."""
+
+
+class Unset(enum.Enum):
+    """The type of :data:`UNSET`: an argument not given (where ``None`` means "clear")."""
+
+    UNSET = "unset"
+
+
+UNSET: Final = Unset.UNSET
 
 
 class Passwords:
@@ -84,6 +95,12 @@ def check_password(password: str) -> str:
     return password
 
 
+def check_email(email: str | None) -> None:
+    """Raises :class:`UserError` unless ``email`` (when given) looks like one address."""
+    if email is not None and (email.count("@") != 1 or len(email) > 320 or any(c.isspace() for c in email)):
+        raise UserError(f"invalid e-mail address {email!r}")
+
+
 def people(services: Services) -> PeopleStores:
     """The people stores over the services' database."""
     return PeopleStores.open(services.stores.db)
@@ -127,8 +144,7 @@ async def create_user(
     """
     if not _USERNAME_RE.fullmatch(username):
         raise UserError("usernames are 1-200 letters, digits and . _ @ + - (starting with a letter or digit)")
-    if email is not None and (email.count("@") != 1 or len(email) > 320 or any(c.isspace() for c in email)):
-        raise UserError(f"invalid e-mail address {email!r}")
+    check_email(email)
     check_password(password)
     role_names = await _require_roles(services, roles)
     now = services.clock()
@@ -148,6 +164,54 @@ async def create_user(
         raise UserError(f"the username {username!r} is taken") from exc
     services.audit.emit("user.created", subject=user.user_id, details={"roles": sorted(role_names)})
     return user
+
+
+async def get_user(services: Services, username: str) -> User | None:
+    """The user named ``username`` (without regard to case), or ``None``."""
+    return await people(services).users.get_user_by_username(username)
+
+
+async def update_user(
+    services: Services,
+    username: str,
+    *,
+    email: str | Unset | None = UNSET,
+    name: str | Unset | None = UNSET,
+    roles: Iterable[str] | Unset = UNSET,
+) -> User:
+    """Change a user's e-mail address, display name and roles (``None`` clears the first two;
+    what is not given stays). Audited as ``user.updated`` and, for roles, ``user.roles_changed``.
+
+    Raises:
+        UserError: no such user, a bad e-mail address or an unknown role.
+    """
+    user = await _require_user(services, username)
+    changes: dict[str, object] = {}
+    if not isinstance(email, Unset):
+        check_email(email)
+        if email != user.email:
+            changes["email"] = email
+    if not isinstance(name, Unset):
+        if name is not None and len(name) > 200:
+            raise UserError("a display name is at most 200 characters")
+        if name != user.name:
+            changes["name"] = name
+    if not isinstance(roles, Unset):
+        wanted = await _require_roles(services, roles)
+        if wanted != user.roles:
+            changes["roles"] = wanted
+    if not changes:
+        return user
+    changed = dataclasses.replace(user, **changes, updated_at=services.clock())  # type: ignore[arg-type]
+    await people(services).users.update_user(changed)
+    if "email" in changes or "name" in changes:
+        fields = sorted(set(changes) - {"roles"})
+        services.audit.emit("user.updated", subject=user.user_id, details={"changed": fields})
+    if "roles" in changes:
+        services.audit.emit(
+            "user.roles_changed", subject=user.user_id, details={"roles": sorted(changed.roles)}
+        )
+    return changed
 
 
 async def list_users(services: Services) -> Sequence[User]:

@@ -28,9 +28,10 @@ Outcome = Literal["success", "failure", "denied"]
 OUTCOMES: tuple[Outcome, ...] = ("success", "failure", "denied")
 
 
-def rfc3339(ts: float) -> str:
-    """``ts`` (POSIX seconds) as RFC 3339 UTC with milliseconds: ``2025-01-02T03:04:05.678Z``."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def rfc3339(ts: float, timespec: Literal["seconds", "milliseconds"] = "milliseconds") -> str:
+    """``ts`` (POSIX seconds) as RFC 3339 UTC, with milliseconds by default
+    (``2025-01-02T03:04:05.678Z``) or whole seconds (``2025-01-02T03:04:05Z``)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def parse_rfc3339(text: str) -> float:

@@ -30,6 +30,16 @@ class Consent:
 
 
 @dataclass(frozen=True, slots=True)
+class LoginSession:
+    """One signed-in session of a user, as the durable index records it."""
+
+    sid: str
+    user_id: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRefresh:
     """A refresh token's record, its family, and (once rotated) the sealed successor response."""
 
@@ -89,6 +99,9 @@ class ConsentStore(Protocol):
     async def revoke_consent(self, user_id: str, client_id: str) -> bool:
         """Forget a consent; ``False`` if there was none."""
 
+    async def list_consents(self, user_id: str) -> Sequence[Consent]:
+        """Every consent of a user, by client id."""
+
 
 class RefreshStore(Protocol):
     """Refresh-token families and their tokens, stored by keyed hash."""
@@ -113,8 +126,9 @@ class RefreshStore(Protocol):
     async def revoke_family(self, family_id: str, now: float) -> bool:
         """Mark a family revoked; ``False`` if it was unknown or already revoked."""
 
-    async def revoke_subject(self, subject: str, now: float) -> Sequence[str]:
-        """Revoke every live family of a user; returns their ids."""
+    async def revoke_subject(self, subject: str, now: float, client_id: str | None = None) -> Sequence[str]:
+        """Revoke every live family of a user (only those of ``client_id`` when given);
+        returns their ids."""
 
     async def purge_expired(self, now: float, *, keep_responses: float) -> int:
         """Delete dead tokens and families, and drop sealed responses older than
@@ -136,6 +150,12 @@ class LoginSessionIndex(Protocol):
 
     async def end_session(self, sid: str) -> bool:
         """Forget one session; ``False`` if it was unknown."""
+
+    async def user_sessions(self, user_id: str, now: float) -> Sequence[LoginSession]:
+        """The live sessions of a user, oldest first."""
+
+    async def session_owner(self, sid: str) -> str | None:
+        """The user id of a recorded session, or ``None``."""
 
     async def end_user_sessions(self, user_id: str) -> Sequence[str]:
         """Forget every session of a user, in one transaction; returns their ids."""

@@ -35,6 +35,8 @@ def _row(client: Client) -> dict[str, Any]:
         "disabled": client.disabled,
         "created_at": client.created_at,
         "updated_at": client.updated_at,
+        "previous_secret_hash": client.previous_secret_hash,
+        "previous_secret_expires_at": client.previous_secret_expires_at,
     }
 
 
@@ -54,6 +56,8 @@ def _client(row: Any) -> Client:
         disabled=row.disabled,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        previous_secret_hash=row.previous_secret_hash,
+        previous_secret_expires_at=row.previous_secret_expires_at,
     )
 
 

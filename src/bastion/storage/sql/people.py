@@ -28,6 +28,7 @@ from bastion.protocol.models import User
 from bastion.protocol.rfc6749.grants.refresh_token import RefreshFamily
 from bastion.protocol.rfc6749.grants.refresh_token import RefreshToken
 from bastion.storage.people_protocols import Consent
+from bastion.storage.people_protocols import LoginSession
 from bastion.storage.people_protocols import StoredRefresh
 from bastion.storage.protocols import Conflict
 from bastion.storage.protocols import NotFound
@@ -226,6 +227,16 @@ class SQLConsentStore:
             )
         return bool(result.rowcount)
 
+    async def list_consents(self, user_id: str) -> Sequence[Consent]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(consents).where(consents.c.user_id == user_id).order_by(consents.c.client_id)
+            )
+            return [
+                Consent(row.user_id, row.client_id, frozenset(orjson.loads(row.scopes)), row.granted_at)
+                for row in rows
+            ]
+
 
 def _family(row: Any) -> RefreshFamily:
     return RefreshFamily(
@@ -335,16 +346,14 @@ class SQLRefreshStore:
             )
         return bool(result.rowcount)
 
-    async def revoke_subject(self, subject: str, now: float) -> Sequence[str]:
+    async def revoke_subject(self, subject: str, now: float, client_id: str | None = None) -> Sequence[str]:
+        live = select(refresh_families.c.family_id).where(
+            refresh_families.c.subject == subject, refresh_families.c.revoked_at.is_(None)
+        )
+        if client_id is not None:
+            live = live.where(refresh_families.c.client_id == client_id)
         async with self._db.write() as conn:
-            ids = [
-                row.family_id
-                for row in await conn.execute(
-                    select(refresh_families.c.family_id).where(
-                        refresh_families.c.subject == subject, refresh_families.c.revoked_at.is_(None)
-                    )
-                )
-            ]
+            ids = [row.family_id for row in await conn.execute(live)]
             if ids:
                 await conn.execute(
                     update(refresh_families)
@@ -419,6 +428,23 @@ class SQLLoginSessionIndex:
         async with self._db.write() as conn:
             result = await conn.execute(delete(login_sessions).where(login_sessions.c.sid == sid))
         return bool(result.rowcount)
+
+    async def user_sessions(self, user_id: str, now: float) -> Sequence[LoginSession]:
+        async with self._db.read() as conn:
+            rows = await conn.execute(
+                select(login_sessions)
+                .where(login_sessions.c.user_id == user_id, login_sessions.c.expires_at > now)
+                .order_by(login_sessions.c.created_at, login_sessions.c.sid)
+            )
+            return [LoginSession(row.sid, row.user_id, row.created_at, row.expires_at) for row in rows]
+
+    async def session_owner(self, sid: str) -> str | None:
+        """The user id of a recorded session, or ``None``."""
+        async with self._db.read() as conn:
+            row = (
+                await conn.execute(select(login_sessions.c.user_id).where(login_sessions.c.sid == sid))
+            ).first()
+        return None if row is None else str(row.user_id)
 
     async def end_user_sessions(self, user_id: str) -> Sequence[str]:
         async with self._db.write() as conn:

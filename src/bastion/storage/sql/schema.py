@@ -38,6 +38,9 @@ clients = Table(
     Column("disabled", Boolean, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The secret replaced by a rotation with an overlap, accepted until it expires (0009).
+    Column("previous_secret_hash", String(128), nullable=True),
+    Column("previous_secret_expires_at", Float, nullable=True),
 )
 
 signing_keys = Table(
