@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 from collections import Counter
 from typing import Any
@@ -141,8 +142,15 @@ class Issuer:
         self.url = str(self.server.make_url("")).rstrip("/")
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
+        await close_server(self.server)
+
+
+async def close_server(server: TestServer | None) -> None:
+    """Close an aiohttp test server, at most 10 s: its shutdown waits for every connection, and
+    one left half-open by a client cancelled mid-request must not hang the suite's teardown."""
+    if server is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.close(), 10)
 
 
 class Attacker:
@@ -167,5 +175,4 @@ class Attacker:
         self.url = str(self.server.make_url("")).rstrip("/")
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
+        await close_server(self.server)
