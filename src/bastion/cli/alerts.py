@@ -11,8 +11,6 @@ import json
 import secrets
 import time
 from collections.abc import Sequence
-from datetime import UTC
-from datetime import datetime
 from typing import Any
 
 import click
@@ -21,6 +19,7 @@ from bastion.cli.alerting import receivers
 from bastion.cli.audit import parse_when
 from bastion.cli.common import run
 from bastion.cli.common import settings_from
+from bastion.cli.common import when
 from bastion.cli.context import BastionError
 from bastion.cli.context import open_audit
 from bastion.cli.context import ready_stores
@@ -30,13 +29,8 @@ from bastion.ops.alerts import Readings
 from bastion.ops.audit import AuditEvent
 from bastion.ops.webhooks import WebhookSender
 from bastion.storage.audit_protocols import AuditQuery
+from bastion.storage.audit_protocols import rfc3339
 from bastion.storage.sql.migrate import migrate
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def firings(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
@@ -81,6 +75,22 @@ def firings(events: Sequence[AuditEvent]) -> list[dict[str, Any]]:
     return list(found.values())
 
 
+def _printed(firing: dict[str, Any]) -> dict[str, Any]:
+    """A firing for ``--json``: its times in RFC 3339 UTC with milliseconds, as the audit trail
+    it is read from records them."""
+
+    def at(ts: Any) -> str | None:
+        return rfc3339(ts) if isinstance(ts, int | float) else None
+
+    actions = [{**action, "until": at(action.get("until"))} for action in firing["actions"]]
+    return {
+        **firing,
+        "fired_at": at(firing["fired_at"]),
+        "resolved_at": at(firing["resolved_at"]),
+        "actions": actions,
+    }
+
+
 def _webhook_attempt(firing: dict[str, Any], event: AuditEvent) -> None:
     details = event.details
     target = f"{details.get('webhook')} ({details.get('status', 'firing')})"
@@ -101,7 +111,7 @@ def _describe(action: dict[str, Any]) -> str:
     if action["action"] == "webhook":
         text += f" after {action['attempts']} attempt(s)"
     elif action.get("until") is not None:
-        text += f" until {_when(action['until'])}"
+        text += f" until {when(action['until'])}"
     if action.get("reason") and action["outcome"] != "delivered":
         text += f" ({action['reason']})"
     return text
@@ -147,7 +157,7 @@ def alerts_list(ctx: click.Context, since: str, as_json: bool) -> None:
 
     found = firings(run(go()))
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        click.echo(json.dumps([_printed(firing) for firing in found], indent=2))
         return
     if not found:
         click.echo("no alerts fired")
@@ -156,8 +166,8 @@ def alerts_list(ctx: click.Context, since: str, as_json: bool) -> None:
         labels = ",".join(f"{k}={v}" for k, v in firing["labels"].items()) or "-"
         test = " (test)" if firing["test"] else ""
         click.echo(
-            f"{_when(firing['fired_at'])}  {firing['rule']}{test}  {labels}  value {firing['value']:g}  "
-            f"resolved {_when(firing['resolved_at'])}"
+            f"{when(firing['fired_at'])}  {firing['rule']}{test}  {labels}  value {firing['value']:g}  "
+            f"resolved {when(firing['resolved_at'])}"
         )
         for action in firing["actions"]:
             click.echo(f"    {_describe(action)}")

@@ -64,8 +64,8 @@ def parse_duration(text: str) -> float:
 
 
 def ban_json(ban: Ban) -> dict[str, object]:
-    """A ban as printed by ``--json``."""
-    return ban.as_dict()
+    """A ban as printed by ``--json`` (times in RFC 3339 UTC, as every list prints them)."""
+    return {**ban.as_dict(), "since": when(ban.since), "until": when(ban.until)}
 
 
 def _gateway(settings: Settings) -> GatewaySettings | None:

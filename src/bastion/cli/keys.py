@@ -10,8 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from datetime import UTC
-from datetime import datetime
 from typing import IO
 from typing import Any
 
@@ -19,6 +17,8 @@ import aiohttp
 import click
 
 from bastion.cli.common import settings_from
+from bastion.cli.common import table
+from bastion.cli.common import when
 from bastion.cli.common import with_services
 from bastion.protocol import jose
 from bastion.protocol.models import SigningKey
@@ -37,10 +37,6 @@ from bastion.services.keys import KeyState
 from bastion.services.keys import Revocation
 
 _ALGORITHMS = click.Choice(list(jose.SUPPORTED_ALGORITHMS))
-
-
-def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @click.group(short_help="List, rotate, revoke, import and export signing keys.")
@@ -66,18 +62,31 @@ def keys_list(ctx: click.Context, as_json: bool) -> None:
 
     rows = with_services(ctx, go)
     if as_json:
-        click.echo(
-            json.dumps([{k: v for k, v in row.items() if k != "public_jwk"} for row in rows], indent=2)
-        )
+        printed = [
+            {
+                k: (when(v) if k.endswith("_at") and v is not None else v)
+                for k, v in row.items()
+                if k != "public_jwk"
+            }
+            for row in rows
+        ]
+        click.echo(json.dumps(printed, indent=2))
         return
-    click.echo(f"{'KID':18} {'ALG':6} {'GEN':>3}  {'STATE':8} {'CREATED (UTC)':20} {'SIGNS FROM (UTC)':20}")
-    for row in rows:
+    header = ("KID", "ALG", "GEN", "STATE", "CREATED (UTC)", "SIGNS FROM (UTC)")
+    lines = [
         # Generation 0 and below: imported to verify only (see bastion.services.keys).
-        signs = _when(row["activates_at"]) if row["generation"] >= 1 else "never"
-        click.echo(
-            f"{row['kid']:18} {row['alg']:6} {row['generation']:>3}  {row['state']:8} "
-            f"{_when(row['created_at']):20} {signs:20}"
+        (
+            row["kid"],
+            row["alg"],
+            str(row["generation"]),
+            row["state"],
+            when(row["created_at"]),
+            when(row["activates_at"]) if row["generation"] >= 1 else "never",
         )
+        for row in rows
+    ]
+    for line in table(header, lines):
+        click.echo(line)
 
 
 @keys.command("rotate", short_help="Create the next signing key.")
@@ -104,7 +113,7 @@ def keys_rotate(ctx: click.Context, algs: tuple[str, ...], publish_delay: float 
         return [await services.keys.rotate(alg, publish_delay=publish_delay) for alg in targets]
 
     for key in with_services(ctx, go):
-        click.echo(f"new {key.alg} key {key.kid}: published now, signs from {_when(key.activates_at)} UTC")
+        click.echo(f"new {key.alg} key {key.kid}: published now, signs from {when(key.activates_at)}")
 
 
 @keys.command("revoke", short_help="Withdraw a compromised signing key at once.")
@@ -141,7 +150,7 @@ def keys_revoke(ctx: click.Context, kid: str, yes: bool) -> None:
 
     done = with_services(ctx, revoke)
     if done.already and done.key.revoked_at is not None:
-        click.echo(f"{done.key.alg} key {kid} was already revoked at {_when(done.key.revoked_at)} UTC")
+        click.echo(f"{done.key.alg} key {kid} was already revoked at {when(done.key.revoked_at)}")
         return
     click.echo(f"revoked {done.key.alg} key {kid}: out of the JWKS; tokens it signed are now refused")
     if done.replacement is not None:
@@ -218,14 +227,12 @@ def keys_import(
     if activate == Activation.NEVER.value:
         click.echo(
             f"imported {key.alg} key {key.kid}: published now to verify the tokens it signed "
-            f"(until {_when(published_until)} UTC); it never signs"
+            f"(until {when(published_until)}); it never signs"
         )
     elif activate == Activation.NOW.value:
         click.echo(f"imported {key.alg} key {key.kid}: published and signing now")
     else:
-        click.echo(
-            f"imported {key.alg} key {key.kid}: published now, signs from {_when(key.activates_at)} UTC"
-        )
+        click.echo(f"imported {key.alg} key {key.kid}: published now, signs from {when(key.activates_at)}")
 
 
 @keys.command("export", short_help="Print the public keys (the JWKS).")
