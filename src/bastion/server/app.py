@@ -38,10 +38,10 @@ from bastion.server.cors import BrowserOrigins
 from bastion.server.cors import CorsMiddleware
 from bastion.server.cors import client_endpoints
 from bastion.server.openapi import openapi_document
+from bastion.server.responses import StatusRecorder
 from bastion.services.container import Services
 from bastion.services.metrics import OTHER
 from bastion.storage.protocols import StorageError
-from bastion.types import Message
 from bastion.types import Receive
 from bastion.types import Scope
 from bastion.types import Send
@@ -178,20 +178,15 @@ class AuthorizationServer:
             await self._entry(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 0
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sending = StatusRecorder(send)
         try:
             await self._entry(scope, receive, sending)
         finally:
             path = scope["path"]
             self.services.metrics.request(
-                path if path in self._endpoints else OTHER, status or 500, time.perf_counter() - started
+                path if path in self._endpoints else OTHER,
+                sending.status or 500,
+                time.perf_counter() - started,
             )
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -13,6 +13,7 @@ import orjson
 from bastion.protocol.errors import InvalidClient
 from bastion.protocol.errors import OAuthError
 from bastion.protocol.errors import SlowDown
+from bastion.types import Message
 from bastion.types import Send
 
 RawHeaders = list[tuple[bytes, bytes]]
@@ -56,3 +57,19 @@ def error_response(error: OAuthError, realm: str) -> tuple[int, dict[str, str], 
     if status >= 500 and not isinstance(error, SlowDown):
         status = 500 if error.error == "server_error" else 503
     return status, error.to_dict(), headers
+
+
+class StatusRecorder:
+    """An ASGI ``send`` that passes every message on and remembers the response's status
+    (``0`` until it starts): for whoever counts or audits the answer after the app ran."""
+
+    __slots__ = ("_send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)

@@ -19,11 +19,11 @@ from typing import Final
 from bastion.ops.audit_events import current_request
 from bastion.server.admin.problems import UNAUTHORIZED
 from bastion.server.admin.problems import Problem
+from bastion.server.responses import StatusRecorder
 from bastion.services.container import Services
 from bastion.storage.audit_protocols import Outcome
 from bastion.storage.protocols import StorageError
 from bastion.types import ASGIApp
-from bastion.types import Message
 from bastion.types import Receive
 from bastion.types import Scope
 from bastion.types import Send
@@ -107,17 +107,10 @@ class AdminAuthMiddleware:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        status = 0
         reason: str | None = None
         actor: str | None = None
         started = time.perf_counter()
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        sending = StatusRecorder(send)
         try:
             try:
                 claims = await self.principal(scope)
@@ -140,6 +133,7 @@ class AdminAuthMiddleware:
             scope.setdefault("state", {})["admin_claims"] = claims
             await self.app(scope, receive, sending)
         finally:
+            status = sending.status
             outcome: Outcome = "success" if status and status < 400 else "failure"
             if status in (401, 403):
                 outcome = "denied"
