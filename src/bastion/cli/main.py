@@ -60,7 +60,8 @@ def with_settings(func: Callable[..., T]) -> Callable[..., T]:
 @click.version_option(__version__, prog_name="bastion")
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
-    """Bastion: OAuth 2.1 / OpenID Connect authorization server, API gateway and token validation.
+    """Bastion: OAuth 2.1 / OpenID Connect authorization server, API gateway, backend-for-frontend
+    and token validation.
 
     Every setting can come from the config file or from BASTION_SECTION__KEY environment
     variables; secrets (BASTION_KEK) only from the environment or files.
@@ -482,14 +483,18 @@ for _action, _help in (
 # -- serve, reload, demo --------------------------------------------------------------------
 
 
-@cli.command(short_help="Run the authorization server and the gateway.")
+@cli.command(short_help="Run the authorization server, gateway and BFF.")
 @click.option(
     "--workers", type=click.IntRange(1, 256), default=1, show_default=True, help="Processes to run."
 )
 @click.option("--no-migrate", is_flag=True, help="Do not apply pending migrations at start-up.")
 @click.pass_context
 def serve(ctx: click.Context, workers: int, no_migrate: bool) -> None:
-    """Run the authorization server (and the gateway, when [gateway] is configured).
+    """Run the authorization server, and the gateway and BFF when configured.
+
+    The admin API listens beside the authorization server, and the gateway and the
+    backend-for-frontend start when [gateway] and [bff] are configured; one metrics listener
+    serves them all whatever --workers is.
 
     SIGHUP (or `bastion reload`) re-reads the config and swaps the gateway's routes without
     dropping a request; SIGTERM or Ctrl-C stops gracefully.
