@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -105,7 +106,7 @@ def asgi_server(app: Any, *, lifespan: bool) -> Any:
     ``server.serve(sockets=[listener])``."""
     import uvicorn
 
-    return uvicorn.Server(
+    server = uvicorn.Server(
         uvicorn.Config(
             app,
             http="httptools",
@@ -117,3 +118,9 @@ def asgi_server(app: Any, *, lifespan: bool) -> Any:
             timeout_graceful_shutdown=10,
         )
     )
+    # The process owns SIGINT and SIGTERM (its loop's handlers stop every server it runs). Left
+    # to itself, each uvicorn server would take them over while it serves and raise them again
+    # once stopped: with several servers in one loop, a Ctrl-C came back as a KeyboardInterrupt
+    # in the middle of the shutdown, and a lifespan cancelled with a traceback.
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    return server
