@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import floor
+import gateway_suite
 import pytest
 from procs import Service
 from procs import free_port
+from rounds import Target
 from token_pool import TokenPool
 from token_pool import make_pools
+from wrk import WrkResult
 
 
 class _Echo(http.server.BaseHTTPRequestHandler):
@@ -143,3 +146,27 @@ def test_only_tokens_that_verify_enter_the_dict(pool: TokenPool) -> None:
     assert set(found) == {t.encode() for t in _tokens(pool)}
     assert set(found.values()) == {b"client-%d" % n for n in range(5)}
     assert floor.verified_tokens(tokens, pool.public_pem.read_bytes(), "RS256", now=time.time() + 7200) == {}
+
+
+def test_the_floor_note_gives_each_rows_cpu_per_request_and_the_steps_between_them() -> None:
+    def row(key: str, requests: int, share: float) -> Target:
+        target = Target(key, key, None, "http://127.0.0.1:1/", "get.lua")
+        target.results = [WrkResult(requests, 1.0, 1.0, 1.0, 1.0, 1.0, 0, 0)] * 3
+        target.server_cpu = [share] * 3
+        return target
+
+    by_key = {
+        "floor-rs256": row("floor-rs256", 40_000, 0.5),  # 12.5 µs
+        "engine": row("engine", 20_000, 1.0),  # 50 µs
+        "bastion-cache-rs256": row("bastion-cache-rs256", 10_000, 0.9),  # 90 µs
+    }
+    assert gateway_suite._floor_check(by_key) == (
+        "CPU per request on core 0 (medians of the rounds): floor 12.5 µs, bare engine 50.0 µs, "
+        "gateway (cache hits) 90.0 µs; bare engine - floor = 37.5 µs, "
+        "gateway (cache hits) - bare engine = 40.0 µs."
+    )
+    del by_key["engine"]
+    assert gateway_suite._floor_check(by_key) == (
+        "CPU per request on core 0 (medians of the rounds): floor 12.5 µs, gateway (cache hits) 90.0 µs."
+    )
+    assert gateway_suite._floor_check({}) is None
