@@ -3,8 +3,9 @@
 Starts the chosen rows of the gateway suite (its own ``prepare``: same upstream, tokens, cores
 and preflights) and, per row, after a warm-up, runs wrk three times:
 
-1. plain, reading ``/proc/stat`` around it: core 0's user, system and softirq time per request
-   and how idle core 1 (wrk and nginx) was;
+1. plain, reading ``/proc/stat`` and the server's CPU time around it: core 0's user, system and
+   softirq time per request, what other processes took of it, and how idle core 1 (wrk and
+   nginx) was;
 2. under ``strace -c -f``: system calls per request;
 3. under ``perf record -e cpu-clock``: the share of the server's samples per binary (kernel,
    ``libpython``, httptools, uvloop, libc) and in the kernel's wake-up of the reading process
@@ -79,17 +80,25 @@ def account(target: Target, seconds: float, out: Path) -> None:
     assert target.service is not None
     pid = str(target.service.pid)
     run_wrk(target.url, target.script, target.script_args, seconds=2)
-    before, before1 = core_times(SERVER_CORE), core_times(CLIENT_CORE)
+    before, before1, server_before = (
+        core_times(SERVER_CORE),
+        core_times(CLIENT_CORE),
+        target.service.cpu_ticks(),
+    )
     result = parse_output(_wrk(target, seconds).stdout)
-    after, after1 = core_times(SERVER_CORE), core_times(CLIENT_CORE)
+    after, after1, server_after = core_times(SERVER_CORE), core_times(CLIENT_CORE), target.service.cpu_ticks()
     spent = {name: after[name] - before[name] for name in _STAT_FIELDS}
     total = sum(spent.values()) or 1
     per = {name: ticks / total * result.seconds / result.requests * 1e6 for name, ticks in spent.items()}
     idle1 = (after1["idle"] - before1["idle"]) / (sum(after1.values()) - sum(before1.values()) or 1)
-    cpu = per["user"] + per["nice"] + per["system"] + per["softirq"]
+    # the server's own user + system time (softirq run on its behalf included), as the suite's
+    # "CPU per request"; the rest of core 0's busy time went to other processes
+    cpu = (server_after - server_before) / total * result.seconds / result.requests * 1e6
+    other = per["user"] + per["nice"] + per["system"] + per["softirq"] + per["steal"] - cpu
     print(
-        f"{target.key}: {result.rps:,.0f} req/s; core 0 per request: user {per['user']:.1f} µs, "
-        f"system {per['system']:.1f} µs, softirq {per['softirq']:.1f} µs, idle {per['idle']:.1f} µs; "
+        f"{target.key}: {result.rps:,.0f} req/s, server CPU {cpu:.1f} µs per request; core 0 per "
+        f"request: user {per['user']:.1f} µs, system {per['system']:.1f} µs, softirq "
+        f"{per['softirq']:.1f} µs, idle {per['idle']:.1f} µs, other processes {max(other, 0):.1f} µs; "
         f"core 1 {idle1:.0%} idle",
         flush=True,
     )
