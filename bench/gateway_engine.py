@@ -6,7 +6,10 @@ as the CLI does), and measures with ``wrk`` when it is on the ``PATH``::
 
     .venv/bin/python bench/gateway_engine.py --duration 5 --connections 64
 
-The full side-by-side comparison with nginx and HAProxy lives in ``bench/run.py``.
+The full side-by-side comparison with nginx and HAProxy lives in ``bench/run.py``; its gateway
+suite runs this engine as the *bare engine* row, in front of its own nginx upstream::
+
+    .venv/bin/python bench/gateway_engine.py --serve PORT --upstream-port UPSTREAM_PORT
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _pin(cpu: int) -> None:
-    if hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
+def _pin(cpu: int | None) -> None:
+    if cpu is not None and hasattr(os, "sched_setaffinity") and cpu < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {cpu})
 
 
@@ -69,7 +72,7 @@ def _run_upstream(port: int, cpu: int) -> None:
     asyncio.run(main())
 
 
-def _run_gateway(port: int, upstream_port: int, cpu: int) -> None:
+def _run_gateway(port: int, upstream_port: int, cpu: int | None) -> None:
     _pin(cpu)
     _use_uvloop()
     from bastion.gateway.contract import Forward
@@ -106,7 +109,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds of load (default 5)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    parser.add_argument("--serve", type=int, metavar="PORT", help="only serve on PORT (no upstream, no wrk)")
+    parser.add_argument("--upstream-port", type=int, help="with --serve: the upstream on 127.0.0.1")
     args = parser.parse_args()
+    if args.serve is not None:
+        if args.upstream_port is None:
+            parser.error("--serve needs --upstream-port")
+        _run_gateway(args.serve, args.upstream_port, None)
+        return 0
     wrk = shutil.which("wrk")
     if wrk is None:
         print("wrk is not installed: skipping the gateway engine benchmark")

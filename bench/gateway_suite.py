@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import statistics
+import sys
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ import bastion_gateway
 import peers
 from procs import CLIENT_CORE
 from procs import SERVER_CORE
+from procs import Service
 from procs import free_port
 from procs import worker_cores
 from report import Goal
@@ -288,6 +291,18 @@ def prepare(
             )
         )
 
+    floor_rows = _floor_targets(work, options, stack, pools["RS256"], upstream_port, by_key, log)
+    if floor_rows:
+        table.notes.append(
+            "floor: a minimal forwarder (bench/floor.py: uvloop, httptools callbacks, the bearer token "
+            "looked up in a dict of the pool's tokens verified at start-up, a pooled upstream, the "
+            "upstream's bytes relayed as they come), the least a Python forwarder that checks a token "
+            "can do here; being a dict lookup, its cost does not depend on the algorithm. bare engine: "
+            "Bastion's HTTP/1.1 engine with a handler that forwards everything (bench/gateway_engine.py). "
+            "Both get the RS256 requests of the gateway rows."
+        )
+    targets += floor_rows
+
     if options.bastion:
         problem = bastion_gateway.unavailable()
         if problem is not None:
@@ -304,6 +319,125 @@ def prepare(
     targets = [target for target in targets if options.wanted(target.key)]
     by_key.update((target.key, target) for target in targets)
     return table, targets
+
+
+#: The rows that bracket the gateway's cost: what the machine allows, the engine alone, the gateway.
+FLOOR_ROWS: Final = ("floor-rs256", "engine", "bastion-cache-rs256")
+
+
+def _floor_targets(
+    work: Path,
+    options: GatewayOptions,
+    stack: contextlib.ExitStack,
+    pool: TokenPool,
+    upstream_port: int,
+    by_key: dict[str, Target],
+    log: Callable[[str], None],
+) -> list[Target]:
+    """The floor (``floor.py``: the least a Python token-checking forwarder does) and the bare
+    engine (``gateway_engine.py``: Bastion's HTTP/1.1 engine with a forward-always handler), both
+    alone on the server core in front of the same nginx upstream and loaded with the same RS256
+    requests as the gateway rows.
+
+    The floor looks each token up in a dict of the pool's tokens verified at its start-up, so the
+    algorithm makes no difference to it; the engine checks nothing (its preflight is one 200)."""
+    here = Path(__file__).resolve().parent
+    targets = []
+    logs = work / "logs"
+    if options.wanted("floor-rs256"):
+        port = free_port()
+        floor = stack.enter_context(
+            Service(
+                "floor-rs256",
+                [
+                    sys.executable,
+                    str(here / "floor.py"),
+                    f"--port={port}",
+                    f"--upstream-port={upstream_port}",
+                    f"--tokens={pool.tokens_file}",
+                    f"--public-pem={pool.public_pem}",
+                    "--alg=RS256",
+                ],
+                cores=SERVER_CORE,
+                port=port,
+                log_dir=logs,
+            )
+        )
+        url = f"http://127.0.0.1:{port}/"
+        _preflight_verifier("floor: minimal forwarder", url, pool)
+        targets.append(
+            Target(
+                "floor-rs256",
+                "floor: minimal forwarder",
+                "RS256",
+                url,
+                "bearer_pool.lua",
+                (str(pool.tokens_file),),
+                baseline="haproxy-rs256",
+                service=floor,
+                check=functools.partial(_floor_check, by_key),
+            )
+        )
+    if options.bastion and options.wanted("engine") and bastion_gateway.unavailable() is None:
+        port = free_port()
+        engine = stack.enter_context(
+            Service(
+                "engine",
+                [
+                    sys.executable,
+                    str(here / "gateway_engine.py"),
+                    f"--serve={port}",
+                    f"--upstream-port={upstream_port}",
+                ],
+                cores=SERVER_CORE,
+                port=port,
+                log_dir=logs,
+            )
+        )
+        url = f"http://127.0.0.1:{port}/"
+        valid = pool.tokens_file.read_text().split("\n", 1)[0]
+        expect_status(url, 200, {"Authorization": f"Bearer {valid}"})
+        targets.append(
+            Target(
+                "engine",
+                "bare engine, forward-always handler (no token check)",
+                None,
+                url,
+                "bearer_pool.lua",
+                (str(pool.tokens_file),),
+                baseline="haproxy-rs256",
+                service=engine,
+            )
+        )
+    if targets:
+        log("gateway: floor and bare engine ready")
+    return targets
+
+
+def _floor_check(by_key: dict[str, Target]) -> str | None:
+    """A note under the table: CPU per request of the floor, the bare engine and the gateway with
+    cache hits (medians of the rounds), and the differences between them."""
+    costs = {}
+    for key in FLOOR_ROWS:
+        target = by_key.get(key)
+        cpu = cpu_per_request(target) if target is not None else []
+        if cpu:
+            costs[key] = statistics.median(cpu)
+    if not costs:
+        return None
+    names = {"floor-rs256": "floor", "engine": "bare engine", "bastion-cache-rs256": "gateway (cache hits)"}
+    parts = [f"{names[key]} {cost:.1f} µs" for key, cost in costs.items()]
+    steps = [
+        f"{names[b]} - {names[a]} = {costs[b] - costs[a]:.1f} µs"
+        for a, b in itertools.pairwise(FLOOR_ROWS)
+        if a in costs and b in costs
+    ]
+    return (
+        "CPU per request on core 0 (medians of the rounds): "
+        + ", ".join(parts)
+        + ("; " + ", ".join(steps) if steps else "")
+        + "."
+    )
 
 
 def _bastion_targets(

@@ -69,8 +69,11 @@ def summarise(collapsed: str, top: int = 15) -> dict[str, Any]:
 def profile_targets(
     targets: Sequence[Target], timing: Timing, out_dir: Path, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    """Profile every target that owns its service and whose key starts with ``bastion``."""
-    chosen = [t for t in targets if t.service is not None and t.key.startswith("bastion")]
+    """Profile every target that owns its service and is Python: Bastion's rows, the bare engine
+    and the floor."""
+    chosen = [
+        t for t in targets if t.service is not None and t.key.startswith(("bastion", "engine", "floor"))
+    ]
     if not chosen:
         return {}
     py_spy = ensure_py_spy()
