@@ -4,7 +4,9 @@ and actions that cannot be done recorded as failures."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ from bastion.ops.webhooks import backoff_delay
 from bastion.ops.webhooks import signature
 from bastion.settings import AlertsSettings
 from bastion.settings import WebhookSettings
-from bastion.storage.fast.memory import MemoryState
+from bastion.storage.fast.sqlite import SQLiteState
+from bastion.storage.protocols import FastState
+from tests.people.support import fast_state
 
 from .webhook_receiver import WebhookReceiver
 
@@ -43,11 +47,13 @@ def audit(tmp_path: Path) -> tuple[AuditLog, list[AuditEvent]]:
     return log, seen
 
 
-@pytest.fixture
-async def state() -> AsyncIterator[MemoryState]:
-    store = MemoryState()
+@pytest.fixture(params=["sqlite", "memory", "redis"])
+async def state(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[FastState]:
+    """Each fast-state backend: the embedded default (a SQLite file), memory, Redis."""
+    redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    store = fast_state(request.param, tmp_path, redis_url)
     yield store
-    await store.close()
+    await store.close()  # type: ignore[attr-defined]
 
 
 def hook(url: str, **options: Any) -> Receiver:
@@ -142,7 +148,7 @@ def settings(**rule: Any) -> AlertsSettings:
 
 
 async def test_processes_sharing_a_store_fire_one_alert_between_them(
-    audit: tuple[AuditLog, list[AuditEvent]], state: MemoryState
+    audit: tuple[AuditLog, list[AuditEvent]], state: FastState
 ) -> None:
     log, seen = audit
     counts: dict[tuple[str, int], int] = {}
@@ -184,7 +190,7 @@ async def test_processes_sharing_a_store_fire_one_alert_between_them(
 
 
 async def test_address_counts_are_shared_and_fire_once_at_the_threshold(
-    audit: tuple[AuditLog, list[AuditEvent]], state: MemoryState
+    audit: tuple[AuditLog, list[AuditEvent]], state: FastState
 ) -> None:
     log, seen = audit
     config = settings(name="burst", kind="auth_failures_per_address", threshold=5, window=30, actions=["ban"])
@@ -214,7 +220,7 @@ async def test_address_counts_are_shared_and_fire_once_at_the_threshold(
 
 
 async def test_a_test_firing_sends_the_webhook_but_bans_nothing(
-    audit: tuple[AuditLog, list[AuditEvent]], state: MemoryState
+    audit: tuple[AuditLog, list[AuditEvent]], state: FastState
 ) -> None:
     log, seen = audit
     receiver = WebhookReceiver(SECRET)
@@ -256,7 +262,7 @@ async def test_a_test_firing_sends_the_webhook_but_bans_nothing(
 
 
 async def test_failed_sign_ins_from_one_address_feed_the_per_address_rule(
-    audit: tuple[AuditLog, list[AuditEvent]], state: MemoryState
+    audit: tuple[AuditLog, list[AuditEvent]], state: FastState
 ) -> None:
     from bastion.cli.alerting import RunningAlerts
 
@@ -275,3 +281,53 @@ async def test_failed_sign_ins_from_one_address_feed_the_per_address_rule(
     # An IPv6 client counts by its /64: three addresses of one /64 reach the threshold.
     assert (fired.subject, fired.address, fired.details["value"]) == ("spray", "2001:db8::/64", 3)
     assert log.listeners == [seen.append]
+
+
+async def test_concurrent_failures_over_two_processes_fire_exactly_once(
+    audit: tuple[AuditLog, list[AuditEvent]], state: FastState
+) -> None:
+    log, seen = audit
+    config = settings(name="burst", kind="auth_failures_per_address", threshold=5, window=30, actions=["ban"])
+    runners = [AlertRunner(config, state=state, audit=log, read=Readings) for _ in range(2)]
+    await asyncio.gather(*(runners[n % 2].failure("203.0.113.7", "auth") for n in range(40)))
+    fired = [e for e in seen if e.type == "alert.fired"]
+    assert [(e.address, e.details["value"]) for e in fired] == [("203.0.113.7", 5)]
+    assert int(await state.get("alerts:burst:{203.0.113.7}") or b"0") == 40
+
+
+async def test_a_store_failing_mid_run_neither_raises_nor_silences_an_alert(
+    audit: tuple[AuditLog, list[AuditEvent]], tmp_path: Path
+) -> None:
+    """The state file loses its tables under a running runner: a failure that cannot be counted
+    is logged and dropped (never an exception into the request that reported it); a periodic
+    rule that cannot claim its firing in the store fires here rather than not at all."""
+    log, seen = audit
+    path = tmp_path / "broken.db"
+    state = SQLiteState(path)
+    try:
+        counts: dict[tuple[str, int], int] = {}
+        address = settings(name="burst", kind="auth_failures_per_address", threshold=2, window=30)
+        spike = settings()
+        now = 0.0
+        by_address = AlertRunner(address, state=state, audit=log, read=Readings)
+        by_ratio = AlertRunner(
+            spike,
+            state=state,
+            audit=log,
+            read=lambda: Readings(requests={"route": counts}),
+            clock=lambda: now,
+        )
+        await by_ratio.tick()  # the baseline, while the store works
+        await by_address.failure("203.0.113.7", "auth")
+        wipe = sqlite3.connect(path)
+        wipe.executescript("DROP TABLE kv;")
+        wipe.close()
+        await by_address.failure("203.0.113.7", "auth")  # uncountable: logged, not raised
+        assert [e for e in seen if e.type == "alert.fired"] == []
+        counts[("/api", 500)] = 10
+        now = 10.0
+        await by_ratio.tick()
+        fired = [e for e in seen if e.type == "alert.fired"]
+        assert [(e.subject, e.details["labels"]) for e in fired] == [("spike", {"route": "/api"})]
+    finally:
+        await state.close()
