@@ -12,19 +12,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.e2e.gw_stack import GatewayStack
 from tests.e2e.gw_stack import get
 from tests.e2e.test_bans_serve import second_process
 from tests.e2e.test_bans_serve import wait_status
 from tests.ops.webhook_receiver import WebhookReceiver
-from tests.private_redis import PrivateRedis
 
 SECRET = "e2e-webhook-secret-0123456789"
 ROUTES = """
@@ -175,19 +171,6 @@ actions = ["ban"]
 duration = 120
 """
 BAD = "e30.e30.c2ln"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def state_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    if request.param == "sqlite":
-        yield {}
-        return
-    (tmp_path / "redis").mkdir()
-    redis = PrivateRedis(tmp_path / "redis")
-    try:
-        yield {"BASTION_STORAGE__STATE_URL": redis.url}
-    finally:
-        redis.kill()
 
 
 def test_a_401_burst_over_two_gateways_bans_the_address_on_both(

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-
-import pytest
 
 from tests.e2e.gw_stack import ROUTES
 from tests.e2e.gw_stack import GatewayStack
 from tests.e2e.gw_stack import get
 from tests.e2e.harness import Bastion
 from tests.e2e.harness import free_port
-from tests.private_redis import PrivateRedis
 
 N = 3
 #: How long a ban made on one process may take to be enforced by the other.
@@ -30,19 +26,6 @@ BANS = f"""
 threshold = {N}
 """
 BAD = "e30.e30.c2ln"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def state_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
-    if request.param == "sqlite":
-        yield {}  # the default: <data_dir>/state.db, shared by the local processes
-        return
-    (tmp_path / "redis").mkdir()
-    redis = PrivateRedis(tmp_path / "redis")
-    try:
-        yield {"BASTION_STORAGE__STATE_URL": redis.url}
-    finally:
-        redis.kill()
 
 
 def second_process(stack: GatewayStack, tmp: Path, env: dict[str, str]) -> tuple[Bastion, int]:
