@@ -26,6 +26,7 @@ from bastion.cli.demo import Demo
 from bastion.cli.demo import DemoPorts
 from tests.bff.harness import sign_in_at_server
 from tests.e2e.gw_stack import ports_free
+from tests.e2e.harness import client_token
 
 
 def ports_of(ports: DemoPorts) -> list[int]:
@@ -65,14 +66,7 @@ class DemoRun(Demo):
 
     def machine_token(self, client_id: str, scope: str) -> str:
         """An access token for a machine client (client credentials)."""
-        answer = requests.post(
-            self.issuer + "/token",
-            data={"grant_type": "client_credentials", "scope": scope},
-            auth=(client_id, self.secret(client_id)),
-            timeout=5,
-        )
-        assert answer.status_code == 200, answer.text
-        return str(answer.json()["access_token"])
+        return client_token(self.issuer, client_id, self.secret(client_id), scope)
 
 
 def start_demo(data_dir: Path, base: int, output: Path) -> subprocess.Popen[bytes]:

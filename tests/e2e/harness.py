@@ -13,6 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import requests
+
 BASTION = [sys.executable, "-m", "bastion.cli"]
 
 
@@ -25,6 +27,18 @@ def stop_process(process: subprocess.Popen[Any], timeout: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def client_token(issuer: str, client_id: str, secret: str, scope: str) -> str:
+    """An access token for a machine client (client credentials, RFC 6749 §4.4)."""
+    response = requests.post(
+        f"{issuer}/token",
+        data={"grant_type": "client_credentials", "scope": scope},
+        auth=(client_id, secret),
+        timeout=5,
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ import requests
 from bastion.protocol import jose
 from tests.e2e.harness import BASTION
 from tests.e2e.harness import Bastion
+from tests.e2e.harness import client_token
 from tests.e2e.test_serve_storage import serve_fails
 
 pytestmark = pytest.mark.slow
@@ -28,14 +29,7 @@ def test_tokens_keep_working_across_a_kek_rotation_and_a_restart(tmp_path: Path)
     rs = bastion.cli_json("clients", "create", "--name", "rs", "--scope", "none")
 
     def token() -> str:
-        response = requests.post(
-            f"{bastion.issuer}/token",
-            data={"grant_type": "client_credentials", "scope": "read"},
-            auth=(client["client_id"], client["client_secret"]),
-            timeout=5,
-        )
-        assert response.status_code == 200, response.text
-        return str(response.json()["access_token"])
+        return client_token(bastion.issuer, client["client_id"], client["client_secret"], "read")
 
     def active(value: str) -> bool:
         response = requests.post(

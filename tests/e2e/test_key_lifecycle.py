@@ -22,6 +22,7 @@ from joserfc.jwk import ECKey
 
 from bastion.protocol import jose
 from tests.e2e.harness import Bastion
+from tests.e2e.harness import client_token
 
 pytestmark = pytest.mark.slow
 
@@ -46,14 +47,7 @@ def test_revoke_and_import_reach_a_running_server(bastion: Bastion, tmp_path: Pa
     bastion.start()
 
     def token() -> str:
-        response = requests.post(
-            f"{bastion.issuer}/token",
-            data={"grant_type": "client_credentials", "scope": "read"},
-            auth=(client["client_id"], client["client_secret"]),
-            timeout=5,
-        )
-        assert response.status_code == 200, response.text
-        return str(response.json()["access_token"])
+        return client_token(bastion.issuer, client["client_id"], client["client_secret"], "read")
 
     def introspect(value: str) -> dict[str, Any]:
         response = requests.post(
