@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 
 from bastion.ops.audit import Auditor
+from bastion.ops.sampling import OncePer
 from bastion.tokens import Principal
 
 
 class RefusalReporter:
     """Turns the gateway's refusals into rate-limited audit events."""
 
-    __slots__ = ("_audit", "_clock", "_interval", "_max_keys", "_seen")
+    __slots__ = ("_audit", "_reports")
 
     def __init__(
         self,
@@ -31,27 +32,16 @@ class RefusalReporter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._audit = audit
-        self._interval = interval
-        self._max_keys = max_keys
-        self._clock = clock
-        #: key → (when the last event was emitted, refusals folded since)
-        self._seen: dict[tuple[str, str, int, str], list[float]] = {}
+        self._reports = OncePer(interval, max_keys=max_keys, clock=clock)
 
     def report(
         self, client_ip: str, route: str, status: int, reason: str | None, principal: Principal | None
     ) -> None:
         """Record one refusal of ``client_ip`` on ``route`` with ``status``."""
         why = reason or f"http_{status}"
-        key = (client_ip, route, status, why)
-        now = self._clock()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen[0] < self._interval:
-            seen[1] += 1
+        suppressed = self._reports.due((client_ip, route, status, why))
+        if suppressed is None:
             return
-        if seen is None and len(self._seen) >= self._max_keys:
-            self._seen.clear()
-        suppressed = int(seen[1]) if seen is not None else 0
-        self._seen[key] = [now, 0]
         self._audit.emit(
             "gateway.throttled" if status == 429 else "gateway.refused",
             outcome="denied",

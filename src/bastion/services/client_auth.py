@@ -62,6 +62,7 @@ from dataclasses import dataclass
 
 from bastion.net import address_bucket
 from bastion.ops.audit import AuditLog
+from bastion.ops.sampling import OncePer
 from bastion.protocol.errors import SlowDown
 from bastion.protocol.models import Client
 from bastion.ratelimit import BoundLimit
@@ -262,9 +263,7 @@ class ClientRequestLimit:
         self._bound = bound
         self._audit = audit
         self._metrics = metrics
-        self._report_every = report_every
-        self._clock = clock
-        self._reported: dict[str, float] = {}
+        self._reports = OncePer(report_every, clock=clock)
 
     async def admit(self, client: Client, ip: str) -> None:
         """Count one request of ``client`` or refuse it.
@@ -294,12 +293,8 @@ class ClientRequestLimit:
     def _report(self, client: Client, ip: str, bucket: str) -> None:
         if self._audit is None:
             return
-        now = self._clock()
-        if self._reported.get(bucket, -math.inf) > now - self._report_every:
+        if self._reports.due(bucket) is None:
             return
-        if len(self._reported) > 10_000:
-            self._reported.clear()
-        self._reported[bucket] = now
         self._audit.emit(
             "client.rate_limited",
             outcome="denied",

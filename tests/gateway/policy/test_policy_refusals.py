@@ -149,4 +149,4 @@ def test_the_memory_of_keys_is_bounded() -> None:
     for n in range(1000):  # a spoofed-address sweep
         reporter.report(f"10.0.{n // 256}.{n % 256}", "/api", 401, "missing", None)
     assert len(events) == 1000
-    assert len(reporter._seen) <= 100
+    assert len(reporter._reports) <= 100
