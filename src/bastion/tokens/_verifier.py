@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bastion.tokens._errors import TokenRevoked
 from bastion.tokens._introspection import Introspector
 from bastion.tokens._lifecycle import AsyncResource
 from bastion.tokens._principal import Principal
@@ -56,9 +55,7 @@ class IssuerVerifier(AsyncResource):
         if not self._opaque(token):
             return await self.validator.validate(token, audience=audience)
         principal = await self.introspector.introspect(token, audience=audience)  # type: ignore[union-attr]
-        if self.validator.refused_locally(principal):
-            raise TokenRevoked(f"jti {str(principal.token_id)[:64]!r} revoked")
-        await self.validator.check_principal(principal)
+        await self.validator.check_principal(principal)  # the local lists, then the source
         return principal
 
     # -- what a revocation feed drives (FastStateRevocations.follow) ----------------------------
