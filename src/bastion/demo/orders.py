@@ -43,7 +43,8 @@ from bastion.tokens import Principal
 
 log = logging.getLogger("bastion.demo.orders")
 
-READ = owner() | role("admin")
+ADMIN = role("admin")
+READ = owner() | ADMIN
 TIMEOUT = aiohttp.ClientTimeout(total=10.0, connect=2.0)
 
 
@@ -142,7 +143,7 @@ def create_app(data: Path, checker: IssuerVerifier, downstream: Downstream) -> S
     async def list_orders(request: Request) -> JSONResponse:
         principal = require_scopes("orders:read")(request)
         orders = _visible(principal, store.data["orders"])
-        admin = role("admin")(principal, "read", None)
+        admin = ADMIN(principal, "read", None)
         why = "role admin: every order" if admin else "owner(): your own orders only"
         return decided({"orders": orders}, f"scope orders:read; {why}")
 
