@@ -4,6 +4,8 @@ call it, every resource, secret rotation with an overlap, and problem details fo
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from pathlib import Path
 
 import httpx2 as httpx
 import pytest
@@ -312,3 +314,26 @@ async def test_405_lists_the_allowed_methods_and_a_chunked_flood_is_refused(admi
         "/clients", headers={**admin.auth, "content-type": "application/json"}, content=flood()
     )
     problem(chunked, 413)
+
+
+async def test_the_database_failing_mid_run_is_a_503_problem_not_a_500(admin: Admin, tmp_path: Path) -> None:
+    """The embedded database loses its tables under a running admin API: every answer is a 503
+    problem document with Retry-After (the token check reads the clients table too)."""
+    database = tmp_path / "bastion.db"
+    if not database.exists():
+        pytest.skip("the fault is made on the embedded default's SQLite file")
+    assert (await admin.api.get("/clients", headers=admin.auth)).status_code == 200
+    wipe = sqlite3.connect(database)
+    wipe.executescript("DROP TABLE clients; DROP TABLE users;")
+    wipe.close()
+    admin.services.clients.forget(admin.ops_id)
+    for method, path, body in (
+        ("GET", "/clients", None),
+        ("POST", "/clients", {"name": "x", "grant_types": ["client_credentials"]}),
+        ("GET", "/users", None),
+    ):
+        answer = await admin.api.request(method, path, headers=admin.auth, json=body)
+        assert answer.status_code == 503, (method, path, answer.text)
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["retry-after"]
+        assert "Traceback" not in answer.text
