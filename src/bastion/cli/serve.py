@@ -169,9 +169,11 @@ async def _run_worker(
                 raise RuntimeError("the supervisor bound no authorization server listener")
             tasks.append(loop.create_task(server.serve(sockets=[listeners.server])))
             if listeners.admin is not None:
-                # No lifespan: the public app's starts and stops the services both share.
+                # No lifespan: the public app's starts and stops the services both share, so the
+                # admin API serves only once that start-up is done (signing keys loaded): until
+                # then its clients wait in the listener's backlog instead of getting a 401.
                 admin_server = asgi_server(admin_app(settings, services, stores, audit), lifespan=False)
-                tasks.append(loop.create_task(admin_server.serve(sockets=[listeners.admin])))
+                tasks.append(loop.create_task(serve_after(server, admin_server, listeners.admin)))
         if settings.gateway is not None:
             from bastion.cli.gateway import start_gateway
 
@@ -249,6 +251,16 @@ async def _run_worker(
             await limiter.close()
         await audit.close()
         await stores.close()
+
+
+async def serve_after(first: Any, then: Any, listener: socket.socket) -> None:
+    """Serve uvicorn server ``then`` on ``listener`` once server ``first`` has started (its
+    lifespan start-up done); not at all if ``first`` stops before."""
+    while not first.started:  # uvicorn offers a flag to poll, not an event
+        if first.should_exit:
+            return
+        await asyncio.sleep(0.01)
+    await then.serve(sockets=[listener])
 
 
 def admin_app(settings: Settings, services: Any, stores: Any, audit: Any) -> Any:
